@@ -1,0 +1,9 @@
+"""Attacks by name. ``ATTACKS.build("idlg", iterations=300).reconstruct(observation)``."""
+
+from __future__ import annotations
+
+from gradleak.attacks import dlg  # noqa: F401  (registers)
+from gradleak.attacks.base import ATTACKS, Attack, Reconstruction
+from gradleak.attacks.labels import LABEL_RULES, infer_labels
+
+__all__ = ["ATTACKS", "LABEL_RULES", "Attack", "Reconstruction", "infer_labels"]

@@ -1,0 +1,62 @@
+"""The contract every attack keeps: ``attack.reconstruct(observation) -> Reconstruction``.
+
+An attack receives an ``Observation`` only. The ground truth is scored afterwards, outside the attack;
+that separation is the threat model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from gradleak.observation import Observation
+from gradleak.registry import Registry
+
+#: Called with (iteration, candidate pixels of every restart (R, B, C, H, W)); used by benchmarks and UIs.
+Callback = Callable[[int, torch.Tensor], None]
+
+
+@dataclass
+class Reconstruction:
+    """An attack's answer: pixels in [0, 1] ``(B, C, H, W)``, labels ``(B,)`` if it recovered them, and how it
+    got there (objective trace per iteration and restart, time)."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor | None
+    attack: str
+    settings: dict[str, Any]
+    trace: torch.Tensor = field(default_factory=lambda: torch.empty(0, 1))
+    restart_objectives: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    best_restart: int = 0
+    iterations: int = 0
+    wall_time_s: float = 0.0
+
+
+class Attack(ABC):
+    """Base of all attacks. Subclasses are dataclasses of their hyperparameters with paper defaults."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def reconstruct(
+        self,
+        obs: Observation,
+        *,
+        device: torch.device | str = "cpu",
+        seed: int | None = None,
+        callback: Callback | None = None,
+        progress: bool = False,
+    ) -> Reconstruction: ...
+
+    def settings(self) -> dict[str, Any]:
+        if dataclasses.is_dataclass(self):
+            return dataclasses.asdict(self)
+        return {}
+
+
+ATTACKS: Registry[Attack] = Registry("attack")

@@ -1,0 +1,108 @@
+"""One experiment: a typed config -> victim simulation -> attack -> scores. The unit a sweep runs.
+
+The ground truth is produced by the victim and handed only to ``score``; the attack sees the Observation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from gradleak.attacks import ATTACKS
+from gradleak.attacks.base import Reconstruction
+from gradleak.data import load_dataset
+from gradleak.errors import ConfigError
+from gradleak.metrics import Scores, score
+from gradleak.observation import GroundTruth, LocalTraining, ModelSpec, Observation
+from gradleak.victim import simulate
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Victim, protocol and attack of one run. ``indices`` picks the private batch; when empty, ``batch_size``
+    images are drawn with ``seed``. ``num_classes`` defaults to the dataset's (the model's head size)."""
+
+    dataset: str = "faces"
+    image_size: int = 32
+    channels: int | None = None
+    indices: tuple[int, ...] = ()
+    batch_size: int = 1
+    model: str = "lenet"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    num_classes: int | None = None
+    model_mode: Literal["train", "eval"] = "train"
+    protocol: Literal["fedsgd", "fedavg"] = "fedsgd"
+    local_steps: int = 1
+    local_lr: float = 0.1
+    local_batch_size: int | None = None
+    leak_labels: bool = False
+    attack: str = "idlg"
+    attack_kwargs: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 and not self.indices:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.protocol not in ("fedsgd", "fedavg"):
+            raise ConfigError(f"protocol must be 'fedsgd' or 'fedavg', got {self.protocol!r}")
+        ATTACKS.get(self.attack)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class ExperimentResult:
+    config: ExperimentConfig
+    observation: Observation
+    truth: GroundTruth
+    reconstruction: Reconstruction
+    scores: Scores
+    metrics: dict[str, Any]
+
+
+def make_victim(config: ExperimentConfig) -> tuple[Observation, GroundTruth]:
+    """Load the data, pick the batch, build the model and simulate the client's update."""
+    ds = load_dataset(config.dataset, size=config.image_size, channels=config.channels)
+    if config.indices:
+        indices = list(config.indices)
+    else:
+        if config.batch_size > len(ds):
+            raise ConfigError(f"batch_size {config.batch_size} exceeds the {len(ds)} images of {ds.name!r}")
+        gen = torch.Generator().manual_seed(config.seed)
+        indices = torch.randperm(len(ds), generator=gen)[: config.batch_size].tolist()
+    inputs, labels = ds.batch(indices)
+    num_classes = config.num_classes or ds.num_classes
+    if num_classes < ds.num_classes:
+        raise ConfigError(f"num_classes {num_classes} is smaller than the {ds.num_classes} classes of {ds.name!r}")
+    c, h, _ = ds.input_shape
+    spec = ModelSpec(config.model, {"in_channels": c, "num_classes": num_classes, "image_size": h, **config.model_kwargs})
+    local = None
+    if config.protocol == "fedavg":
+        local = LocalTraining(config.local_steps, config.local_lr, config.local_batch_size or len(indices))
+    return simulate(
+        spec, inputs, labels, num_classes=num_classes, mean=ds.mean, std=ds.std, protocol=config.protocol,
+        local_training=local, model_mode=config.model_mode, leak_labels=config.leak_labels, seed=config.seed,
+        device=config.device, info={"dataset": ds.name, "indices": indices},
+    )
+
+
+def run_experiment(config: ExperimentConfig, out: str | Path | None = None, progress: bool = False) -> ExperimentResult:
+    """Run one experiment; with ``out``, write the report there."""
+    from gradleak.report.files import metrics_dict, write_report
+
+    obs, truth = make_victim(config)
+    attack = ATTACKS.build(config.attack, **config.attack_kwargs)
+    recon = attack.reconstruct(obs, device=config.device, seed=config.seed, progress=progress)
+    scores = score(recon.inputs, recon.labels, truth)
+    extra = {"config": config.to_dict()}
+    if out is not None:
+        metrics = write_report(out, obs, recon, scores, truth, seed=config.seed, device=config.device, extra=extra)
+    else:
+        metrics = {**metrics_dict(obs, recon, scores, truth, seed=config.seed, device=config.device), **extra}
+    return ExperimentResult(config, obs, truth, recon, scores, metrics)
