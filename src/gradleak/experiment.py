@@ -24,7 +24,8 @@ from gradleak.victim import simulate
 @dataclass(frozen=True)
 class ExperimentConfig:
     """Victim, protocol and attack of one run. ``indices`` picks the private batch; when empty, ``batch_size``
-    images are drawn with ``seed``. ``num_classes`` defaults to the dataset's (the model's head size)."""
+    images are drawn with ``seed``. ``num_classes`` defaults to the dataset's (the model's head size).
+    ``pretrain_steps`` > 0 trains the model first on the other images (the training stage of the attack)."""
 
     dataset: str = "faces"
     image_size: int = 32
@@ -40,6 +41,7 @@ class ExperimentConfig:
     local_lr: float = 0.1
     local_batch_size: int | None = None
     leak_labels: bool = False
+    pretrain_steps: int = 0
     attack: str = "idlg"
     attack_kwargs: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
@@ -82,12 +84,20 @@ def make_victim(config: ExperimentConfig) -> tuple[Observation, GroundTruth]:
         raise ConfigError(f"num_classes {num_classes} is smaller than the {ds.num_classes} classes of {ds.name!r}")
     c, h, _ = ds.input_shape
     spec = ModelSpec(config.model, {"in_channels": c, "num_classes": num_classes, "image_size": h, **config.model_kwargs})
+    torch.manual_seed(config.seed)
+    model = spec.build()
+    if config.pretrain_steps > 0:
+        from gradleak.training import train
+
+        private = set(indices)
+        rest = [i for i in range(len(ds)) if i not in private]
+        train(model, ds, rest, steps=config.pretrain_steps, seed=config.seed, device=config.device)
     local = None
     if config.protocol == "fedavg":
         local = LocalTraining(config.local_steps, config.local_lr, config.local_batch_size or len(indices))
     return simulate(
         spec, inputs, labels, num_classes=num_classes, mean=ds.mean, std=ds.std, protocol=config.protocol,
-        local_training=local, model_mode=config.model_mode, leak_labels=config.leak_labels, seed=config.seed,
+        local_training=local, model=model, model_mode=config.model_mode, leak_labels=config.leak_labels,
         device=config.device, info={"dataset": ds.name, "indices": indices},
     )
 

@@ -1,0 +1,66 @@
+"""Plain supervised training on an ImageDataset: the "training stage" of a victim model, and the baseline
+against which defended training is measured. Kept deliberately small: SGD with momentum, fixed steps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from gradleak.data.dataset import ImageDataset
+from gradleak.victim import normalize
+
+
+def split_indices(n: int, test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """A seeded train/test split of ``range(n)``."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    cut = int(round(n * (1 - test_fraction)))
+    return perm[:cut], perm[cut:]
+
+
+def train(
+    model: nn.Module,
+    data: ImageDataset,
+    indices: Sequence[int],
+    *,
+    steps: int,
+    batch_size: int = 32,
+    lr: float = 0.05,
+    momentum: float = 0.9,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> nn.Module:
+    """Train ``model`` in place for ``steps`` SGD steps on mini-batches drawn from ``indices``."""
+    if steps <= 0:
+        return model
+    model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    gen = torch.Generator().manual_seed(seed)
+    pool = torch.tensor(list(indices), dtype=torch.long)
+    for _ in range(steps):
+        idx = pool[torch.randint(len(pool), (min(batch_size, len(pool)),), generator=gen)]
+        x = normalize(data.images[idx].to(device), data.mean, data.std)
+        loss = F.cross_entropy(model(x), data.labels[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model
+
+
+@torch.no_grad()
+def accuracy(
+    model: nn.Module, data: ImageDataset, indices: Sequence[int], device: torch.device | str = "cpu", chunk: int = 256
+) -> float:
+    """Top-1 accuracy of ``model`` (in eval mode) on ``indices``."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    idx_all = torch.tensor(list(indices), dtype=torch.long)
+    for start in range(0, len(idx_all), chunk):
+        idx = idx_all[start : start + chunk]
+        x = normalize(data.images[idx].to(device), data.mean, data.std)
+        correct += int((model(x).argmax(1).cpu() == data.labels[idx]).sum())
+    model.train(was_training)
+    return correct / max(1, len(idx_all))
