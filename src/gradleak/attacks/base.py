@@ -35,6 +35,9 @@ class Reconstruction:
     best_restart: int = 0
     iterations: int = 0
     wall_time_s: float = 0.0
+    #: Attack-specific findings written to the report, e.g. which slots of an analytic attack hold a recovered
+    #: sample (``"recovered"``, the rest are filler) or the rank condition of each solved layer.
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 class Attack(ABC):

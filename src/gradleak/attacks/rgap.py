@@ -1,0 +1,282 @@
+"""R-GAP, the recursive gradient attack (Zhu & Blaschko, 2021): closed-form inversion, layer by layer.
+
+For a chain of bias-free layers ``o_l = W_l a_{l-1}``, ``a_l = act(o_l)`` with an invertible activation
+(LeakyReLU), one sample's update gives, per layer, two sets of equations that are *linear* in the layer's input
+``a_{l-1}`` once everything above it is known:
+
+- forward: ``conv_l(a_{l-1}) = o_l = act^{-1}(a_l)``;
+- gradient: ``dL/dW_l = sum_positions delta_l * patches(a_{l-1})``, with ``delta_l = dL/do_l`` known from the
+  layer above (``delta_l = (W_{l+1}^T delta_{l+1}) * act'(o_l)``).
+
+The recursion starts at the linear head. Without a bias its gradient ``(dL/dz) h^T`` is rank one: ``h`` is known
+up to a scalar ``t``, which the softmax cross-entropy pins down (``softmax(t W b) - e_y = a / t``, solved as a
+one-dimensional problem; the paper does the same for its logistic head). With a bias, ``h`` is the exact ratio
+of the analytic attack. Then every convolution is solved as a least-squares system, down to the image.
+
+Rank condition (the paper's rank analysis): a layer is uniquely solvable when the stacked system has full
+column rank, ``rank == unknowns`` (``C_in * H * W``); ``details["layers"]`` reports the number of unknowns,
+of forward and gradient equations, and the numerical rank. Each convolution's equations are assembled as
+normal equations from the convolution and its adjoint applied to a basis; per input channel the gradient
+equations share one small matrix. Solved in float64 by Cholesky, falling back to minimum-norm least squares
+when the system is rank deficient (rank by pivoted Cholesky). Batch size 1 only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from gradleak.attacks.analytic import assemble, to_pixels
+from gradleak.attacks.base import ATTACKS, Attack, Callback, Reconstruction
+from gradleak.errors import ConfigError
+from gradleak.observation import Observation
+
+
+@dataclass(frozen=True)
+class _Layer:
+    name: str  # module name; its weight is ``name + ".weight"``
+    module: nn.Module  # Conv2d or Linear, without bias (Linear head may have one)
+    slope: float  # LeakyReLU negative slope after it; 1.0 for identity
+    in_shape: tuple[int, ...]  # input shape without the batch dimension
+    out_shape: tuple[int, ...]  # output shape without the batch dimension
+
+
+def chain(model: nn.Module, input_shape: tuple[int, int, int]) -> list[_Layer]:
+    """The model as a chain of (bias-free Conv2d | Linear, LeakyReLU | Identity); raises ``ConfigError`` when it
+    is not one, or when the chain does not reproduce the model's output."""
+    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
+    layers: list[tuple[str, nn.Module, float]] = []
+    for name, m in leaves:
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if isinstance(m, nn.Conv2d) and (m.bias is not None or m.groups != 1 or m.dilation != (1, 1)):
+                raise ConfigError(f"R-GAP needs plain bias-free convolutions; {name!r} is {m}")
+            layers.append((name, m, 1.0))
+        elif isinstance(m, nn.LeakyReLU) and layers and layers[-1][2] == 1.0:
+            layers[-1] = (layers[-1][0], layers[-1][1], float(m.negative_slope))
+        elif isinstance(m, (nn.Identity, nn.Flatten)):
+            continue
+        else:
+            raise ConfigError(
+                f"R-GAP needs a chain of bias-free Conv2d/Linear layers with LeakyReLU; {name!r} is {type(m).__name__}"
+            )
+    if not layers or not isinstance(layers[-1][1], nn.Linear):
+        raise ConfigError("R-GAP needs the model to end in a linear layer")
+    if any(isinstance(m, nn.Linear) for _, m, _ in layers[:-1]):
+        raise ConfigError("R-GAP here supports convolutions followed by one linear head")
+    if layers[-1][2] != 1.0:
+        raise ConfigError("R-GAP needs the linear head's output to be the logits (no activation after it)")
+    out: list[_Layer] = []
+    model64 = model.double()
+    x = torch.randn(1, *input_shape, dtype=torch.float64, device=next(model.parameters()).device)
+    with torch.no_grad():
+        for name, m, slope in layers:
+            if isinstance(m, nn.Linear):
+                x = x.flatten(1)
+            in_shape = tuple(x.shape[1:])
+            x = m(x)
+            out.append(_Layer(name, m, slope, in_shape, tuple(x.shape[1:])))
+            if slope != 1.0:
+                x = F.leaky_relu(x, slope)
+        probe = torch.randn_like(torch.empty(1, *input_shape, dtype=torch.float64, device=x.device))
+        if not torch.allclose(_run(out, probe), model64(probe), rtol=1e-9, atol=1e-12):
+            raise ConfigError("the model is not the plain chain of its layers; R-GAP cannot invert it")
+    return out
+
+
+def _run(layers: list[_Layer], x: torch.Tensor) -> torch.Tensor:
+    for layer in layers:
+        if isinstance(layer.module, nn.Linear):
+            x = x.flatten(1)
+        x = layer.module(x)
+        if layer.slope != 1.0:
+            x = F.leaky_relu(x, layer.slope)
+    return x
+
+
+def _inverse_leaky(a: torch.Tensor, slope: float) -> torch.Tensor:
+    return torch.where(a >= 0, a, a / slope)
+
+
+def invert_head(
+    weight: torch.Tensor, w_grad: torch.Tensor, b_grad: torch.Tensor | None, label: int | None
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Input ``h`` of the linear head and the logit gradient ``dL/dz`` from the head's gradient (float64)."""
+    if b_grad is not None and b_grad.abs().max() > 0:
+        g = b_grad.double()
+        h = (g @ w_grad.double()) / (g @ g)
+        return h, g, {"head": "bias ratio"}
+    u_, s_, vh = torch.linalg.svd(w_grad.double(), full_matrices=False)
+    a, b = u_[:, 0] * s_[0], vh[0]  # w_grad = a b^T; h = t b and dL/dz = a / t for an unknown scalar t
+    u = weight.double() @ b  # logits are t * u
+    k = u.numel()
+
+    def residual(log_t: torch.Tensor, sign: float, y: int) -> torch.Tensor:
+        t = sign * torch.exp(log_t)[:, None]
+        target = torch.softmax(t * u, dim=1)
+        target[:, y] -= 1.0
+        return ((target - a / t).norm(dim=1) / (a / t).norm(dim=1)).nan_to_num(float("inf"))
+
+    grid = torch.linspace(-15.0, 15.0, 3001, dtype=torch.float64)
+    best: tuple[float, float, float, int] = (math.inf, 0.0, 1.0, 0)
+    for sign in (1.0, -1.0):
+        # dL/dz = softmax - onehot is negative only at the label: the label is where a / t is negative.
+        y = int(torch.argmin(sign * a)) if label is None else label
+        r = residual(grid, sign, y)
+        i = int(r.argmin())
+        lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+        for _ in range(60):  # golden-section refinement of log|t| around the best grid point
+            m1, m2 = lo + 0.382 * (hi - lo), lo + 0.618 * (hi - lo)
+            r1, r2 = residual(torch.stack([m1, m2]), sign, y)
+            lo, hi = (lo, m2) if r1 < r2 else (m1, hi)
+        log_t = (lo + hi) / 2
+        value = float(residual(log_t.view(1), sign, y))
+        if value < best[0]:
+            best = (value, float(log_t), sign, y)
+    value, log_t, sign, y = best
+    t = sign * math.exp(log_t)
+    return t * b, a / t, {"head": "rank-one softmax fit", "head_residual": value, "label": y, "classes": k}
+
+
+def _gradient_matrix(conv: nn.Conv2d, in_shape: tuple[int, ...], delta: torch.Tensor) -> torch.Tensor:
+    """The matrix ``(C_out*k*k, H*W)`` mapping one input channel to its slice of the weight gradient."""
+    _, h, w = in_shape
+    pixel_basis = torch.eye(h * w, dtype=torch.float64, device=delta.device).view(h * w, 1, h, w)
+    patches = F.unfold(pixel_basis, conv.kernel_size, padding=conv.padding, stride=conv.stride)  # (HW, kk, L)
+    return torch.einsum("cl,pkl->ckp", delta.reshape(delta.shape[0], -1), patches).reshape(-1, h * w)
+
+
+def _pivoted_cholesky(gram: torch.Tensor, rtol: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``P^T G P = L L^T`` by LAPACK ``pstrf``: returns ``L``, the permutation and the numerical rank."""
+    from scipy.linalg import lapack
+
+    factor, piv, rank, info = lapack.dpstrf(gram.cpu().numpy(), lower=1, tol=rtol * float(gram.diagonal().max()))
+    if info < 0:
+        raise ConfigError(f"pivoted Cholesky failed (LAPACK info {info})")
+    lower = torch.from_numpy(factor).tril().to(gram)
+    return lower, torch.from_numpy(piv.astype("int64") - 1).to(gram.device), int(rank)
+
+
+def solve_conv(
+    conv: nn.Conv2d, in_shape: tuple[int, ...], out_pre: torch.Tensor, delta: torch.Tensor, w_grad: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The input of ``conv`` from its pre-activation output and its weight gradient (one R-GAP step).
+
+    Unknowns ``x`` (``C_in*H*W``). Forward equations ``conv(x) = o`` (matrix ``A``, never formed: ``A^T A`` is
+    the convolution's adjoint applied to the convolution of a basis). Gradient equations: per input channel
+    ``M x_c = g_c`` with one shared ``M``. Both blocks are scaled to unit Frobenius norm and solved through the
+    normal equations ``(A^T A + I (x) M^T M) x = A^T o + vec(M^T g_c)``.
+    """
+    c_in, h, w = in_shape
+    c_out = out_pre.shape[0]
+    n = c_in * h * w
+    kk = conv.kernel_size[0] * conv.kernel_size[1]
+    weight = conv.weight.detach().double()
+    stride, padding = conv.stride, conv.padding
+    basis = torch.eye(n, dtype=torch.float64, device=delta.device).view(n, c_in, h, w)
+    ata = torch.nn.grad.conv2d_input(basis.shape, weight, F.conv2d(basis, weight, stride=stride, padding=padding),
+                                     stride=stride, padding=padding).reshape(n, n)
+    del basis
+    ato = torch.nn.grad.conv2d_input((1, *in_shape), weight, out_pre[None], stride=stride, padding=padding).reshape(n)
+    m = _gradient_matrix(conv, in_shape, delta)
+    g = w_grad.double().reshape(c_out, c_in, kk).permute(1, 0, 2).reshape(c_in, -1)  # rhs per input channel
+    sf = 1.0 / ata.trace().clamp_min(1e-300)  # ||A||_F^2 = trace(A^T A)
+    sg = 1.0 / (m * m).sum().clamp_min(1e-300)
+    normal = ata * sf + torch.block_diag(*([(m.T @ m) * sg] * c_in))
+    rhs = ato * sf + ((g @ m) * sg).reshape(-1)
+    lower, perm, rank = _pivoted_cholesky(normal)
+    pivots = lower.diagonal()[: max(rank, 1)].abs()
+    condition = float(pivots.max() / pivots.min().clamp_min(1e-300))  # estimate for the scaled system
+    if rank == n:
+        y = torch.linalg.solve_triangular(lower, rhs[perm, None], upper=False)
+        z = torch.linalg.solve_triangular(lower.T, y, upper=True)[:, 0]
+        x = torch.empty_like(z).index_copy_(0, perm, z)
+    else:  # rank deficient: the minimum-norm least-squares solution, as R-GAP does
+        x = torch.linalg.lstsq(normal.cpu(), rhs.cpu()[:, None], driver="gelsd").solution[:, 0].to(rhs)
+    x = x.reshape(in_shape)
+    predicted = F.conv2d(x[None], weight, stride=stride, padding=padding)[0]
+    report = {
+        "unknowns": n,
+        "forward_equations": int(out_pre.numel()),
+        "gradient_equations": int(m.shape[0]) * c_in,
+        "gradient_rank": int(torch.linalg.matrix_rank(m)) * c_in,
+        "rank": rank,
+        "solvable": rank == n,
+        "condition_estimate": condition,
+        "forward_residual": float((predicted - out_pre).norm() / out_pre.norm().clamp_min(1e-300)),
+        "gradient_residual": float((x.reshape(c_in, -1) @ m.T - g).norm() / g.norm().clamp_min(1e-300)),
+    }
+    return x, report
+
+
+@dataclass
+class RGAP(Attack):
+    """Recursive Gradient Attack on Privacy: exact layer-wise inversion of a bias-free LeakyReLU CNN (batch 1).
+
+    ``labels``: 'auto' uses leaked labels when present, else the label the head's fit finds.
+    """
+
+    name: ClassVar[str] = "rgap"
+    labels: str = "auto"
+
+    def reconstruct(
+        self,
+        obs: Observation,
+        *,
+        device: torch.device | str = "cpu",
+        seed: int | None = None,
+        callback: Callback | None = None,
+        progress: bool = False,
+    ) -> Reconstruction:
+        del seed, progress  # closed form
+        start = time.perf_counter()
+        if obs.batch_size != 1:
+            raise ConfigError(f"R-GAP inverts one sample's gradient; the observation has batch size {obs.batch_size}")
+        if self.labels not in ("auto", "infer", "leaked"):
+            raise ConfigError(f"labels must be 'auto', 'infer' or 'leaked', got {self.labels!r}")
+        if self.labels == "leaked" and obs.labels is None:
+            raise ConfigError("labels='leaked' but the observation carries no labels")
+        label = int(obs.labels[0]) if obs.labels is not None and self.labels != "infer" else None
+        model = obs.build_model(device).double()
+        layers = chain(model, obs.input_shape)
+        grads = obs.gradient_estimate()
+        for layer in layers:
+            if f"{layer.name}.weight" not in grads:
+                raise ConfigError(f"the update withholds {layer.name + '.weight'!r}: R-GAP needs every layer's gradient")
+        head = layers[-1]
+        bias_key = f"{head.name}.bias"
+        h, dz, head_info = invert_head(
+            head.module.weight.detach(), grads[f"{head.name}.weight"].to(device),
+            grads[bias_key].to(device) if bias_key in grads else None, label,
+        )
+        activation = h.reshape(head.in_shape)
+        upstream = head.module.weight.detach().double().T @ dz  # dL/d(activation)
+        upstream = upstream.reshape(head.in_shape)
+        reports: list[dict[str, Any]] = []
+        for layer in reversed(layers[:-1]):
+            activation, upstream = activation.reshape(layer.out_shape), upstream.reshape(layer.out_shape)
+            pre = _inverse_leaky(activation, layer.slope) if layer.slope != 1.0 else activation
+            delta = upstream * torch.where(pre >= 0, 1.0, layer.slope) if layer.slope != 1.0 else upstream
+            x, report = solve_conv(layer.module, layer.in_shape, pre, delta, grads[f"{layer.name}.weight"].to(device))
+            reports.insert(0, {"layer": layer.name, **report})
+            x_var = x[None].clone().requires_grad_(True)
+            (upstream,) = torch.autograd.grad(layer.module(x_var), x_var, delta[None])
+            upstream, activation = upstream[0], x
+        images, recovered = assemble(obs, [to_pixels(obs, activation[None])])
+        if callback is not None:
+            callback(0, images[None])
+        label_out = torch.tensor([int(torch.argmin(dz))]).long()
+        details = {"recovered": recovered, **head_info, "layers": reports,
+                   "solvable": all(r["solvable"] for r in reports)}
+        return Reconstruction(
+            inputs=images, labels=label_out, attack=self.name, settings=self.settings(), iterations=1,
+            wall_time_s=time.perf_counter() - start, details=details,
+        )
+
+
+ATTACKS.register("rgap")(RGAP)
