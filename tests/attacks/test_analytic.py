@@ -61,10 +61,10 @@ def test_experiment_by_name() -> None:
 
 
 def test_clear_errors() -> None:
-    obs, _ = _observe("photos", [0], model="lenet")
+    obs, _ = _observe("digits", [0], model="lenet")
     with pytest.raises(ConfigError, match="no nn.Linear"):
         ATTACKS.build("linear").reconstruct(obs)
-    obs, _ = _observe("photos", [0])
+    obs, _ = _observe("digits", [0])
     withheld = obs.with_update({k: v for k, v in obs.update.items() if k != "net.1.bias"})
     with pytest.raises(ConfigError, match="withholds 'net.1.bias'"):
         ATTACKS.build("linear").reconstruct(withheld)

@@ -38,6 +38,11 @@ from gradleak.errors import ConfigError
 from gradleak.observation import Observation
 
 
+#: Relative pivot threshold of the numerical rank, on Gram matrices (singular values below ~1e-3 of the
+#: largest count as zero): the observed update is float32, so finer distinctions are noise.
+RANK_RTOL = 1e-6
+
+
 @dataclass(frozen=True)
 class _Layer:
     name: str  # module name; its weight is ``name + ".weight"``
@@ -122,7 +127,7 @@ def invert_head(
         target[:, y] -= 1.0
         return ((target - a / t).norm(dim=1) / (a / t).norm(dim=1)).nan_to_num(float("inf"))
 
-    grid = torch.linspace(-15.0, 15.0, 3001, dtype=torch.float64)
+    grid = torch.linspace(-15.0, 15.0, 601, dtype=torch.float64)
     best: tuple[float, float, float, int] = (math.inf, 0.0, 1.0, 0)
     for sign in (1.0, -1.0):
         # dL/dz = softmax - onehot is negative only at the label: the label is where a / t is negative.
@@ -130,7 +135,7 @@ def invert_head(
         r = residual(grid, sign, y)
         i = int(r.argmin())
         lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-        for _ in range(60):  # golden-section refinement of log|t| around the best grid point
+        for _ in range(50):  # golden-section refinement of log|t| around the best grid point
             m1, m2 = lo + 0.382 * (hi - lo), lo + 0.618 * (hi - lo)
             r1, r2 = residual(torch.stack([m1, m2]), sign, y)
             lo, hi = (lo, m2) if r1 < r2 else (m1, hi)
@@ -144,22 +149,33 @@ def invert_head(
 
 
 def _gradient_matrix(conv: nn.Conv2d, in_shape: tuple[int, ...], delta: torch.Tensor) -> torch.Tensor:
-    """The matrix ``(C_out*k*k, H*W)`` mapping one input channel to its slice of the weight gradient."""
+    """The matrix ``(C_out*k*k, H*W)`` mapping one input channel to its slice of the weight gradient: entry
+    ``(o, i, j), p`` is the sum of ``delta[o]`` over the output positions whose kernel tap ``(i, j)`` reads ``p``."""
     _, h, w = in_shape
-    pixel_basis = torch.eye(h * w, dtype=torch.float64, device=delta.device).view(h * w, 1, h, w)
-    patches = F.unfold(pixel_basis, conv.kernel_size, padding=conv.padding, stride=conv.stride)  # (HW, kk, L)
-    return torch.einsum("cl,pkl->ckp", delta.reshape(delta.shape[0], -1), patches).reshape(-1, h * w)
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    c_out, ho, wo = delta.shape
+    m = delta.new_zeros(c_out, kh, kw, h + 2 * ph, w + 2 * pw)
+    for i in range(kh):
+        for j in range(kw):
+            m[:, i, j, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw] = delta
+    return m[..., ph : ph + h, pw : pw + w].reshape(c_out * kh * kw, h * w)
 
 
-def _pivoted_cholesky(gram: torch.Tensor, rtol: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """``P^T G P = L L^T`` by LAPACK ``pstrf``: returns ``L``, the permutation and the numerical rank."""
+def _factor(gram: torch.Tensor, rtol: float) -> tuple[torch.Tensor | None, int, float]:
+    """Cholesky factor of a Gram matrix when it has full numerical rank (else ``None``), the rank, and a
+    condition estimate of the underlying system (ratio of the extreme pivots). The rank comes from LAPACK's
+    pivoted Cholesky (``pstrf``) when plain Cholesky shows the matrix is (nearly) singular."""
+    lower, info = torch.linalg.cholesky_ex(gram)
+    diag = lower.diagonal().abs()
+    if int(info) == 0 and float(diag.min() ** 2) > rtol * float(gram.diagonal().max()):
+        return lower, gram.shape[0], float(diag.max() / diag.min())
     from scipy.linalg import lapack
 
-    factor, piv, rank, info = lapack.dpstrf(gram.cpu().numpy(), lower=1, tol=rtol * float(gram.diagonal().max()))
-    if info < 0:
-        raise ConfigError(f"pivoted Cholesky failed (LAPACK info {info})")
-    lower = torch.from_numpy(factor).tril().to(gram)
-    return lower, torch.from_numpy(piv.astype("int64") - 1).to(gram.device), int(rank)
+    factor, _, rank, status = lapack.dpstrf(gram.cpu().numpy(), lower=1, tol=rtol * float(gram.diagonal().max()))
+    if status < 0:
+        raise ConfigError(f"pivoted Cholesky failed (LAPACK info {status})")
+    pivots = torch.from_numpy(abs(factor.diagonal()[: max(rank, 1)]).copy())
+    return None, int(rank), float(pivots.max() / pivots.min().clamp_min(1e-300))
 
 
 def solve_conv(
@@ -176,35 +192,37 @@ def solve_conv(
     c_out = out_pre.shape[0]
     n = c_in * h * w
     kk = conv.kernel_size[0] * conv.kernel_size[1]
-    weight = conv.weight.detach().double()
+    weight = conv.weight.detach()
     stride, padding = conv.stride, conv.padding
-    basis = torch.eye(n, dtype=torch.float64, device=delta.device).view(n, c_in, h, w)
-    ata = torch.nn.grad.conv2d_input(basis.shape, weight, F.conv2d(basis, weight, stride=stride, padding=padding),
-                                     stride=stride, padding=padding).reshape(n, n)
+    # A^T A column by column: the convolution's adjoint applied to the convolution of each basis image. Run in
+    # float32 (the observed update is float32 too), accumulated into a float64 system.
+    basis = torch.eye(n, dtype=torch.float32, device=delta.device).view(n, c_in, h, w)
+    w32 = weight.float()
+    ata = torch.nn.grad.conv2d_input(basis.shape, w32, F.conv2d(basis, w32, stride=stride, padding=padding),
+                                     stride=stride, padding=padding).reshape(n, n).double()
+    ata = (ata + ata.T) / 2
     del basis
+    weight = weight.double()
     ato = torch.nn.grad.conv2d_input((1, *in_shape), weight, out_pre[None], stride=stride, padding=padding).reshape(n)
     m = _gradient_matrix(conv, in_shape, delta)
     g = w_grad.double().reshape(c_out, c_in, kk).permute(1, 0, 2).reshape(c_in, -1)  # rhs per input channel
     sf = 1.0 / ata.trace().clamp_min(1e-300)  # ||A||_F^2 = trace(A^T A)
     sg = 1.0 / (m * m).sum().clamp_min(1e-300)
-    normal = ata * sf + torch.block_diag(*([(m.T @ m) * sg] * c_in))
+    mtm = m.T @ m
+    normal = ata * sf + torch.block_diag(*([mtm * sg] * c_in))
     rhs = ato * sf + ((g @ m) * sg).reshape(-1)
-    lower, perm, rank = _pivoted_cholesky(normal)
-    pivots = lower.diagonal()[: max(rank, 1)].abs()
-    condition = float(pivots.max() / pivots.min().clamp_min(1e-300))  # estimate for the scaled system
-    if rank == n:
-        y = torch.linalg.solve_triangular(lower, rhs[perm, None], upper=False)
-        z = torch.linalg.solve_triangular(lower.T, y, upper=True)[:, 0]
-        x = torch.empty_like(z).index_copy_(0, perm, z)
+    lower, rank, condition = _factor(normal, RANK_RTOL)
+    if lower is not None:
+        x = torch.cholesky_solve(rhs[:, None], lower)[:, 0]
     else:  # rank deficient: the minimum-norm least-squares solution, as R-GAP does
-        x = torch.linalg.lstsq(normal.cpu(), rhs.cpu()[:, None], driver="gelsd").solution[:, 0].to(rhs)
+        x = torch.linalg.lstsq(normal.cpu(), rhs.cpu()[:, None], rcond=RANK_RTOL, driver="gelsd").solution[:, 0].to(rhs)
     x = x.reshape(in_shape)
     predicted = F.conv2d(x[None], weight, stride=stride, padding=padding)[0]
     report = {
         "unknowns": n,
         "forward_equations": int(out_pre.numel()),
         "gradient_equations": int(m.shape[0]) * c_in,
-        "gradient_rank": int(torch.linalg.matrix_rank(m)) * c_in,
+        "gradient_rank": _factor(mtm, RANK_RTOL)[1] * c_in,
         "rank": rank,
         "solvable": rank == n,
         "condition_estimate": condition,

@@ -20,6 +20,6 @@ def build_model(name: str, **kwargs: object) -> nn.Module:
 
 # Registration happens on import of each module.
 from gradleak.models import convnet, lenet, mlp, resnet  # noqa: E402,F401
-from gradleak.models import cnn6  # noqa: E402,F401
+from gradleak.models import cnn6, imprint  # noqa: E402,F401
 
 __all__ = ["MODELS", "build_model"]
