@@ -141,6 +141,7 @@ def simulate_aggregate(
     std: tuple[float, ...],
     model: nn.Module | None = None,
     reduce: str = "sum",
+    model_mode: str = "train",
     device: torch.device | str = "cpu",
     info: dict[str, Any] | None = None,
 ) -> tuple[Observation, GroundTruth]:
@@ -160,7 +161,8 @@ def simulate_aggregate(
         raise ConfigError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
     model = model if model is not None else model_spec.build()
     observations = [
-        simulate(model_spec, x, y, num_classes=num_classes, mean=mean, std=std, model=model, device=device)[0]
+        simulate(model_spec, x, y, num_classes=num_classes, mean=mean, std=std, model=model,
+                 model_mode=model_mode, device=device)[0]  # type: ignore[arg-type]
         for x, y in client_batches
     ]
     total = {k: torch.stack([o.update[k] for o in observations]).sum(0) for k in observations[0].update}

@@ -10,7 +10,8 @@
       "per_sample": {"psnr": [..], "ssim": [..], "mse": [..], "label_correct": [..]|null,
                      "true_label": [..]|null, "recovered_label": [..]|null, "assignment": [..]},
       "iterations": int, "best_restart": int, "restart_objectives": [..], "final_objective": float|null,
-      "wall_time_s": float, "seed": int|null, "device": str, "versions": {"gradleak": str, "torch": str}
+      "wall_time_s": float, "details": {...attack-specific findings, e.g. "recovered": [bool]},
+      "seed": int|null, "device": str, "versions": {"gradleak": str, "torch": str}
     }
 
 Without ground truth (a real capture) the score fields are null and only the reconstruction is shown.
@@ -84,6 +85,7 @@ def metrics_dict(
         "restart_objectives": [_finite(float(v)) for v in recon.restart_objectives],
         "final_objective": None if final is None else _finite(final),
         "wall_time_s": recon.wall_time_s,
+        "details": recon.details,
         "seed": seed,
         "device": device,
         "versions": {"gradleak": __version__, "torch": torch.__version__},
