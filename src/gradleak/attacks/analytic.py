@@ -84,7 +84,7 @@ def agreeing_groups(candidates: torch.Tensor, tolerance: float) -> list[list[int
     norms = candidates.norm(dim=1).clamp_min(1e-300)
     dist = torch.cdist(candidates, candidates) / torch.maximum(norms[:, None], norms[None, :])
     close = dist < tolerance
-    unassigned = torch.ones(len(candidates), dtype=torch.bool)
+    unassigned = torch.ones(len(candidates), dtype=torch.bool, device=candidates.device)
     groups: list[list[int]] = []
     for i in range(len(candidates)):
         if unassigned[i]:

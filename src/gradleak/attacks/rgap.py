@@ -127,7 +127,7 @@ def invert_head(
         target[:, y] -= 1.0
         return ((target - a / t).norm(dim=1) / (a / t).norm(dim=1)).nan_to_num(float("inf"))
 
-    grid = torch.linspace(-15.0, 15.0, 601, dtype=torch.float64)
+    grid = torch.linspace(-15.0, 15.0, 601, dtype=torch.float64, device=a.device)
     best: tuple[float, float, float, int] = (math.inf, 0.0, 1.0, 0)
     for sign in (1.0, -1.0):
         # dL/dz = softmax - onehot is negative only at the label: the label is where a / t is negative.
