@@ -22,7 +22,7 @@ def _observe(dataset: str, indices: list[int], model: str = "mlp", **model_kwarg
     return simulate(spec, x, y, num_classes=ds.num_classes, mean=ds.mean, std=ds.std)
 
 
-@pytest.mark.parametrize("dataset,index", [("photos", 3), ("faces", 17)])
+@pytest.mark.parametrize("dataset,index", [("digits", 3), ("faces", 17)])
 def test_single_sample_is_exact_to_float_precision(dataset: str, index: int) -> None:
     obs, truth = _observe(dataset, [index])
     recon = ATTACKS.build("linear").reconstruct(obs)
@@ -47,7 +47,7 @@ def test_batch_recovers_only_certified_samples_exactly() -> None:
 
 
 def test_classifier_input_layer_uses_label_rows_as_approximations() -> None:
-    obs, truth = _observe("photos", [0, 10, 20], hidden=())  # a linear model: its one layer is the classifier
+    obs, truth = _observe("digits", [0, 1, 2], hidden=())  # a linear model: its one layer is the classifier
     recon = ATTACKS.build("linear").reconstruct(obs)
     assert recon.details["recovered"] == [False, False, False]
     assert recon.details["method"].count("label row (approximate)") == 3
