@@ -52,10 +52,13 @@ class ImprintSecret:
                 raise CaptureError(f"weights have no {key!r}: the model holds no imprint block at {layer!r}")
         weight, bias = weights[f"{layer}.weight"].double(), weights[f"{layer}.bias"].double()
         if weight.ndim != 2 or bias.shape != (weight.shape[0],):
-            raise CaptureError(f"{layer!r} must be a linear layer, got weight {tuple(weight.shape)}, bias {tuple(bias.shape)}")
+            raise CaptureError(
+                f"{layer!r} must be a linear layer, got weight {tuple(weight.shape)}, bias {tuple(bias.shape)}"
+            )
         measurement = weight[0]
         if not torch.allclose(weight, measurement.expand_as(weight), rtol=1e-6, atol=1e-9):
-            raise CaptureError(f"the rows of {layer + '.weight'!r} differ: not an imprint block (one shared measurement)")
+            key = f"{layer}.weight"
+            raise CaptureError(f"the rows of {key!r} differ: not an imprint block (one shared measurement)")
         order = torch.argsort(-bias)  # threshold t_j = -b_j, ascending
         return cls(layer, measurement, -bias[order], order)
 
@@ -80,8 +83,15 @@ class MaliciousServer:
         return model
 
 
-def calibrate_statistic(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], *, input_shape:
-                        tuple[int, int, int] | None = None, seed: int = 0, measurement: str = "random") -> tuple[float, float]:
+def calibrate_statistic(
+    images: torch.Tensor,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    *,
+    input_shape: tuple[int, int, int] | None = None,
+    seed: int = 0,
+    measurement: str = "random",
+) -> tuple[float, float]:
     """Mean and standard deviation of the block's statistic on public ``images`` (pixels in [0, 1]): the server's
     estimate of its distribution, from which the bins get equal mass (Fowl et al. 2022 use public data the same
     way). The measurement is the one an imprint block with this ``seed`` uses."""

@@ -43,7 +43,8 @@ def test_batch_recovers_only_certified_samples_exactly() -> None:
         if ok:  # every slot claimed as recovered is one of the true images, to float precision
             assert err < 1e-4
         else:  # the rest are the mean-colour filler, not a guess
-            assert torch.allclose(recon.inputs[slot], recon.inputs[slot].mean((1, 2), keepdim=True).expand_as(recon.inputs[slot]))
+            image = recon.inputs[slot]
+            assert torch.allclose(image, image.mean((1, 2), keepdim=True).expand_as(image))
 
 
 def test_classifier_input_layer_uses_label_rows_as_approximations() -> None:

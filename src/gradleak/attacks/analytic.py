@@ -72,7 +72,9 @@ def input_linear_layer(model: nn.Module, num_pixels: int, layer: str | None = No
     raise ConfigError(f"the model has no nn.Linear {want}: the linear-layer attack needs a fully connected input layer")
 
 
-def row_ratios(weight_grad: torch.Tensor, bias_grad: torch.Tensor, rel_eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+def row_ratios(
+    weight_grad: torch.Tensor, bias_grad: torch.Tensor, rel_eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(dL/dW_j) / (dL/db_j)`` for every row whose bias gradient is not negligible; returns (ratios, row ids)."""
     b = bias_grad.double()
     rows = torch.nonzero(b.abs() > rel_eps * b.abs().max().clamp_min(1e-300)).flatten()

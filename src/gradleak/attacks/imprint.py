@@ -87,8 +87,8 @@ class ImprintAttack(Attack):
         in_range = ((pixels >= -self.pixel_tolerance) & (pixels <= 1 + self.pixel_tolerance)).flatten(1).all(1)
         plausible = in_bin & in_range
         # Plausible candidates first (they are the recoveries), proven blends after, then filler.
-        rank = torch.argsort((~plausible).to(torch.int8), stable=True)
-        images, _ = assemble(obs, list(to_pixels(obs, candidates[rank])))
+        slots = torch.argsort((~plausible).to(torch.int8), stable=True)
+        images, _ = assemble(obs, list(to_pixels(obs, candidates[slots])))
         recovered = [i < int(plausible.sum()) for i in range(obs.batch_size)]
         details: dict[str, Any] = {
             "recovered": recovered,
@@ -96,7 +96,7 @@ class ImprintAttack(Attack):
             "occupied_bins": int(occupied.numel()),
             "blended_bins": int((~plausible).sum()),
             "samples_hidden_in_blends_at_least": obs.batch_size - int(occupied.numel()),
-            "bin_of_slot": [int(b) for b in occupied[rank].tolist()] + [-1] * (obs.batch_size - int(occupied.numel())),
+            "bin_of_slot": [int(b) for b in occupied[slots].tolist()] + [-1] * (obs.batch_size - int(occupied.numel())),
             "aggregate": obs.info.get("aggregate"),
         }
         if callback is not None:

@@ -265,7 +265,8 @@ class RGAP(Attack):
         grads = obs.gradient_estimate()
         for layer in layers:
             if f"{layer.name}.weight" not in grads:
-                raise ConfigError(f"the update withholds {layer.name + '.weight'!r}: R-GAP needs every layer's gradient")
+                key = f"{layer.name}.weight"
+                raise ConfigError(f"the update withholds {key!r}: R-GAP needs every layer's gradient")
         head = layers[-1]
         bias_key = f"{head.name}.bias"
         h, dz, head_info = invert_head(
