@@ -15,10 +15,10 @@ from gradleak.observation import ModelSpec
 from gradleak.victim import simulate
 
 
-def _observe(indices: list[int], model: str = "cnn6"):
-    ds = load_dataset("photos")
+def _observe(indices: list[int], model: str = "cnn6", dataset: str = "photos"):
+    ds = load_dataset(dataset)
     x, y = ds.batch(indices)
-    spec = ModelSpec(model, {"in_channels": 3, "num_classes": ds.num_classes, "image_size": 32})
+    spec = ModelSpec(model, {"in_channels": ds.input_shape[0], "num_classes": ds.num_classes, "image_size": 32})
     torch.manual_seed(0)
     return simulate(spec, x, y, num_classes=ds.num_classes, mean=ds.mean, std=ds.std)
 
@@ -49,9 +49,9 @@ def test_rank_condition_reports_underdetermined_layer() -> None:
 
 
 def test_clear_errors() -> None:
-    obs, _ = _observe([0, 1])
+    obs, _ = _observe([0, 1], dataset="digits")
     with pytest.raises(ConfigError, match="batch size 2"):
         ATTACKS.build("rgap").reconstruct(obs)
-    obs, _ = _observe([0], model="lenet")
+    obs, _ = _observe([0], model="lenet", dataset="digits")
     with pytest.raises(ConfigError, match="R-GAP needs"):
         ATTACKS.build("rgap").reconstruct(obs)
