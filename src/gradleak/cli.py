@@ -64,6 +64,8 @@ def _victim_args(p: argparse.ArgumentParser, dataset: str, num_classes: int | No
     p.add_argument("--local-lr", type=float, default=0.1)
     p.add_argument("--local-batch-size", type=int, default=None)
     p.add_argument("--leak-labels", action="store_true", help="the labels are part of what the server sees")
+    p.add_argument("--clients", type=int, default=1,
+                   help="split the batch into N equal clients; the server sees the sum of their updates (fedsgd)")
 
 
 def _attack_args(p: argparse.ArgumentParser, attack: str) -> None:
@@ -88,7 +90,7 @@ def _experiment_config(args: argparse.Namespace) -> Any:
         dataset=args.dataset, image_size=args.image_size, indices=_indices(args.indices), batch_size=args.batch_size,
         model=args.model, model_kwargs=parse_assignments(args.model_arg, "--model-arg"), num_classes=args.num_classes,
         model_mode=args.model_mode, protocol=args.protocol, local_steps=args.local_steps, local_lr=args.local_lr,
-        local_batch_size=args.local_batch_size, leak_labels=args.leak_labels,
+        local_batch_size=args.local_batch_size, leak_labels=args.leak_labels, clients=args.clients,
         attack=getattr(args, "attack", "idlg"), attack_kwargs=_attack_kwargs(args) if hasattr(args, "attack") else {},
         seed=args.seed, device=args.device,
     )
@@ -103,6 +105,9 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
         f"({metrics['iterations']} iterations, {metrics['wall_time_s']:.1f} s)"
     )
     print(f"recovered labels {metrics['per_sample']['recovered_label']}, true {metrics['per_sample']['true_label']}")
+    recovered = metrics.get("details", {}).get("recovered")
+    if recovered is not None:
+        print(f"samples the attack flags as recovered: {sum(recovered)} of {len(recovered)} (details in metrics.json)")
     print(f"report: {out / 'grid.png'}, {out / 'metrics.json'}")
 
 

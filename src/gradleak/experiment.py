@@ -25,7 +25,9 @@ from gradleak.victim import simulate
 class ExperimentConfig:
     """Victim, protocol and attack of one run. ``indices`` picks the private batch; when empty, ``batch_size``
     images are drawn with ``seed``. ``num_classes`` defaults to the dataset's (the model's head size).
-    ``pretrain_steps`` > 0 trains the model first on the other images (the training stage of the attack)."""
+    ``pretrain_steps`` > 0 trains the model first on the other images (the training stage of the attack).
+    ``clients`` > 1 splits the batch into that many equal client batches and the server observes the *sum* of
+    their FedSGD updates (``malicious.simulate_aggregate``); the attack is asked for every client's images."""
 
     dataset: str = "faces"
     image_size: int = 32
@@ -44,6 +46,7 @@ class ExperimentConfig:
     pretrain_steps: int = 0
     attack: str = "idlg"
     attack_kwargs: dict[str, Any] = field(default_factory=dict)
+    clients: int = 1
     seed: int = 0
     device: str = "cpu"
 
@@ -53,6 +56,9 @@ class ExperimentConfig:
         if self.protocol not in ("fedsgd", "fedavg"):
             raise ConfigError(f"protocol must be 'fedsgd' or 'fedavg', got {self.protocol!r}")
         ATTACKS.get(self.attack)
+        if self.clients < 1 or (self.clients > 1 and self.protocol != "fedsgd"):
+            raise ConfigError(f"clients must be >= 1, and > 1 only with protocol 'fedsgd'; got "
+                              f"clients={self.clients}, protocol={self.protocol!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -95,6 +101,16 @@ def make_victim(config: ExperimentConfig) -> tuple[Observation, GroundTruth]:
     local = None
     if config.protocol == "fedavg":
         local = LocalTraining(config.local_steps, config.local_lr, config.local_batch_size or len(indices))
+    if config.clients > 1:
+        from gradleak.malicious import simulate_aggregate
+
+        if len(indices) % config.clients:
+            raise ConfigError(f"a batch of {len(indices)} images does not split into {config.clients} equal clients")
+        size = len(indices) // config.clients
+        batches = [(inputs[i * size : (i + 1) * size], labels[i * size : (i + 1) * size]) for i in range(config.clients)]
+        return simulate_aggregate(spec, batches, num_classes=num_classes, mean=ds.mean, std=ds.std, model=model,
+                                  model_mode=config.model_mode, device=config.device,
+                                  info={"dataset": ds.name, "indices": indices})
     return simulate(
         spec, inputs, labels, num_classes=num_classes, mean=ds.mean, std=ds.std, protocol=config.protocol,
         local_training=local, model=model, model_mode=config.model_mode, leak_labels=config.leak_labels,
