@@ -64,3 +64,17 @@ def test_needs_an_imprint_block() -> None:
                       num_classes=10, mean=ds.mean, std=ds.std)
     with pytest.raises(ConfigError, match="block.imprint"):
         ATTACKS.build("imprint").reconstruct(obs)
+
+
+def test_config_names_the_model_the_attack_and_the_clients() -> None:
+    from gradleak.experiment import ExperimentConfig, run_experiment
+
+    config = ExperimentConfig(dataset="faces", batch_size=64, clients=8, model="imprint",
+                              model_kwargs={"base": "mlp", "base_kwargs": {"hidden": [32]}, "bins": 128},
+                              attack="imprint")
+    result = run_experiment(config)
+    assert result.observation.info["aggregate"] == "sum" and result.observation.info["clients"] == 8
+    assert sum(p >= 40 for p in result.scores.psnr) >= 32
+    assert result.metrics["details"]["bins"] == 128
+    with pytest.raises(ConfigError, match="clients"):
+        ExperimentConfig(clients=2, protocol="fedavg")
