@@ -125,7 +125,10 @@ def npz(path: str | Path, size: int | None = 32, channels: int | None = None) ->
         for key in ("images", "labels"):
             if key not in archive.files:
                 raise DataError(f"{p}: missing array {key!r} (found {sorted(archive.files)})")
-        imgs, labs = archive["images"], archive["labels"]
+        try:
+            imgs, labs = archive["images"], archive["labels"]
+        except ValueError as exc:
+            raise DataError(f"{p}: not a NumPy .npz archive without pickled objects ({exc})") from exc
     if imgs.ndim == 3:
         imgs = imgs[:, None]
     elif imgs.ndim == 4 and imgs.shape[-1] in (1, 3) and imgs.shape[1] not in (1, 3):

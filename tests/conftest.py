@@ -1,0 +1,28 @@
+"""Shared fixtures: small real victims built from the bundled data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gradleak.data import load_dataset
+from gradleak.observation import GroundTruth, ModelSpec, Observation
+from gradleak.victim import simulate
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def faces():
+    return load_dataset("faces")
+
+
+@pytest.fixture()
+def face_observation(faces) -> tuple[Observation, GroundTruth]:
+    """A LeNet (DLG's 100-way head) FedSGD gradient of one real face."""
+    x, y = faces.batch([3])
+    spec = ModelSpec("lenet", {"in_channels": 1, "num_classes": 100, "image_size": 32})
+    return simulate(spec, x, y, num_classes=100, mean=faces.mean, std=faces.std, seed=1)
