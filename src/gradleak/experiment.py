@@ -15,6 +15,7 @@ import torch
 from gradleak.attacks import ATTACKS
 from gradleak.attacks.base import Reconstruction
 from gradleak.data import load_dataset
+from gradleak.defenses.base import Defense
 from gradleak.errors import ConfigError
 from gradleak.metrics import Scores, score
 from gradleak.observation import GroundTruth, LocalTraining, ModelSpec, Observation
@@ -26,6 +27,8 @@ class ExperimentConfig:
     """Victim, protocol and attack of one run. ``indices`` picks the private batch; when empty, ``batch_size``
     images are drawn with ``seed``. ``num_classes`` defaults to the dataset's (the model's head size).
     ``pretrain_steps`` > 0 trains the model first on the other images (the training stage of the attack).
+    ``defense`` names a defense of ``gradleak.defenses`` applied in the client's step (``defense_kwargs`` its
+    parameters); secure aggregation draws the other clients from the dataset's images outside the batch.
     ``clients`` > 1 splits the batch into that many equal client batches and the server observes the *sum* of
     their FedSGD updates (``malicious.simulate_aggregate``); the attack is asked for every client's images."""
 
@@ -46,6 +49,8 @@ class ExperimentConfig:
     pretrain_steps: int = 0
     attack: str = "idlg"
     attack_kwargs: dict[str, Any] = field(default_factory=dict)
+    defense: str | None = None
+    defense_kwargs: dict[str, Any] = field(default_factory=dict)
     clients: int = 1
     seed: int = 0
     device: str = "cpu"
@@ -56,9 +61,16 @@ class ExperimentConfig:
         if self.protocol not in ("fedsgd", "fedavg"):
             raise ConfigError(f"protocol must be 'fedsgd' or 'fedavg', got {self.protocol!r}")
         ATTACKS.get(self.attack)
-        if self.clients < 1 or (self.clients > 1 and self.protocol != "fedsgd"):
-            raise ConfigError(f"clients must be >= 1, and > 1 only with protocol 'fedsgd'; got "
-                              f"clients={self.clients}, protocol={self.protocol!r}")
+        if self.clients < 1 or (self.clients > 1 and (self.protocol != "fedsgd" or self.defense is not None)):
+            raise ConfigError(f"clients must be >= 1, and > 1 only with protocol 'fedsgd' and no defense; got "
+                              f"clients={self.clients}, protocol={self.protocol!r}, defense={self.defense!r}")
+        self.build_defense()  # validates the defense's name and parameters early
+
+    def build_defense(self) -> Defense | None:
+        """The configured defense (``defense`` by registry name, ``defense_kwargs`` its parameters), or None."""
+        from gradleak.defenses import build_defense
+
+        return build_defense(self.defense, **self.defense_kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -101,6 +113,11 @@ def make_victim(config: ExperimentConfig) -> tuple[Observation, GroundTruth]:
     local = None
     if config.protocol == "fedavg":
         local = LocalTraining(config.local_steps, config.local_lr, config.local_batch_size or len(indices))
+    defense = config.build_defense()
+    population = None
+    if defense is not None:
+        others = torch.tensor([i for i in range(len(ds)) if i not in set(indices)], dtype=torch.long)
+        population = (ds.images[others], ds.labels[others])
     if config.clients > 1:
         from gradleak.malicious import simulate_aggregate
 
@@ -114,7 +131,8 @@ def make_victim(config: ExperimentConfig) -> tuple[Observation, GroundTruth]:
     return simulate(
         spec, inputs, labels, num_classes=num_classes, mean=ds.mean, std=ds.std, protocol=config.protocol,
         local_training=local, model=model, model_mode=config.model_mode, leak_labels=config.leak_labels,
-        device=config.device, info={"dataset": ds.name, "indices": indices},
+        device=config.device, info={"dataset": ds.name, "indices": indices}, defense=defense,
+        population=population, seed=None if defense is None else config.seed,
     )
 
 

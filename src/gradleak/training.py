@@ -7,10 +7,11 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from gradleak.data.dataset import ImageDataset
+from gradleak.defenses.base import Defense, defended_update
 from gradleak.victim import normalize
+
 
 
 def split_indices(n: int, test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -31,20 +32,46 @@ def train(
     momentum: float = 0.9,
     seed: int = 0,
     device: torch.device | str = "cpu",
+    defense: Defense | None = None,
 ) -> nn.Module:
-    """Train ``model`` in place for ``steps`` SGD steps on mini-batches drawn from ``indices``."""
+    """Train ``model`` in place for ``steps`` SGD steps on mini-batches drawn from ``indices``.
+
+    Each step applies the update a client would share (the plain mean gradient, or what ``defense``
+    makes of it), computed by ``defenses.defended_update``, the victim simulation's code path: a FedSGD
+    step of this client (and, under secure aggregation, of other clients drawn from ``indices``). A defense with Poisson sampling
+    (DP-SGD) gets Poisson batches of expected size ``batch_size``, as its accountant assumes; a step whose
+    Poisson batch is empty is skipped. Parameters whose update a defense withholds are not changed."""
     if steps <= 0:
         return model
     model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     gen = torch.Generator().manual_seed(seed)
     pool = torch.tensor(list(indices), dtype=torch.long)
+    if defense is not None:
+        defense.check_model(model)
+    noise_gen = torch.Generator(device=torch.device(device)).manual_seed(seed)
+    params = dict(model.named_parameters())
+    rate = min(batch_size, len(pool)) / len(pool)
+
+    def draw_others(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = pool[torch.randint(len(pool), (n,), generator=g, device=g.device).cpu()]
+        return normalize(data.images[idx].to(device), data.mean, data.std), data.labels[idx].to(device)
+
     for _ in range(steps):
-        idx = pool[torch.randint(len(pool), (min(batch_size, len(pool)),), generator=gen)]
+        if defense is not None and defense.sampling == "poisson":
+            idx = pool[torch.rand(len(pool), generator=gen) < rate]
+            if idx.numel() == 0:
+                continue
+        else:
+            idx = pool[torch.randint(len(pool), (min(batch_size, len(pool)),), generator=gen)]
         x = normalize(data.images[idx].to(device), data.mean, data.std)
-        loss = F.cross_entropy(model(x), data.labels[idx].to(device))
+        update = defended_update(
+            defense, model, x, data.labels[idx].to(device), generator=noise_gen, draw_others=draw_others,
+            expected_batch_size=min(batch_size, len(pool)),
+        )
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        for name, g in update.items():
+            params[name].grad = g.to(params[name].dtype)
         opt.step()
     return model
 
