@@ -114,6 +114,9 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from gradleak.experiment import run_experiment
 
+    if args.indices is None and args.batch_size == 1:
+        args.indices = "0"  # the first bundled image (a face by default), so the demo is the same everywhere
+
     config = _experiment_config(args)
     result = run_experiment(config, out=args.out, progress=not args.quiet)
     _print_summary(result.metrics, Path(args.out))
@@ -171,6 +174,71 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fl_audit(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from gradleak.config import load_audit_config
+    from gradleak.fl.audit import audit
+    from gradleak.fl.simulation import AuditSettings, FederationConfig, run_federation
+
+    fed, settings = load_audit_config(args.config) if args.config else (FederationConfig(), AuditSettings())
+    fed_over = {k: v for k, v in {"num_clients": args.clients, "rounds": args.rounds, "protocol": args.protocol,
+                                  "dataset": args.dataset}.items() if v is not None}
+    if args.secure_aggregation:
+        fed_over["secure_aggregation"] = True
+    fed = dataclasses.replace(fed, **fed_over)
+    over: dict[str, Any] = {k: v for k, v in {"attack": args.attack, "out": args.out,
+                                              "aggregate_as": args.aggregate_as}.items() if v is not None}
+    if args.iterations is not None:
+        over["attack_kwargs"] = {**settings.attack_kwargs, "iterations": args.iterations}
+    settings = dataclasses.replace(settings, **over)
+    print(f"federation: {fed.num_clients} {fed.protocol} clients on {fed.dataset}, {fed.rounds} rounds, "
+          f"secure aggregation {'on (SecAgg+)' if fed.secure_aggregation else 'off'}")
+    run = run_federation(fed, verbose=not args.quiet and args.verbose)
+    report = audit(run.updates, run.target, settings.attack, settings.attack_kwargs, truth=run.truth,
+                   aggregate_as=settings.aggregate_as, leak_threshold_db=settings.leak_threshold_db,
+                   rounds=settings.rounds or None, device=settings.device, seed=settings.seed, out=settings.out,
+                   progress=False)
+    for row in report.rows:
+        best = "n/a" if row["psnr_best"] is None else f"{row['psnr_best']:.1f} dB"
+        print(f"round {row['round']} {row['source']}: best PSNR {best}{'  LEAKED' if row['leaked'] else ''}"
+              f"{'  error: ' + row['error'] if row['error'] else ''}")
+    print(f"report: {Path(settings.out) / 'report.html'}, {Path(settings.out) / 'audit.csv'}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from gradleak.config import load_sweep_config
+    from gradleak.report.html import write_html
+    from gradleak.sweep import run_sweep
+
+    config = load_sweep_config(args.config)
+    if args.out:
+        config = dataclasses.replace(config, settings=dataclasses.replace(config.settings, out=args.out))
+
+    def show(row: dict[str, Any]) -> None:
+        if not args.quiet:
+            psnr = row.get("psnr")
+            print(f"  {row['key']} {row['status']}: " + (f"{psnr:.2f} dB" if psnr is not None else row["error"]))
+
+    summary = run_sweep(config, address=args.address, retry_errors=args.retry_errors or None, on_result=show)
+    print(f"sweep: {summary.total} experiments, {summary.skipped} already done, {summary.ran} run "
+          f"({summary.failed} failed) in {summary.wall_time_s:.1f} s; table: {summary.table}")
+    if not args.no_report and summary.table.exists():
+        print(f"report: {write_html(summary.table, config=Path(args.config).read_text())}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from gradleak.report.html import write_html
+
+    config = Path(args.config).read_text() if args.config else None
+    print(f"report: {write_html(args.source, args.out, config=config)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gradleak", description="Gradient inversion: attacks, defenses, audits.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -178,7 +246,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="attack one bundled real face with iDLG on LeNet and report",
                           description="Simulate a client on a bundled image, attack its gradient, write a report.")
     _victim_args(demo, dataset="faces", num_classes=100)
-    demo.set_defaults(indices="0")
     _attack_args(demo, attack="idlg")
     _common(demo, out_default="out/demo")
     demo.set_defaults(func=cmd_demo)
@@ -202,6 +269,45 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list registered models, datasets, attacks, objectives and priors")
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=cmd_list)
+
+    fla = sub.add_parser("fl-audit", aliases=["audit"], help="simulate a Flower federation and audit its leakage",
+                         description="Run N Flower clients in one process (run_simulation), record every update the "
+                         "server sees (only aggregates with --secure-aggregation, Flower's SecAgg+), attack each "
+                         "and write a per-round, per-client report.")
+    fla.add_argument("config", nargs="?", help="audit config (.toml/.yaml) with [federation] and [audit] tables")
+    fla.add_argument("--clients", type=int, default=None, help="number of clients (overrides the config)")
+    fla.add_argument("--rounds", type=int, default=None)
+    fla.add_argument("--protocol", choices=("fedsgd", "fedavg", "dp"), default=None)
+    fla.add_argument("--dataset", default=None)
+    fla.add_argument("--secure-aggregation", action="store_true", help="Flower SecAgg+: the server sees sums only")
+    fla.add_argument("--attack", default=None)
+    fla.add_argument("--iterations", type=int, default=None)
+    fla.add_argument("--aggregate-as", choices=("client", "batch"), default=None,
+                     help="attack an aggregate as one client's update (client) or as one batch of all (batch)")
+    fla.add_argument("--out", default=None, help="report folder (default from the config: out/fl-audit)")
+    fla.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+    fla.add_argument("--quiet", action="store_true")
+    fla.set_defaults(func=cmd_fl_audit)
+
+    swp = sub.add_parser("sweep", help="run a grid of experiments on Ray, resumable",
+                         description="Expand the config's grid and run each experiment as a Ray task (local Ray by "
+                         "default, --address for a cluster); results stream into one CSV/Parquet table, done "
+                         "experiments are skipped, failures are recorded and the rest go on.")
+    swp.add_argument("config", help="sweep config (.toml/.yaml) with [sweep], [base] and [grid] tables")
+    swp.add_argument("--address", default=None, help="existing Ray cluster address (e.g. ray://host:10001 or auto)")
+    swp.add_argument("--out", default=None, help="results folder (overrides [sweep] out)")
+    swp.add_argument("--retry-errors", action="store_true", help="run again the experiments recorded as errors")
+    swp.add_argument("--no-report", action="store_true", help="do not write report.html next to the table")
+    swp.add_argument("--quiet", action="store_true")
+    swp.set_defaults(func=cmd_sweep)
+
+    rep = sub.add_parser("report", help="write a self-contained HTML report",
+                         description="From a sweep results table (.csv/.parquet), a run folder (metrics.json) or an "
+                         "audit folder (audit.json), write one HTML file with every image embedded.")
+    rep.add_argument("source", help="results table, run folder or audit folder")
+    rep.add_argument("--out", default=None, help="HTML file (default: report.html beside the source)")
+    rep.add_argument("--config", default=None, help="config file to include in the report")
+    rep.set_defaults(func=cmd_report)
     return parser
 
 

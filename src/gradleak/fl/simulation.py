@@ -1,0 +1,211 @@
+"""A simulated Flower federation in one process (``flwr.simulation.run_simulation``), recorded for an audit.
+
+``run_federation(FederationConfig(...))`` starts N virtual clients on IID shards of a bundled dataset, runs
+``rounds`` rounds of FedAvg aggregation over FedSGD, FedAvg or DP-SGD clients, and returns what the server
+recorded: every client's update, or, with ``secure_aggregation``, only the aggregates Flower's SecAgg+ lets
+the server unmask.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from gradleak.errors import ConfigError
+from gradleak.fl.audit import AuditTarget
+from gradleak.fl.clients import ClientSetup, make_client_app, make_secagg_client_app
+from gradleak.fl.recording import RecordedUpdate, RecordingLegacyStrategy, RecordingStrategy, UpdateRecorder
+from gradleak.observation import GroundTruth, ModelSpec
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """A federation to simulate. ``examples_per_round`` is each client's private batch per round;
+    ``local_batch_size`` (FedAvg/DP) defaults to it. ``client_cpus`` is the Ray CPU share of one client."""
+
+    dataset: str = "digits"
+    image_size: int = 32
+    channels: int | None = None
+    num_clients: int = 4
+    rounds: int = 2
+    protocol: Literal["fedsgd", "fedavg", "dp"] = "fedsgd"
+    examples_per_round: int = 1
+    local_steps: int = 1
+    local_lr: float = 0.1
+    local_batch_size: int | None = None
+    model: str = "lenet"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    num_classes: int | None = 100
+    dp_noise_multiplier: float = 1.0
+    dp_max_grad_norm: float = 1.0
+    secure_aggregation: bool = False
+    seed: int = 0
+    client_cpus: float = 1.0
+    ray_num_cpus: int | None = 2
+
+    def __post_init__(self) -> None:
+        if self.num_clients < 2:
+            raise ConfigError(f"num_clients must be >= 2, got {self.num_clients}")
+        if self.secure_aggregation and self.num_clients < 3:
+            raise ConfigError(f"secure_aggregation (SecAgg+) needs >= 3 clients, got {self.num_clients}")
+        if self.rounds < 1 or self.examples_per_round < 1 or self.local_steps < 1:
+            raise ConfigError("rounds, examples_per_round and local_steps must be >= 1")
+        if self.protocol not in ("fedsgd", "fedavg", "dp"):
+            raise ConfigError(f"protocol must be 'fedsgd', 'fedavg' or 'dp', got {self.protocol!r}")
+        if not self.local_lr > 0:
+            raise ConfigError(f"local_lr must be positive, got {self.local_lr}")
+
+
+@dataclass
+class FederationRun:
+    """What a simulated federation leaves behind: the server's records and, for scoring, the private data."""
+
+    config: FederationConfig
+    setup: ClientSetup
+    target: AuditTarget
+    updates: list[RecordedUpdate]
+
+    def truth(self, update: RecordedUpdate) -> GroundTruth | None:
+        """The private batch behind ``update``: the client's (found by the ``partition-id`` the simulated
+        client reports) or, for an aggregate, every client's batch of that round."""
+        ds = self.setup.load()
+        if update.is_aggregate:
+            parts = range(self.config.num_clients)
+        elif "partition-id" in update.metrics:
+            parts = [int(update.metrics["partition-id"])]
+        else:
+            return None
+        indices = [i for p in parts for i in self.setup.batch_indices(p, update.round)]
+        return GroundTruth(*ds.batch(indices))
+
+
+def _setup(config: FederationConfig) -> tuple[ClientSetup, AuditTarget]:
+    from gradleak.data import load_dataset
+
+    ds = load_dataset(config.dataset, size=config.image_size, channels=config.channels)
+    num_classes = config.num_classes or ds.num_classes
+    if num_classes < ds.num_classes:
+        raise ConfigError(f"num_classes {num_classes} is smaller than the {ds.num_classes} classes of {ds.name!r}")
+    c, h, _ = ds.input_shape
+    spec = ModelSpec(config.model, {"in_channels": c, "num_classes": num_classes, "image_size": h, **config.model_kwargs})
+    setup = ClientSetup(
+        dataset=config.dataset, image_size=config.image_size, channels=config.channels, model_spec=spec,
+        num_clients=config.num_clients, examples_per_round=config.examples_per_round, protocol=config.protocol,
+        seed=config.seed, dp_noise_multiplier=config.dp_noise_multiplier, dp_max_grad_norm=config.dp_max_grad_norm,
+    )
+    target = AuditTarget(spec, ds.input_shape, num_classes, ds.mean, ds.std)
+    return setup, target
+
+
+def _train_config(config: FederationConfig) -> dict[str, Any]:
+    batch = config.examples_per_round if config.protocol == "fedsgd" else (config.local_batch_size or config.examples_per_round)
+    return {"lr": float(config.local_lr), "local-steps": int(config.local_steps), "batch-size": int(batch)}
+
+
+def _server_app(config: FederationConfig, initial: dict[str, torch.Tensor], recorder: UpdateRecorder) -> Any:
+    from flwr.app import ArrayRecord, ConfigRecord, Context
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+
+    app = ServerApp()
+    n = config.num_clients
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        strategy = RecordingStrategy(
+            FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n), recorder
+        )
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(initial), num_rounds=config.rounds,
+                       train_config=ConfigRecord(_train_config(config)))
+
+    return app
+
+
+def _secagg_server_app(config: FederationConfig, initial: dict[str, torch.Tensor], recorder: UpdateRecorder) -> Any:
+    from flwr.app import Context
+    from flwr.common import ndarrays_to_parameters
+    from flwr.server import LegacyContext, ServerConfig
+    from flwr.server.strategy import FedAvg
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+    from flwr.serverapp import Grid, ServerApp
+
+    app = ServerApp()
+    n = config.num_clients
+    names = list(initial)
+    train_config = _train_config(config)
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        inner = FedAvg(
+            fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=n, min_available_clients=n,
+            initial_parameters=ndarrays_to_parameters([initial[k].numpy() for k in names]),
+            on_fit_config_fn=lambda r: {**train_config, "server-round": r},
+        )
+        strategy = RecordingLegacyStrategy(inner, names, recorder)
+        legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=config.rounds), strategy=strategy)
+        workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(num_shares=n, reconstruction_threshold=n // 2 + 1))
+        workflow(grid, legacy)
+
+    return app
+
+
+def run_federation(config: FederationConfig, verbose: bool = False) -> FederationRun:
+    """Run the federation with ``run_simulation`` (Ray backend, tiny resources) and return its records.
+
+    Sets ``FLWR_TELEMETRY_ENABLED=0`` and, unless set, ``FLWR_HOME`` to a temporary folder. If Ray is already
+    initialised (a sweep, a test fixture), Flower uses that session.
+    """
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("FLWR_HOME", tempfile.mkdtemp(prefix="gradleak-flwr-"))
+    from flwr.simulation import run_simulation
+
+    setup, target = _setup(config)
+    torch.manual_seed(config.seed)
+    initial = {k: v.detach().clone() for k, v in setup.model_spec.build().state_dict().items()}
+    recorder = UpdateRecorder()
+    if config.secure_aggregation:
+        server, client = _secagg_server_app(config, initial, recorder), make_secagg_client_app(setup)
+    else:
+        server, client = _server_app(config, initial, recorder), make_client_app(setup)
+    backend: dict[str, Any] = {"client_resources": {"num_cpus": config.client_cpus, "num_gpus": 0.0}}
+    if config.ray_num_cpus is not None:
+        backend["init_args"] = {"num_cpus": config.ray_num_cpus, "include_dashboard": False, "log_to_driver": verbose}
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    if not verbose:
+        flwr_logger.setLevel(logging.WARNING)
+    try:
+        run_simulation(server_app=server, client_app=client, num_supernodes=config.num_clients,
+                       backend_config=backend, verbose_logging=verbose)
+    finally:
+        flwr_logger.setLevel(level)
+    updates = recorder.updates
+    expected = config.rounds * (1 if config.secure_aggregation else config.num_clients)
+    if len(updates) != expected:
+        raise RuntimeError(f"the federation recorded {len(updates)} updates, expected {expected}: see Flower's log")
+    return FederationRun(config, setup, target, updates)
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """How to audit a federation: which attack, how to view aggregates, which rounds (empty: all), where to
+    write the report."""
+
+    attack: str = "idlg"
+    attack_kwargs: dict[str, Any] = field(default_factory=lambda: {"iterations": 200})
+    aggregate_as: Literal["client", "batch"] = "client"
+    leak_threshold_db: float = 25.0
+    rounds: tuple[int, ...] = ()
+    out: str = "out/fl-audit"
+    device: str = "cpu"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from gradleak.attacks import ATTACKS
+
+        ATTACKS.get(self.attack)

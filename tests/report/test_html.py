@@ -1,0 +1,70 @@
+"""The HTML report is self-contained and renders, with every image loaded, in headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gradleak.experiment import ExperimentConfig
+from gradleak.report.html import write_html
+from gradleak.sweep import ResultsTable, experiment_key, run_one
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _sweep_table(folder: Path) -> Path:
+    """A small results table made the way a sweep makes it (run_one per experiment), without Ray."""
+    table = ResultsTable(folder / "results.csv")
+    for batch_size in (1, 2):
+        for seed in (0, 1):
+            config = ExperimentConfig(dataset="digits", image_size=16, num_classes=100, batch_size=batch_size,
+                                      attack="dlg", attack_kwargs={"iterations": 8}, seed=seed)
+            key = experiment_key(config)
+            result = run_one(config.to_dict())
+            for name, data in result.pop("files").items():
+                (folder / "runs" / key).mkdir(parents=True, exist_ok=True)
+                (folder / "runs" / key / name).write_bytes(data)
+            table.append({"key": key, **result, **config.to_dict(), "run_dir": f"runs/{key}"})
+    return table.path
+
+
+def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess[str]:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--virtual-time-budget=10000"]
+    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_sweep_report_is_self_contained(tmp_path):
+    html = write_html(_sweep_table(tmp_path)).read_text()
+    srcs = re.findall(r'<img src="([^"]+)"', html)
+    assert len(srcs) >= 5  # 4 grids and the batch-size plot
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+    import torch
+
+    for needle in ("Truth vs reconstruction", "alt=\"leakage vs batch size\"", "Metrics", "Configuration", "Versions",
+                   torch.__version__):
+        assert needle in html
+    assert "http://" not in html and "https://" not in html
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make setup installs it)")
+def test_report_renders_in_headless_chromium_with_all_images(tmp_path):
+    report = write_html(_sweep_table(tmp_path), config="[grid]\nbatch_size = [1, 2]\nseed = [0, 1]\n")
+    dom = _chromium(["--dump-dom", report.as_uri()], tmp_path / "profile")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    total = re.search(r'data-images-total="(\d+)"', dom.stdout)
+    loaded = re.search(r'data-images-loaded="(\d+)"', dom.stdout)
+    assert total and loaded, "the page's load script did not run"
+    assert int(total.group(1)) >= 5 and loaded.group(1) == total.group(1)
+    shot = tmp_path / "shot.png"
+    _chromium([f"--screenshot={shot}", "--window-size=1200,1600", report.as_uri()], tmp_path / "profile2")
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        assert im.size == (1200, 1600)
+        assert len(set(im.convert("L").resize((120, 160)).getdata())) > 20  # not a blank page
