@@ -150,13 +150,18 @@ def varying(rows: Sequence[dict[str, Any]], skip: Sequence[str]) -> list[str]:
 METRICS = ("psnr", "ssim", "mse", "label_accuracy", "wall_time_s")
 
 
+def _is_bundle(rows: Sequence[dict[str, Any]], column: str) -> bool:
+    """A sweep axis that sets several fields at once (its table's entries are columns of the row too)."""
+    return all(isinstance(r.get(column), dict) and all(r.get(k) == v for k, v in r[column].items()) for r in rows)
+
+
 def render_sweep(rows: Sequence[dict[str, Any]], root: Path | None = None, config: Any = None,
                  title: str = "gradleak sweep report", max_grids: int = 60) -> str:
     """A sweep's report from its typed rows; ``root`` is the folder that ``run_dir`` entries are relative to."""
     ok = [r for r in rows if r.get("status") == "ok"]
     failed = [r for r in rows if r.get("status") != "ok"]
     skip = ("key", "status", "error", "run_dir", "worker", "finished_at", *METRICS, "iterations")
-    axes = varying(rows, skip)
+    axes = [a for a in varying(rows, skip) if not _is_bundle(rows, a)]
     psnrs = [r["psnr"] for r in ok if isinstance(r.get("psnr"), (int, float))]
     summary = cards([
         ("experiments", str(len(rows))), ("ok", str(len(ok))), ("failed", str(len(failed))),
@@ -183,7 +188,8 @@ def render_sweep(rows: Sequence[dict[str, Any]], root: Path | None = None, confi
     more = f"<p class='note'>First {max_grids} of {len(ok)} runs shown.</p>" if len(ok) > max_grids else ""
     sections = [
         ("Summary", summary),
-        ("Leakage plots", _plots(figures) + "<p class='note'>Mean over seeds, bars: ±1 standard deviation. "
+        ("Leakage plots", _plots(figures) + "<p class='note'>Mean over seeds and any axis a plot does not show; "
+         "bars: ±1 standard deviation. "
          "Defense strength is the defense's <code>strength</code> setting or its only numeric setting; "
          "0 is no defense.</p>"),
         ("Truth vs reconstruction", f"<div class='grids'>{''.join(grids)}</div>{more}" if grids

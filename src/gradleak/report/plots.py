@@ -91,10 +91,14 @@ def _varies(data: dict[str, list[tuple[float, float, float, int]]]) -> bool:
 
 
 def leakage_vs_batch_size(rows: Sequence[dict[str, Any]]) -> bytes | None:
-    data = series(rows, lambda r: _number(r.get("batch_size")), lambda r: str(r.get("attack")))
+    """One line per attack; when defenses vary too, only the undefended runs."""
+    undefended = [r for r in rows if defense_strength(r)[0] == "none"]
+    defended = len(undefended) < len(rows)
+    data = series(undefended or rows, lambda r: _number(r.get("batch_size")), lambda r: str(r.get("attack")))
     if not _varies(data):
         return None
-    return line_plot(data, "batch size", "PSNR (dB)", "Leakage vs batch size (per attack)")
+    title = "Leakage vs batch size" + (" (no defense)" if defended and undefended else "")
+    return line_plot(data, "batch size", "PSNR (dB)", title)
 
 
 def leakage_vs_defense_strength(rows: Sequence[dict[str, Any]]) -> bytes | None:
@@ -102,11 +106,16 @@ def leakage_vs_defense_strength(rows: Sequence[dict[str, Any]]) -> bytes | None:
     names = {defense_strength(r)[0] for r in rows} - {"none"}
     if not names:
         return None
+    by_batch = len({r.get("batch_size") for r in rows}) > 1
+
+    def group(r: dict[str, Any]) -> str:
+        return str(r.get("attack")) + (f", batch {r.get('batch_size')}" if by_batch else "")
+
     data: dict[str, list[tuple[float, float, float, int]]] = {}
     for name in sorted(names):
         subset = [r for r in rows if defense_strength(r)[0] in (name, "none")]
-        for attack, line in series(subset, lambda r: defense_strength(r)[1], lambda r: str(r.get("attack"))).items():
-            data[f"{name} / {attack}"] = line
+        for label, line in series(subset, lambda r: defense_strength(r)[1], group).items():
+            data[f"{name} / {label}"] = line
     if not _varies(data):
         return None
     return line_plot(data, "defense strength", "PSNR (dB)", "Leakage vs defense strength", logx=True)
