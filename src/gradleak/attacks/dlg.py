@@ -11,16 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-import torch
-
-from gradleak.attacks.base import ATTACKS, Attack, Callback, Reconstruction
-from gradleak.attacks.labels import infer_labels
-from gradleak.attacks.optimization import EngineConfig, optimize
+from gradleak.attacks.base import ATTACKS
 from gradleak.observation import Observation
+from gradleak.attacks.optimization import EngineConfig, OptimizationAttack, resolve_labels
+
+__all__ = ["DLG", "IDLG", "resolve_labels"]
 
 
 @dataclass
-class DLG(Attack):
+class DLG(OptimizationAttack):
     """Deep Leakage from Gradients: joint image and soft-label optimisation."""
 
     name: ClassVar[str] = "dlg"
@@ -28,30 +27,17 @@ class DLG(Attack):
     restarts: int = 1
     lr: float = 1.0
     history_size: int = 100
+    labels: Literal["auto", "infer", "leaked", "soft"] = "soft"
 
-    def engine(self) -> EngineConfig:
+    def engine(self, obs: Observation | None = None) -> EngineConfig:
         return EngineConfig(
             iterations=self.iterations, restarts=self.restarts, optimizer="lbfgs", lr=self.lr,
             history_size=self.history_size, objective="l2", init="randn",
         )
 
-    def reconstruct(
-        self,
-        obs: Observation,
-        *,
-        device: torch.device | str = "cpu",
-        seed: int | None = None,
-        callback: Callback | None = None,
-        progress: bool = False,
-    ) -> Reconstruction:
-        return optimize(
-            obs, self.engine(), labels=None, attack_name=self.name, settings=self.settings(),
-            device=device, seed=seed, callback=callback, progress=progress,
-        )
-
 
 @dataclass
-class IDLG(Attack):
+class IDLG(OptimizationAttack):
     """Improved DLG: labels from the last layer's gradient (or leaked), then the image alone."""
 
     name: ClassVar[str] = "idlg"
@@ -59,41 +45,12 @@ class IDLG(Attack):
     restarts: int = 1
     lr: float = 1.0
     history_size: int = 100
-    labels: Literal["auto", "infer", "leaked"] = "auto"
 
-    def engine(self) -> EngineConfig:
+    def engine(self, obs: Observation | None = None) -> EngineConfig:
         return EngineConfig(
             iterations=self.iterations, restarts=self.restarts, optimizer="lbfgs", lr=self.lr,
             history_size=self.history_size, objective="l2", init="randn",
         )
-
-    def reconstruct(
-        self,
-        obs: Observation,
-        *,
-        device: torch.device | str = "cpu",
-        seed: int | None = None,
-        callback: Callback | None = None,
-        progress: bool = False,
-    ) -> Reconstruction:
-        labels = resolve_labels(obs, self.labels)
-        return optimize(
-            obs, self.engine(), labels=labels, attack_name=self.name, settings=self.settings(),
-            device=device, seed=seed, callback=callback, progress=progress,
-        )
-
-
-def resolve_labels(obs: Observation, source: str, rule: str = "idlg") -> torch.Tensor:
-    """Labels for an attack: the leaked ones ('leaked'), inferred ('infer'), or leaked if present ('auto')."""
-    from gradleak.errors import ConfigError
-
-    if source == "leaked" or (source == "auto" and obs.labels is not None):
-        if obs.labels is None:
-            raise ConfigError("labels='leaked' but the observation carries no labels")
-        return obs.labels
-    if source not in ("auto", "infer"):
-        raise ConfigError(f"labels must be 'auto', 'infer' or 'leaked', got {source!r}")
-    return infer_labels(obs, rule)
 
 
 ATTACKS.register("dlg")(DLG)

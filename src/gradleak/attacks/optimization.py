@@ -1,17 +1,26 @@
 """The shared engine of optimisation attacks: find inputs whose simulated update matches the observed one.
 
-For a candidate batch ``x`` (and labels), the attacker simulates the client's update with the server's
-model, measures its distance to the observed update (an objective from ``objectives``), adds priors, and
-descends on ``x``. Restarts run as one batched computation with ``torch.func.vmap``; the best restart is
-chosen by the attacker's own objective, never by the truth.
+For a candidate batch ``x`` (and labels), the attacker simulates the client's update with the server's model,
+measures its distance to the observed update (an objective from ``objectives``), adds priors (``priors``) and
+descends on ``x``. Two simulations of the client exist:
+
+- ``"gradient"``: one mean gradient (FedSGD; for a weight delta, the delta read as one gradient);
+- ``"unrolled"``: the client's ``k`` local SGD steps replayed functionally, differentiated end to end
+  (Geiping et al. 2020, Sec. 6, the FedAvg attack), compared with the weight delta itself.
+
+Restarts run as one batched computation with ``torch.func.vmap``; several observations of the same model (the
+clients of one round) can be attacked together the same way (``optimize_many``). The best restart is chosen by
+the attacker's own objective, never by the truth. A checkpoint file lets a killed run resume where it stopped.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -19,19 +28,29 @@ from torch.func import functional_call, grad_and_value, replace_all_batch_norm_m
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from gradleak.attacks.base import Callback, Reconstruction
+from gradleak.attacks.base import Attack, Callback, Reconstruction
+from gradleak.attacks.checkpoint import Checkpointer
+from gradleak.attacks.labels import default_rule, infer_labels
 from gradleak.attacks.objectives import OBJECTIVES
-from gradleak.attacks.priors import PRIORS
+from gradleak.attacks.priors import PRIORS, BatchNormStatistics, prior_kind
 from gradleak.errors import ConfigError
 from gradleak.observation import Observation
 
 LabelMode = Literal["fixed", "soft"]
+Simulation = Literal["gradient", "unrolled"]
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     """Hyperparameters of one optimisation attack. ``iterations`` counts objective evaluations (one
-    double-backward each), the unit of compute for every optimizer."""
+    double-backward each), the unit of compute for every optimizer.
+
+    ``schedule``: ``"constant"``, ``"step"`` (x0.1 at 3/8, 5/8 and 7/8 of the iterations, Geiping et al. 2020)
+    or ``"cosine"``; ``warmup`` iterations ramp the step size up linearly (Adam only). ``box`` keeps pixels in
+    [0, 1] (clamped in the normalised space). ``patience`` > 0 stops when the summed objective has not improved
+    by a relative ``min_improvement`` for that many iterations; ``tolerance`` stops when it falls below.
+    ``objective_scale`` multiplies the gradient distance (priors are weighted relative to it).
+    """
 
     iterations: int = 300
     restarts: int = 1
@@ -40,81 +59,211 @@ class EngineConfig:
     line_search: Literal["strong_wolfe"] | None = "strong_wolfe"
     history_size: int = 100
     signed_gradients: bool = False
+    schedule: Literal["constant", "step", "cosine"] = "constant"
+    warmup: int = 0
     objective: str = "l2"
+    objective_scale: float = 1.0
     layer_weights: Mapping[str, float] | None = None
     priors: Mapping[str, float] = field(default_factory=dict)
     init: Literal["randn", "rand", "zeros"] = "randn"
     box: bool = False
     tolerance: float = 0.0
+    patience: int = 0
+    min_improvement: float = 1e-4
+    simulation: Simulation = "gradient"
+    checkpoint_every: int = 100
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.restarts < 1:
             raise ConfigError(f"iterations and restarts must be >= 1, got {self.iterations}, {self.restarts}")
         if self.optimizer not in ("lbfgs", "adam"):
             raise ConfigError(f"optimizer must be 'lbfgs' or 'adam', got {self.optimizer!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.schedule not in ("constant", "step", "cosine"):
+            raise ConfigError(f"schedule must be 'constant', 'step' or 'cosine', got {self.schedule!r}")
+        if self.init not in ("randn", "rand", "zeros"):
+            raise ConfigError(f"init must be 'randn', 'rand' or 'zeros', got {self.init!r}")
+        if self.simulation not in ("gradient", "unrolled"):
+            raise ConfigError(f"simulation must be 'gradient' or 'unrolled', got {self.simulation!r}")
+        if not self.lr > 0 or not self.objective_scale > 0:
+            raise ConfigError(f"lr and objective_scale must be positive, got {self.lr}, {self.objective_scale}")
+        if self.warmup < 0 or self.patience < 0 or self.checkpoint_every < 1:
+            raise ConfigError("warmup and patience must be >= 0 and checkpoint_every >= 1")
         OBJECTIVES.get(self.objective)
         for name in self.priors:
             PRIORS.get(name)
 
+    def lr_at(self, i: int) -> float:
+        """Step size of iteration ``i`` (0-based) under the schedule and warm-up."""
+        factor = 1.0
+        if self.schedule == "step":
+            factor = 0.1 ** sum(i >= self.iterations * m for m in (3 / 8, 5 / 8, 7 / 8))
+        elif self.schedule == "cosine":
+            factor = 0.5 * (1.0 + math.cos(math.pi * i / self.iterations))
+        if self.warmup and i < self.warmup:
+            factor *= (i + 1) / self.warmup
+        return self.lr * factor
 
-class GradientMatcher:
+
+class UpdateMatcher:
     """The attacker's differentiable model of the client: candidate batch -> distance to the observed update.
 
-    ``objective(x, y)`` works on one restart: ``x`` normalised ``(B, C, H, W)``, ``y`` either class indices
-    ``(B,)`` (fixed labels) or logits ``(B, K)`` of a soft label (DLG). ``batched`` maps it over restarts.
+    ``objective(x, y, target)`` works on one restart of one observation: ``x`` normalised ``(B, C, H, W)``, ``y``
+    class indices ``(B,)`` (fixed labels) or logits ``(B, K)`` of a soft label (DLG), ``target`` the observed
+    update. ``value_and_grad`` maps it over observations and restarts with ``vmap``.
     """
 
-    def __init__(self, obs: Observation, config: EngineConfig, device: torch.device | str) -> None:
+    def __init__(self, observations: Sequence[Observation], config: EngineConfig, device: torch.device | str) -> None:
+        obs = observations[0]
+        _check_compatible(observations, config)
         self.obs = obs
         self.config = config
         self.device = torch.device(device)
         model = obs.build_model(self.device)
         for p in model.parameters():
             p.requires_grad_(False)
+        self.bn_reference = _batchnorm_reference(model, obs)
         if obs.model_mode == "train":
             # Batch statistics, no in-place running-stat updates: the same forward, and vmap-safe.
             replace_all_batch_norm_modules_(model)
         self.model: nn.Module = model
-        target = obs.gradient_estimate() if obs.update_kind == "weight_delta" else obs.update
-        self.target = {k: v.to(self.device, torch.float32) for k, v in target.items()}
-        params = dict(model.named_parameters())
-        self.fixed = {k: v for k, v in params.items() if k not in self.target}
-        self.free = {k: params[k] for k in self.target}
-        self.buffers = dict(model.named_buffers())
+        self.params = dict(model.named_parameters())
+        self.buffers = {k: v for k, v in model.named_buffers() if v is not None}
         self.distance = OBJECTIVES.get(config.objective)
-        self.priors = [(PRIORS.get(name), float(w)) for name, w in config.priors.items() if w]
+        active = [(PRIORS.get(n), float(w)) for n, w in config.priors.items() if w]
+        self.image_priors = [(p, w) for p, w in active if prior_kind(p) == "image"]
+        self.bn_priors = [(p, w) for p, w in active if prior_kind(p) == "batchnorm"]
+        self.restart_priors = [(p, w) for p, w in active if prior_kind(p) == "restarts"]
+        if self.bn_priors and not self.bn_reference:
+            raise ConfigError(f"the BN prior needs BatchNorm layers with running statistics; model "
+                              f"{obs.model_spec.name!r} has none")
+        self._bn_log: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if self.bn_priors:
+            for name, module in model.named_modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.register_forward_pre_hook(self._recorder(name))
+        targets = [self.observed(o) for o in observations]
+        self.targets = {k: torch.stack([t[k] for t in targets]).to(self.device, torch.float32) for k in targets[0]}
 
-    def simulated_update(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The mean-gradient the client would share for candidate ``(x, y)``, differentiable in both."""
+    # -- what is matched -------------------------------------------------------------------------------
+    def observed(self, obs: Observation) -> dict[str, torch.Tensor]:
+        """The observed update in the form ``simulated_update`` produces."""
+        return obs.gradient_estimate() if obs.update_kind == "weight_delta" else obs.update
 
-        def loss_fn(free: dict[str, torch.Tensor]) -> torch.Tensor:
-            logits = functional_call(self.model, ({**self.fixed, **free}, self.buffers), (x,))
-            if y.dtype == torch.long:
-                return F.cross_entropy(logits, y)
-            return -(F.softmax(y, dim=-1) * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+    def simulated_update(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """The mean gradient the client would share for candidate ``(x, y)``, differentiable in both, and the
+        BatchNorm input statistics of the forward pass (empty unless a BN prior is active)."""
+        free = {k: self.params[k] for k in self.targets}
+        fixed = {k: v for k, v in self.params.items() if k not in free}
 
-        return torch.func.grad(loss_fn)(self.free)
+        def loss_fn(free: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+            return self.loss({**fixed, **free}, x, y)
 
-    def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        value = self.distance(self.simulated_update(x, y), self.target, self.config.layer_weights)
-        for prior, weight in self.priors:
+        return torch.func.grad(loss_fn, has_aux=True)(free)
+
+    def loss(
+        self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """Mean cross-entropy of the model with ``params`` (hard or soft labels) and the BN statistics seen."""
+        self._bn_log = {}
+        logits = functional_call(self.model, (params, self.buffers), (x,))
+        stats, self._bn_log = self._bn_log, {}
+        if y.dtype == torch.long:
+            return F.cross_entropy(logits, y), stats
+        return -(F.softmax(y, dim=-1) * F.log_softmax(logits, dim=-1)).sum(-1).mean(), stats
+
+    def _recorder(self, name: str) -> Callable[..., None]:
+        def record(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            h = inputs[0]
+            dims = [d for d in range(h.dim()) if d != 1]
+            self._bn_log[name] = (h.mean(dim=dims), h.var(dim=dims, unbiased=False))
+
+        return record
+
+    # -- the objective -----------------------------------------------------------------------------------
+    def objective(self, x: torch.Tensor, y: torch.Tensor, target: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        update, bn_stats = self.simulated_update(x, y)
+        value = self.config.objective_scale * self.distance(update, target, self.config.layer_weights)
+        for prior, weight in self.image_priors:
             value = value + weight * prior(x)
+        if self.bn_priors:
+            stats = BatchNormStatistics(bn_stats, self.bn_reference)
+            for prior, weight in self.bn_priors:
+                value = value + weight * prior(stats)
         return value
 
     def value_and_grad(
         self, xs: torch.Tensor, ys: torch.Tensor, soft: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Objective per restart ``(R,)`` and its gradient w.r.t. ``xs`` (and ``ys`` when soft)."""
+        """Objective ``(N, R)`` per observation and restart, and its gradient w.r.t. ``xs`` ``(N, R, B, ...)``
+        (and ``ys`` when soft). Singleton dimensions skip ``vmap``, which costs overhead on tiny models."""
         argnums: tuple[int, ...] = (0, 1) if soft else (0,)
-        fn = grad_and_value(self.objective, argnums=argnums)
-        if xs.shape[0] == 1:  # no vmap for a single restart: less overhead
-            grads, value = fn(xs[0], ys[0])
-            grads, value = tuple(g.unsqueeze(0) for g in grads), value.unsqueeze(0)
+        fn: Callable[..., Any] = grad_and_value(self.objective, argnums=argnums)
+        n, r = xs.shape[:2]
+        x, y, target = xs, ys, dict(self.targets)
+        if r == 1:
+            x, y = x[:, 0], y[:, 0]
         else:
-            grads, value = vmap(fn, randomness="same")(xs, ys)
-        return value, grads[0], (grads[1] if soft else None)
+            fn = vmap(fn, in_dims=(0, 0, None), randomness="same")
+        if n == 1:
+            x, y, target = x[0], y[0], {k: v[0] for k, v in target.items()}
+        else:
+            fn = vmap(fn, in_dims=(0, 0, 0), randomness="same")
+        grads, value = fn(x, y, target)
+        if n == 1:
+            grads, value = tuple(g.unsqueeze(0) for g in grads), value.unsqueeze(0)
+        if r == 1:
+            grads, value = tuple(g.unsqueeze(1) for g in grads), value.unsqueeze(1)
+        gx, gy = grads[0], (grads[1] if soft else None)
+        if self.restart_priors and r > 1:
+            with torch.enable_grad():
+                leaf = xs.detach().requires_grad_(True)
+                coupled = sum(w * torch.stack([p(leaf[i]) for i in range(n)]) for p, w in self.restart_priors)
+                (g_coupled,) = torch.autograd.grad(coupled.sum(), leaf)  # type: ignore[union-attr]
+            value = value + coupled.detach()  # type: ignore[union-attr]
+            gx = gx + g_coupled
+        return value, gx, gy
+
+
+class UnrolledMatcher(UpdateMatcher):
+    """FedAvg (McMahan et al. 2017) as the attacker replays it: ``steps`` plain SGD steps of ``lr`` on consecutive
+    mini-batches of the candidate (wrapping around, as ``victim.local_sgd``), mean cross-entropy each, all
+    parameters trained, written functionally so the weight delta is differentiable in the candidate
+    (Geiping et al. 2020, Sec. 6). The BN statistics of the BN prior are those of the first local step."""
+
+    def __init__(self, observations: Sequence[Observation], config: EngineConfig, device: torch.device | str) -> None:
+        obs = observations[0]
+        if obs.update_kind != "weight_delta" or obs.local_training is None:
+            raise ConfigError("the unrolled simulation needs a 'weight_delta' observation with local_training")
+        self.training = obs.local_training
+        n = obs.batch_size
+        bs = self.training.batch_size
+        self.step_indices = [
+            torch.arange(s * bs, (s + 1) * bs) % n for s in range(self.training.steps)
+        ]
+        super().__init__(observations, config, device)
+        self.step_indices = [i.to(self.device) for i in self.step_indices]
+
+    def observed(self, obs: Observation) -> dict[str, torch.Tensor]:
+        return obs.update
+
+    def simulated_update(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        start = dict(self.params)
+        params = dict(start)
+        first_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        step_grad = torch.func.grad(lambda p, xb, yb: self.loss(p, xb, yb), has_aux=True)
+        for s, idx in enumerate(self.step_indices):
+            grads, stats = step_grad(params, x[idx], y[idx])
+            if s == 0:
+                first_stats = stats
+            params = {k: params[k] - self.training.lr * grads[k] for k in params}
+        return {k: params[k] - start[k] for k in self.targets}, first_stats
+
+
+MATCHERS: dict[str, type[UpdateMatcher]] = {"gradient": UpdateMatcher, "unrolled": UnrolledMatcher}
 
 
 def optimize(
@@ -128,32 +277,70 @@ def optimize(
     seed: int | None = None,
     callback: Callback | None = None,
     progress: bool = False,
+    checkpoint: str | Path | None = None,
 ) -> Reconstruction:
-    """Run the engine. ``labels=None`` optimises soft labels jointly (DLG); otherwise they stay fixed."""
+    """Run the engine on one observation. ``labels=None`` optimises soft labels jointly (DLG); otherwise they
+    stay fixed. With ``checkpoint``, the state is saved there every ``config.checkpoint_every`` iterations and a
+    run finding a matching file resumes from it."""
+    return optimize_many(
+        [obs], config, labels=None if labels is None else [labels], attack_name=attack_name, settings=settings,
+        device=device, seed=seed, callback=callback, progress=progress, checkpoint=checkpoint,
+    )[0]
+
+
+def optimize_many(
+    observations: Sequence[Observation],
+    config: EngineConfig,
+    *,
+    labels: Sequence[torch.Tensor] | None,
+    attack_name: str,
+    settings: dict[str, Any],
+    device: torch.device | str = "cpu",
+    seed: int | None = None,
+    callback: Callback | None = None,
+    progress: bool = False,
+    checkpoint: str | Path | None = None,
+) -> list[Reconstruction]:
+    """Attack several observations of the same model and weights (e.g. the clients of one round) as one batched
+    computation; with Adam each observation's result is the same as attacking it alone (L-BFGS shares its line
+    search). The callback receives the pixels of every observation's restarts, ``(N * R, B, C, H, W)``."""
+    if not observations:
+        raise ConfigError("optimize_many needs at least one observation")
     start = time.perf_counter()
     device = torch.device(device)
+    matcher = MATCHERS[config.simulation](observations, config, device)
+    obs = observations[0]
     generator = torch.Generator(device="cpu")
     generator.manual_seed(0 if seed is None else seed)
-    matcher = GradientMatcher(obs, config, device)
     mean, std = obs.normalization(device)
-    r, b = config.restarts, obs.batch_size
-    shape = (r, b, *obs.input_shape)
-    init: Callable[..., torch.Tensor] = {"randn": torch.randn, "rand": torch.rand, "zeros": torch.zeros}[config.init]
-    x0 = init(shape, generator=generator) if config.init != "zeros" else torch.zeros(shape)
-    if config.init == "rand":
-        x0 = (x0.to(device) - mean) / std  # uniform in pixel space, then normalised
-    xs = x0.to(device).requires_grad_(True)
+    n, r, b = len(observations), config.restarts, obs.batch_size
+    shape = (n, r, b, *obs.input_shape)
+    if config.init == "randn":
+        x0 = torch.randn(shape, generator=generator).to(device)
+    elif config.init == "rand":
+        x0 = (torch.rand(shape, generator=generator).to(device) - mean) / std  # uniform pixels, normalised
+    else:
+        x0 = torch.zeros(shape, device=device)
+    xs = x0.requires_grad_(True)
     soft = labels is None
     if soft:
-        ys = torch.randn((r, b, obs.num_classes), generator=generator).to(device).requires_grad_(True)
+        ys = torch.randn((n, r, b, obs.num_classes), generator=generator).to(device).requires_grad_(True)
         variables = [xs, ys]
     else:
-        ys = labels.to(device).long().expand(r, b).contiguous()
+        assert labels is not None
+        if len(labels) != n:
+            raise ConfigError(f"got {len(labels)} label tensors for {n} observations")
+        ys = torch.stack([lab.to(device).long().view(b) for lab in labels])[:, None].expand(n, r, b).contiguous()
         variables = [xs]
     lower, upper = (0 - mean) / std, (1 - mean) / std
-    trace = torch.empty((config.iterations, r), device=device)
-    state = {"evals": 0}
-    bar = tqdm(total=config.iterations, desc=attack_name, disable=None if progress else True, leave=False)
+    trace = torch.full((config.iterations, n, r), float("nan"), device=device)
+    state: dict[str, Any] = {"evals": 0, "best": float("inf"), "stall": 0}
+    saver = Checkpointer(checkpoint, config, observations, seed, every=config.checkpoint_every)
+
+    def clamp_box() -> None:
+        if config.box:
+            with torch.no_grad():
+                xs.copy_(torch.maximum(torch.minimum(xs, upper), lower))
 
     def evaluate() -> torch.Tensor:
         values, gx, gy = matcher.value_and_grad(xs, ys, soft)
@@ -168,58 +355,177 @@ def optimize(
         state["evals"] = i + 1
         bar.update(1)
         if callback is not None:
-            callback(i, _to_pixels(xs.detach(), mean, std))
+            callback(i, _to_pixels(xs.detach(), mean, std).flatten(0, 1))
         return values.sum()
+
+    def converged(loss: torch.Tensor) -> bool:
+        value = float(loss.detach())
+        if not math.isfinite(value) or value <= config.tolerance:
+            return True
+        if config.patience:
+            if value < state["best"] - config.min_improvement * abs(state["best"]):
+                state["best"], state["stall"] = value, 0
+            else:
+                state["stall"] += 1
+                if state["stall"] >= config.patience:
+                    return True
+        return False
 
     if config.optimizer == "lbfgs":
         opt: torch.optim.Optimizer = torch.optim.LBFGS(
-            variables,
-            lr=config.lr,
-            history_size=config.history_size,
-            line_search_fn=config.line_search,
-            tolerance_grad=0.0,
-            tolerance_change=0.0,
+            variables, lr=config.lr, history_size=config.history_size, line_search_fn=config.line_search,
+            tolerance_grad=0.0, tolerance_change=0.0,
         )
+    else:
+        opt = torch.optim.Adam(variables, lr=config.lr)
+    saver.restore(state, variables, opt, trace)
+    bar = tqdm(total=config.iterations, initial=state["evals"], desc=attack_name,
+               disable=None if progress else True, leave=False)
+
+    if config.optimizer == "lbfgs":
         while state["evals"] < config.iterations:
             remaining = config.iterations - state["evals"]
             opt.param_groups[0].update(max_iter=min(20, remaining), max_eval=remaining)
             before = state["evals"]
             loss = opt.step(evaluate)  # type: ignore[arg-type]
-            if state["evals"] == before or not torch.isfinite(loss) or float(loss.detach()) <= config.tolerance:
+            clamp_box()
+            if state["evals"] == before or converged(loss):
                 break
-            if config.box:
-                with torch.no_grad():
-                    xs.copy_(torch.maximum(torch.minimum(xs, upper), lower))
+            saver.maybe_save(state, variables, opt, trace)
     else:
-        opt = torch.optim.Adam(variables, lr=config.lr)
         while state["evals"] < config.iterations:
+            for group in opt.param_groups:
+                group["lr"] = config.lr_at(state["evals"])
             loss = evaluate()
             opt.step()
-            if config.box:
-                with torch.no_grad():
-                    xs.copy_(torch.maximum(torch.minimum(xs, upper), lower))
-            if not torch.isfinite(loss) or float(loss) <= config.tolerance:
+            clamp_box()
+            if converged(loss):
                 break
+            saver.maybe_save(state, variables, opt, trace)
     bar.close()
+    saver.finish(state, variables, opt, trace)
 
     with torch.no_grad():
         final, _, _ = matcher.value_and_grad(xs.detach(), ys.detach(), soft)
     final = torch.nan_to_num(final.detach(), nan=float("inf"))
-    best = int(final.argmin())
-    recovered = ys[best].detach().argmax(-1) if soft else ys[best].detach()
     done = min(state["evals"], config.iterations)
-    return Reconstruction(
-        inputs=_to_pixels(xs.detach(), mean, std)[best].cpu(),
-        labels=recovered.cpu(),
-        attack=attack_name,
-        settings=settings,
-        trace=torch.nan_to_num(trace[:done].cpu(), nan=float("inf")),
-        restart_objectives=final.cpu(),
-        best_restart=best,
-        iterations=done,
-        wall_time_s=time.perf_counter() - start,
-    )
+    pixels = _to_pixels(xs.detach(), mean, std)
+    wall = time.perf_counter() - start
+    out = []
+    for k in range(n):
+        best = int(final[k].argmin())
+        recovered = ys[k, best].detach().argmax(-1) if soft else ys[k, best].detach()
+        out.append(Reconstruction(
+            inputs=pixels[k, best].cpu(),
+            labels=recovered.cpu(),
+            attack=attack_name,
+            settings=settings,
+            trace=torch.nan_to_num(trace[:done, k].cpu(), nan=float("inf")),
+            restart_objectives=final[k].cpu(),
+            best_restart=best,
+            iterations=done,
+            wall_time_s=wall,
+        ))
+    return out
 
 
 def _to_pixels(xs: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     return (xs * std + mean).clamp(0.0, 1.0)
+
+
+def _batchnorm_reference(model: nn.Module, obs: Observation) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Running ``(mean, var)`` of every BatchNorm module, from the weights the server sent (before they are
+    dropped for batch statistics)."""
+    ref = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+            ref[name] = (module.running_mean.detach().clone().float(), module.running_var.detach().clone().float())
+    return ref
+
+
+def _check_compatible(observations: Sequence[Observation], config: EngineConfig) -> None:
+    """Observations attacked together must share model, weights, shapes, normalisation and update keys."""
+    first = observations[0]
+    for i, o in enumerate(observations[1:], start=1):
+        same = (
+            o.model_spec == first.model_spec and o.input_shape == first.input_shape
+            and o.batch_size == first.batch_size and o.num_classes == first.num_classes
+            and o.mean == first.mean and o.std == first.std and o.update_kind == first.update_kind
+            and o.local_training == first.local_training and o.model_mode == first.model_mode
+            and set(o.update) == set(first.update)
+        )
+        if not same or any(not torch.equal(o.weights[k], v) for k, v in first.weights.items()):
+            raise ConfigError(f"observation {i} differs from observation 0 in model, weights, shapes or update keys; "
+                              "only observations of the same round can be attacked together")
+    del config
+
+
+@dataclass
+class OptimizationAttack(Attack):
+    """Base of the attacks that run this engine: subclasses are dataclasses of their paper's defaults and say
+    how they configure the engine (``engine``).
+
+    ``labels``: ``"leaked"`` uses the labels in the observation, ``"infer"`` reads them off the update with
+    ``label_rule`` (a ``LABEL_RULES`` name, or ``"auto"``: iDLG for one sample, label counting for a batch),
+    ``"auto"`` takes leaked labels when present, else infers; ``"soft"`` optimises them jointly (DLG).
+    ``checkpoint``: a file to save the attack's state to and resume from.
+    """
+
+    name: ClassVar[str] = "optimization"
+    iterations: int = 300
+    restarts: int = 1
+    lr: float = 0.1
+    labels: Literal["auto", "infer", "leaked", "soft"] = "auto"
+    label_rule: str = "auto"
+    checkpoint: str | None = None
+
+    def engine(self, obs: Observation | None = None) -> EngineConfig:
+        """The engine settings of this attack (``obs`` lets a recipe adapt, e.g. drop a BN prior)."""
+        raise NotImplementedError
+
+    def resolve_labels(self, obs: Observation) -> torch.Tensor | None:
+        if self.labels == "soft":
+            return None
+        return resolve_labels(obs, self.labels, self.label_rule)
+
+    def reconstruct(
+        self,
+        obs: Observation,
+        *,
+        device: torch.device | str = "cpu",
+        seed: int | None = None,
+        callback: Callback | None = None,
+        progress: bool = False,
+    ) -> Reconstruction:
+        return optimize(
+            obs, self.engine(obs), labels=self.resolve_labels(obs), attack_name=self.name, settings=self.settings(),
+            device=device, seed=seed, callback=callback, progress=progress, checkpoint=self.checkpoint,
+        )
+
+    def reconstruct_many(
+        self,
+        observations: Sequence[Observation],
+        *,
+        device: torch.device | str = "cpu",
+        seed: int | None = None,
+        progress: bool = False,
+    ) -> list[Reconstruction]:
+        """Attack the clients of one round (same model and weights) as one batched computation."""
+        labels = [self.resolve_labels(o) for o in observations]
+        return optimize_many(
+            observations, self.engine(observations[0]), labels=None if self.labels == "soft" else labels,  # type: ignore[arg-type]
+            attack_name=self.name, settings=self.settings(), device=device, seed=seed, progress=progress,
+            checkpoint=self.checkpoint,
+        )
+
+
+def resolve_labels(obs: Observation, source: str, rule: str = "auto") -> torch.Tensor:
+    """Labels for an attack: the leaked ones ('leaked'), inferred ('infer'), or leaked if present ('auto').
+    ``rule`` names a ``LABEL_RULES`` entry; ``'auto'`` picks iDLG for one sample and label counting for more."""
+    if source == "leaked" or (source == "auto" and obs.labels is not None):
+        if obs.labels is None:
+            raise ConfigError("labels='leaked' but the observation carries no labels")
+        return obs.labels
+    if source not in ("auto", "infer"):
+        raise ConfigError(f"labels must be 'auto', 'infer', 'leaked' or 'soft', got {source!r}")
+    return infer_labels(obs, default_rule(obs) if rule == "auto" else rule)

@@ -1,0 +1,139 @@
+"""The shared engine: batched restarts equal separate runs, best restart by the attacker's objective, schedules,
+stop on convergence, checkpoint and resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gradleak.attacks.optimization import EngineConfig, UpdateMatcher, optimize, optimize_many
+from gradleak.errors import CaptureError, ConfigError
+from gradleak.experiment import ExperimentConfig, make_victim
+from gradleak.victim import normalize
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small models are overhead-bound: one thread is faster and does not oversubscribe shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _victim(**kw: object):
+    base: dict[str, object] = {"dataset": "photos", "image_size": 16, "model": "lenet", "leak_labels": True}
+    base.update(kw)
+    return make_victim(ExperimentConfig(**base))  # type: ignore[arg-type]
+
+
+ADAM = dict(optimizer="adam", lr=0.1, objective="cosine", priors={"tv": 0.05}, box=True, signed_gradients=True)
+
+
+def test_config_rejects_bad_values() -> None:
+    with pytest.raises(ConfigError, match="objective"):
+        EngineConfig(objective="nope")
+    with pytest.raises(ConfigError, match="prior"):
+        EngineConfig(priors={"nope": 1.0})
+    with pytest.raises(ConfigError, match="schedule"):
+        EngineConfig(schedule="linear")  # type: ignore[arg-type]
+
+
+def test_schedules() -> None:
+    step = EngineConfig(iterations=80, lr=1.0, schedule="step")
+    assert [step.lr_at(i) for i in (0, 29, 30, 50, 70)] == pytest.approx([1, 1, 0.1, 0.01, 0.001])
+    cosine = EngineConfig(iterations=100, lr=2.0, schedule="cosine", warmup=10)
+    assert cosine.lr_at(0) == pytest.approx(0.2 * (0.5 * (1 + torch.cos(torch.tensor(0.0)).item())))
+    assert cosine.lr_at(50) == pytest.approx(1.0)
+    assert cosine.lr_at(99) < 0.01
+
+
+def test_batched_restarts_equal_separate_evaluations() -> None:
+    obs, truth = _victim(indices=(3,))
+    matcher = UpdateMatcher([obs], EngineConfig(objective="cosine", priors={"tv": 0.1}), "cpu")
+    xs = torch.randn(1, 3, 1, *obs.input_shape, generator=torch.Generator().manual_seed(0))
+    ys = truth.labels.view(1, 1, 1).expand(1, 3, 1)
+    values, grads, _ = matcher.value_and_grad(xs, ys, soft=False)
+    for r in range(3):
+        v, g, _ = matcher.value_and_grad(xs[:, r : r + 1], ys[:, r : r + 1], soft=False)
+        assert torch.allclose(values[0, r], v[0, 0], atol=1e-6)
+        assert torch.allclose(grads[0, r], g[0, 0], atol=1e-5)
+    x_true = normalize(truth.inputs, obs.mean, obs.std).view(1, 1, 1, *obs.input_shape)
+    assert float(matcher.value_and_grad(x_true, ys[:, :1], soft=False)[0]) < 0.2 * float(values.min())
+
+
+def test_best_restart_is_the_lowest_objective_and_truth_free() -> None:
+    obs, _ = _victim(indices=(3,))
+    recon = optimize(obs, EngineConfig(iterations=8, restarts=4, **ADAM), labels=obs.labels, attack_name="t",
+                     settings={}, seed=1)
+    assert recon.trace.shape == (8, 4)
+    assert recon.best_restart == int(recon.restart_objectives.argmin())
+    assert recon.trace[-1].min() < recon.trace[0].min()  # the objective decreases
+
+
+def test_many_observations_match_single_runs() -> None:
+    victims = [_victim(indices=(i,)) for i in (3, 40)]
+    config = EngineConfig(iterations=5, restarts=2, **ADAM)
+    many = optimize_many([o for o, _ in victims], config, labels=[o.labels for o, _ in victims],
+                         attack_name="t", settings={}, seed=0)
+    for k, (obs, _) in enumerate(victims):
+        # the same initial candidates as slice k of the joint run
+        gen = torch.Generator().manual_seed(0)
+        x0 = torch.randn((2, 2, 1, *obs.input_shape), generator=gen)[k : k + 1]
+        matcher = UpdateMatcher([obs], config, "cpu")
+        xs = x0.clone().requires_grad_(True)
+        opt = torch.optim.Adam([xs], lr=0.1)
+        mean, std = obs.normalization()
+        ys = obs.labels.view(1, 1, 1).expand(1, 2, 1)
+        for i in range(5):
+            _, g, _ = matcher.value_and_grad(xs, ys, False)
+            xs.grad = g.sign()
+            opt.step()
+            with torch.no_grad():
+                xs.copy_(torch.maximum(torch.minimum(xs, (1 - mean) / std), -mean / std))
+        alone = (xs.detach()[0, many[k].best_restart] * std + mean).clamp(0, 1)
+        assert torch.allclose(many[k].inputs, alone, atol=1e-5)
+
+
+def test_stop_on_convergence() -> None:
+    obs, _ = _victim(indices=(3,))
+    stopped = optimize(obs, EngineConfig(iterations=200, patience=3, min_improvement=0.5, **ADAM),
+                       labels=obs.labels, attack_name="t", settings={}, seed=0)
+    assert 3 <= stopped.iterations < 20
+
+
+def test_checkpoint_resume_equals_uninterrupted(tmp_path) -> None:
+    obs, _ = _victim(indices=(3,))
+    config = EngineConfig(iterations=12, restarts=2, checkpoint_every=4, schedule="step", **ADAM)
+    run = dict(labels=obs.labels, attack_name="t", settings={}, seed=4)
+    full = optimize(obs, config, **run)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_9(i: int, _pixels: torch.Tensor) -> None:
+        if i == 9:
+            raise Killed
+
+    path = tmp_path / "attack.ckpt"
+    with pytest.raises(Killed):
+        optimize(obs, config, checkpoint=path, callback=kill_at_9, **run)
+    saved = torch.load(path, weights_only=True)
+    assert saved["state"]["evals"] == 8  # the last multiple of checkpoint_every before the kill
+    resumed = optimize(obs, config, checkpoint=path, **run)
+    assert torch.equal(resumed.inputs, full.inputs)
+    assert torch.allclose(resumed.trace, full.trace)
+    assert resumed.iterations == 12
+
+    other = EngineConfig(iterations=13, restarts=2, checkpoint_every=4, **ADAM)
+    with pytest.raises(CaptureError, match="another attack"):
+        optimize(obs, other, checkpoint=path, **run)
+
+
+def test_lbfgs_checkpoint_resumes(tmp_path) -> None:
+    obs, _ = _victim(indices=(3,))
+    config = EngineConfig(iterations=30, checkpoint_every=1)
+    path = tmp_path / "lbfgs.ckpt"
+    first = optimize(obs, config, labels=obs.labels, attack_name="t", settings={}, seed=0, checkpoint=path)
+    again = optimize(obs, config, labels=obs.labels, attack_name="t", settings={}, seed=0, checkpoint=path)
+    assert torch.equal(first.inputs, again.inputs)  # a finished checkpoint returns the finished result
