@@ -73,12 +73,14 @@ def _attack_args(p: argparse.ArgumentParser, attack: str) -> None:
     p.add_argument("--iterations", type=int, default=None, help="attack iterations (objective evaluations)")
     p.add_argument("--restarts", type=int, default=None, help="restarts, run as one batch")
     p.add_argument("--attack-arg", action="append", metavar="KEY=VALUE", help="attack setting, repeatable")
+    p.add_argument("--checkpoint", default=None, metavar="FILE",
+                   help="optimisation attacks: save progress to FILE and resume from it if it exists")
 
 
 def _attack_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kwargs = parse_assignments(args.attack_arg, "--attack-arg")
-    for key in ("iterations", "restarts"):
-        if getattr(args, key) is not None:
+    for key in ("iterations", "restarts", "checkpoint"):
+        if getattr(args, key, None) is not None:
             kwargs[key] = getattr(args, key)
     return kwargs
 
