@@ -31,7 +31,7 @@ AggregateView = Literal["client", "batch"]
 #: Columns of ``audit.csv``, in order.
 AUDIT_COLUMNS = (
     "round", "source", "aggregate", "num_clients", "batch_size", "attack", "psnr_best", "psnr_mean", "ssim_best",
-    "label_accuracy", "leaked", "wall_time_s", "error",
+    "label_accuracy", "leaked", "dp_epsilon", "wall_time_s", "error",
 )
 
 
@@ -169,7 +169,8 @@ def audit(
             continue
         row: dict[str, Any] = {c: None for c in AUDIT_COLUMNS}
         row.update(round=update.round, source=update.source, aggregate=update.is_aggregate,
-                   num_clients=update.num_clients, attack=attack, leaked=False, error="")
+                   num_clients=update.num_clients, attack=attack, leaked=False, error="",
+                   dp_epsilon=update.metrics.get("dp-epsilon"))
         entry = AuditEntry(row, update)
         start = time.perf_counter()
         try:

@@ -272,7 +272,8 @@ def render_audit_rows(rows: Sequence[dict[str, Any]], grids: dict[tuple[int, str
         ("Truth vs reconstruction", f"<div class='grids'>{''.join(figs)}</div>"),
         ("Per-round, per-client leakage", table(
             rows, ["round", "source", "aggregate", "num_clients", "batch_size", "attack", *AUDIT_NUMERIC, "leaked",
-                   "error"], numeric=AUDIT_NUMERIC,
+                   *(["dp_epsilon"] if any(r.get("dp_epsilon") is not None for r in rows) else []), "error"],
+            numeric=(*AUDIT_NUMERIC, "dp_epsilon"),
             row_class=lambda r: "error" if r.get("error") else ("leak" if r.get("leaked") else ""))),
     ]
     return page(title, "What a curious server reconstructs from the updates it recorded", sections, config)
