@@ -94,7 +94,8 @@ def client_update(
     elif setup.protocol == "fedavg":
         local_sgd(model, x, labels, LocalTraining(local_steps, lr, batch))
     elif setup.protocol == "dp":
-        model, eps = dp_sgd(model, x, labels, lr, local_steps, batch, setup, server_round, len(setup.partition(partition_id)))
+        model, eps = dp_sgd(model, x, labels, lr, local_steps, batch, setup, server_round, partition_id,
+                            len(setup.partition(partition_id)))
         metrics["dp-epsilon"] = eps
     else:
         raise ConfigError(f"client protocol must be 'fedsgd', 'fedavg' or 'dp', got {setup.protocol!r}")
@@ -110,6 +111,7 @@ def dp_sgd(
     batch_size: int,
     setup: ClientSetup,
     server_round: int,
+    partition_id: int,
     shard_size: int,
 ) -> tuple[nn.Module, float]:
     """``steps`` DP-SGD steps with Opacus (per-sample clipping + Gaussian noise); returns the model and the
@@ -126,7 +128,7 @@ def dp_sgd(
         noise_multiplier=setup.dp_noise_multiplier,
         max_grad_norm=setup.dp_max_grad_norm,
         expected_batch_size=batch_size,
-        generator=torch.Generator().manual_seed(setup.seed * 1_000_003 + server_round),
+        generator=torch.Generator().manual_seed(hash((setup.seed, partition_id, server_round)) % 2**62),
     )
     n = x.shape[0]
     for step in range(steps):
