@@ -74,7 +74,8 @@ def describe(tp: Any) -> str:
         return "a table"
     if dataclasses.is_dataclass(tp):
         return f"a table of {tp.__name__} settings"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 class _Mismatch(Exception):

@@ -105,7 +105,8 @@ class SweepConfig:
                     try:
                         checked.append(coerce(v, tp))
                     except Exception:
-                        raise ConfigError(f"{where}[{i}]: must be {describe(tp)}, got {type(v).__name__} {v!r}") from None
+                        got = f"{type(v).__name__} {v!r}"
+                        raise ConfigError(f"{where}[{i}]: must be {describe(tp)}, got {got}") from None
                 grid[axis] = checked
             else:
                 grid[axis] = [_fields(v, source, f"grid.{axis}[{i}]") for i, v in enumerate(values)]
@@ -152,7 +153,8 @@ def _fields(data: Any, source: str, table: str) -> dict[str, Any]:
         try:
             out[key] = coerce(value, tp)
         except Exception:
-            raise ConfigError(f"{source} [{table}]: key {key!r} must be {describe(tp)}, got {type(value).__name__} {value!r}") from None
+            got = f"{type(value).__name__} {value!r}"
+            raise ConfigError(f"{source} [{table}]: key {key!r} must be {describe(tp)}, got {got}") from None
     return out
 
 

@@ -62,7 +62,8 @@ def test_secure_aggregation_hides_clients_via_the_cli(tmp_path, capsys):
     config.write_text(
         '[federation]\ndataset = "digits"\nnum_clients = 4\nrounds = 2\nprotocol = "fedsgd"\n'
         "examples_per_round = 1\nnum_classes = 100\nsecure_aggregation = true\n"
-        f'[audit]\nattack = "idlg"\nattack_kwargs = {{ iterations = {ATTACK["iterations"]} }}\nout = "{tmp_path / "out"}"\n'
+        f'[audit]\nattack = "idlg"\nattack_kwargs = {{ iterations = {ATTACK["iterations"]} }}\n'
+        f'out = "{tmp_path / "out"}"\n'
     )
     assert main(["fl-audit", str(config), "--quiet"]) == 0
     assert "secure aggregation on (SecAgg+)" in capsys.readouterr().out

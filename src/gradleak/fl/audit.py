@@ -71,11 +71,13 @@ def to_observation(update: RecordedUpdate, target: AuditTarget, aggregate_as: Ag
     names = [n for n, _ in target.model_spec.build().named_parameters()]
     missing = [n for n in names if n not in update.returned or n not in update.sent]
     if missing:
-        raise ConfigError(f"round {update.round} {update.source}: arrays lack parameters {missing[:3]} of {target.model_spec.name!r}")
+        raise ConfigError(f"round {update.round} {update.source}: arrays lack parameters {missing[:3]} "
+                          f"of {target.model_spec.name!r}")
     delta = {n: (update.returned[n].float() - update.sent[n].float()) for n in names}
     lr = _setting(update, target.lr_key)
     if lr is None:
-        raise ConfigError(f"round {update.round} {update.source}: no learning rate under {target.lr_key!r} in config or metrics")
+        raise ConfigError(f"round {update.round} {update.source}: no learning rate under {target.lr_key!r} "
+                          "in config or metrics")
     steps = int(_setting(update, target.steps_key, 1))
     examples = int(_setting(update, target.examples_key, 0) or 0)
     per_client = int(update.config.get(target.batch_key) or 0) or max(1, examples // max(1, update.num_clients))
@@ -212,7 +214,8 @@ def write_audit(report: AuditReport, out: str | Path, extra: dict[str, Any] | No
         writer = csv.DictWriter(fh, fieldnames=list(AUDIT_COLUMNS))
         writer.writeheader()
         writer.writerows(report.rows)
-    (out / "audit.json").write_text(json.dumps({"settings": report.settings, "rows": report.rows, **(extra or {})}, indent=2))
+    summary = {"settings": report.settings, "rows": report.rows, **(extra or {})}
+    (out / "audit.json").write_text(json.dumps(summary, indent=2))
     for e in report.entries:
         if e.reconstruction is None:
             continue

@@ -189,7 +189,8 @@ def make_secagg_client_app(setup: ClientSetup) -> Any:
         def fit(self, parameters: list[Any], config: dict[str, Any]) -> tuple[list[Any], int, dict[str, Any]]:
             weights = {n: torch.as_tensor(a) for n, a in zip(names, parameters)}
             lr, steps, batch = _config_values(config)
-            new, metrics = client_update(setup, weights, self.partition_id, int(config["server-round"]), lr, steps, batch)
+            server_round = int(config["server-round"])
+            new, metrics = client_update(setup, weights, self.partition_id, server_round, lr, steps, batch)
             return [new[n].numpy() for n in names], int(metrics["num-examples"]), metrics
 
     def client_fn(context: Context) -> Any:

@@ -108,7 +108,9 @@ class RecordingStrategy(Strategy):
         configrecord_key: str | None = None,
     ) -> None:
         if not isinstance(strategy, Strategy):
-            raise TypeError(f"RecordingStrategy wraps a flwr.serverapp.strategy.Strategy, got {type(strategy).__name__}")
+            raise TypeError(
+                f"RecordingStrategy wraps a flwr.serverapp.strategy.Strategy, got {type(strategy).__name__}"
+            )
         self.strategy = strategy
         self.recorder = recorder if recorder is not None else UpdateRecorder()
         self.arrayrecord_key = arrayrecord_key or getattr(strategy, "arrayrecord_key", "arrays")
@@ -169,7 +171,9 @@ class RecordingLegacyStrategy(LegacyStrategy):
 
     def __init__(self, strategy: Any, param_names: Sequence[str], recorder: UpdateRecorder | None = None) -> None:
         if not isinstance(strategy, LegacyStrategy):
-            raise TypeError(f"RecordingLegacyStrategy wraps a flwr.server.strategy.Strategy, got {type(strategy).__name__}")
+            raise TypeError(
+                f"RecordingLegacyStrategy wraps a flwr.server.strategy.Strategy, got {type(strategy).__name__}"
+            )
         self.strategy = strategy
         self.param_names = list(param_names)
         self.recorder = recorder if recorder is not None else UpdateRecorder()
@@ -180,7 +184,9 @@ class RecordingLegacyStrategy(LegacyStrategy):
 
         arrays = parameters_to_ndarrays(parameters)
         if len(arrays) != len(self.param_names):
-            raise ValueError(f"got {len(arrays)} arrays, expected {len(self.param_names)} ({self.param_names[:3]}, ...)")
+            raise ValueError(
+                f"got {len(arrays)} arrays, expected {len(self.param_names)} ({self.param_names[:3]}, ...)"
+            )
         return {n: torch.from_numpy(np.array(a, copy=True)) for n, a in zip(self.param_names, arrays)}
 
     def initialize_parameters(self, client_manager: Any) -> Any:

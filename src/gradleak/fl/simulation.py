@@ -92,7 +92,8 @@ def _setup(config: FederationConfig) -> tuple[ClientSetup, AuditTarget]:
     if num_classes < ds.num_classes:
         raise ConfigError(f"num_classes {num_classes} is smaller than the {ds.num_classes} classes of {ds.name!r}")
     c, h, _ = ds.input_shape
-    spec = ModelSpec(config.model, {"in_channels": c, "num_classes": num_classes, "image_size": h, **config.model_kwargs})
+    kwargs = {"in_channels": c, "num_classes": num_classes, "image_size": h, **config.model_kwargs}
+    spec = ModelSpec(config.model, kwargs)
     setup = ClientSetup(
         dataset=config.dataset, image_size=config.image_size, channels=config.channels, model_spec=spec,
         num_clients=config.num_clients, examples_per_round=config.examples_per_round, protocol=config.protocol,
@@ -103,7 +104,9 @@ def _setup(config: FederationConfig) -> tuple[ClientSetup, AuditTarget]:
 
 
 def _train_config(config: FederationConfig) -> dict[str, Any]:
-    batch = config.examples_per_round if config.protocol == "fedsgd" else (config.local_batch_size or config.examples_per_round)
+    batch = config.examples_per_round
+    if config.protocol != "fedsgd" and config.local_batch_size:
+        batch = config.local_batch_size
     return {"lr": float(config.local_lr), "local-steps": int(config.local_steps), "batch-size": int(batch)}
 
 

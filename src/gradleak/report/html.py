@@ -95,7 +95,7 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], numeric: Seque
     for r in rows:
         cls = row_class(r) if row_class else ""
         cells = "".join(
-            f'<td class="num">{html.escape(_fmt(r.get(c)))}</td>' if c in numeric else f"<td>{html.escape(_fmt(r.get(c)))}</td>"
+            f'<td class="{"num" if c in numeric else ""}">{html.escape(_fmt(r.get(c)))}</td>'
             for c in columns
         )
         body.append(f'<tr class="{cls}">{cells}</tr>')
@@ -184,7 +184,8 @@ def render_sweep(rows: Sequence[dict[str, Any]], root: Path | None = None, confi
         if path is None or not path.is_file():
             continue
         caption = ", ".join(f"{a}={_fmt(r.get(a))}" for a in axes) + f" — {_fmt(r.get('psnr'))} dB"
-        grids.append(f"<figure>{img(path.read_bytes(), caption)}<figcaption>{html.escape(caption)}</figcaption></figure>")
+        figure = f"{img(path.read_bytes(), caption)}<figcaption>{html.escape(caption)}</figcaption>"
+        grids.append(f"<figure>{figure}</figure>")
     more = f"<p class='note'>First {max_grids} of {len(ok)} runs shown.</p>" if len(ok) > max_grids else ""
     sections = [
         ("Summary", summary),
