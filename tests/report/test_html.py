@@ -19,16 +19,18 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def _sweep_table(folder: Path) -> Path:
     """A small results table made the way a sweep makes it (run_one per experiment), without Ray."""
     table = ResultsTable(folder / "results.csv")
-    for batch_size in (1, 2):
-        for seed in (0, 1):
-            config = ExperimentConfig(dataset="digits", image_size=16, num_classes=100, batch_size=batch_size,
-                                      attack="dlg", attack_kwargs={"iterations": 8}, seed=seed)
-            key = experiment_key(config)
-            result = run_one(config.to_dict())
-            for name, data in result.pop("files").items():
-                (folder / "runs" / key).mkdir(parents=True, exist_ok=True)
-                (folder / "runs" / key / name).write_bytes(data)
-            table.append({"key": key, **result, **config.to_dict(), "run_dir": f"runs/{key}"})
+    grid = [(b, s, None, {}) for b in (1, 2) for s in (0, 1)] + [(1, s, "gaussian", {"std": 0.1}) for s in (0, 1)]
+    for batch_size, seed, defense, defense_kwargs in grid:
+        config = ExperimentConfig(dataset="digits", image_size=16, num_classes=100, batch_size=batch_size,
+                                  attack="dlg", attack_kwargs={"iterations": 8}, seed=seed, defense=defense,
+                                  defense_kwargs=defense_kwargs)
+        key = experiment_key(config)
+        result = run_one(config.to_dict())
+        assert result["status"] == "ok", result["error"]
+        for name, data in result.pop("files").items():
+            (folder / "runs" / key).mkdir(parents=True, exist_ok=True)
+            (folder / "runs" / key / name).write_bytes(data)
+        table.append({"key": key, **result, **config.to_dict(), "run_dir": f"runs/{key}"})
     return table.path
 
 
@@ -42,11 +44,12 @@ def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess[str
 def test_sweep_report_is_self_contained(tmp_path):
     html = write_html(_sweep_table(tmp_path)).read_text()
     srcs = re.findall(r'<img src="([^"]+)"', html)
-    assert len(srcs) >= 5  # 4 grids and the batch-size plot
+    assert len(srcs) >= 8  # 6 grids, the batch-size and the defense-strength plots
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
     import torch
 
-    for needle in ("Truth vs reconstruction", "alt=\"leakage vs batch size\"", "Metrics", "Configuration", "Versions",
+    for needle in ("Truth vs reconstruction", "alt=\"leakage vs batch size\"", "alt=\"leakage vs defense strength\"",
+                   "Metrics", "Configuration", "Versions",
                    torch.__version__):
         assert needle in html
     assert "http://" not in html and "https://" not in html
@@ -60,7 +63,7 @@ def test_report_renders_in_headless_chromium_with_all_images(tmp_path):
     total = re.search(r'data-images-total="(\d+)"', dom.stdout)
     loaded = re.search(r'data-images-loaded="(\d+)"', dom.stdout)
     assert total and loaded, "the page's load script did not run"
-    assert int(total.group(1)) >= 5 and loaded.group(1) == total.group(1)
+    assert int(total.group(1)) >= 8 and loaded.group(1) == total.group(1)
     shot = tmp_path / "shot.png"
     _chromium([f"--screenshot={shot}", "--window-size=1200,1600", report.as_uri()], tmp_path / "profile2")
     from PIL import Image
