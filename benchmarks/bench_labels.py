@@ -20,9 +20,8 @@ import torch
 
 from gradleak.attacks.labels import classifier_gradient, infer_labels, label_count_accuracy, label_existence_accuracy
 from gradleak.data import load_dataset
-from gradleak.observation import Observation
+from gradleak.observation import ModelSpec, Observation
 from gradleak.victim import simulate
-from gradleak.observation import ModelSpec
 
 
 def idlg_sign(obs: Observation) -> torch.Tensor:
@@ -48,11 +47,16 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=50)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 24])
     parser.add_argument("--num-classes", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     ds = load_dataset("digits", size=32)
-    rules = {"count": lambda o: infer_labels(o, "count"), "yin": lambda o: infer_labels(o, "yin"), "idlg-sign": idlg_sign}
-    print(f"{'victim':>15} {'B':>3} | " + " | ".join(f"{r:>9} count  exist" for r in rules) + " | s/trial")
+    rules = {
+        "count": lambda o: infer_labels(o, "count"),
+        "yin": lambda o: infer_labels(o, "yin"),
+        "idlg-sign": idlg_sign,
+    }
+    print(f"{'victim':>15} {'B':>3} | " + " | ".join(f"{r:>9}: count  exist" for r in rules) + " | s/trial")
     for victim, (model, kwargs) in VICTIMS.items():
         for b in args.batch_sizes:
             acc = {r: ([], []) for r in rules}
@@ -69,7 +73,7 @@ def main() -> None:
                     acc[name][0].append(label_count_accuracy(predicted, truth.labels))
                     acc[name][1].append(label_existence_accuracy(predicted, truth.labels))
             per = (time.perf_counter() - start) / args.trials
-            cells = [f"{'':>9} {sum(c) / len(c):.4f} {sum(e) / len(e):.4f}" for c, e in acc.values()]
+            cells = [f"{'':>10} {sum(c) / len(c):.4f} {sum(e) / len(e):.4f}" for c, e in acc.values()]
             print(f"{victim:>15} {b:>3} | " + " | ".join(cells) + f" | {per:.2f}", flush=True)
 
 

@@ -39,3 +39,20 @@ def test_small_budget_beats_noise_on_convnet() -> None:
     achieved = score(recon.inputs, recon.labels, truth).means()["psnr"]
     assert achieved is not None and achieved > noise_psnr + 1.5, (achieved, noise_psnr)
     assert float(recon.trace[-1].min()) < 0.7 * float(recon.trace[0].min())
+
+
+def test_reachable_from_config_and_cli_with_trace_plot_and_checkpoint(tmp_path) -> None:
+    from gradleak.cli import main
+    from gradleak.experiment import run_experiment
+
+    config = ExperimentConfig(dataset="photos", image_size=16, indices=(3,), attack="inverting",
+                              attack_kwargs={"iterations": 5, "tv": 0.01})
+    result = run_experiment(config, out=tmp_path / "config")
+    assert result.reconstruction.trace.shape == (5, 1)
+    assert (tmp_path / "config" / "trace.png").stat().st_size > 0
+    ckpt = tmp_path / "ig.ckpt"
+    args = ["demo", "--dataset", "photos", "--image-size", "16", "--attack", "inverting", "--iterations", "4",
+            "--checkpoint", str(ckpt), "--quiet", "--out", str(tmp_path / "cli")]
+    assert main(args) == 0
+    assert ckpt.exists() and (tmp_path / "cli" / "trace.png").exists()
+    assert main(args) == 0  # resumes from the finished checkpoint

@@ -511,9 +511,9 @@ class OptimizationAttack(Attack):
         progress: bool = False,
     ) -> list[Reconstruction]:
         """Attack the clients of one round (same model and weights) as one batched computation."""
-        labels = [self.resolve_labels(o) for o in observations]
+        labels = None if self.labels == "soft" else [self.resolve_labels(o) for o in observations]
         return optimize_many(
-            observations, self.engine(observations[0]), labels=None if self.labels == "soft" else labels,  # type: ignore[arg-type]
+            observations, self.engine(observations[0]), labels=labels,  # type: ignore[arg-type]
             attack_name=self.name, settings=self.settings(), device=device, seed=seed, progress=progress,
             checkpoint=self.checkpoint,
         )
