@@ -194,10 +194,11 @@ class UpdateMatcher:
         return value
 
     def value_and_grad(
-        self, xs: torch.Tensor, ys: torch.Tensor, soft: bool
+        self, xs: torch.Tensor, ys: torch.Tensor, soft: bool, coupled: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Objective ``(N, R)`` per observation and restart, and its gradient w.r.t. ``xs`` ``(N, R, B, ...)``
-        (and ``ys`` when soft). Singleton dimensions skip ``vmap``, which costs overhead on tiny models."""
+        (and ``ys`` when soft). Singleton dimensions skip ``vmap``, which costs overhead on tiny models.
+        ``coupled=False`` leaves out the priors that couple restarts (used to rank restarts)."""
         argnums: tuple[int, ...] = (0, 1) if soft else (0,)
         fn: Callable[..., Any] = grad_and_value(self.objective, argnums=argnums)
         n, r = xs.shape[:2]
@@ -216,7 +217,7 @@ class UpdateMatcher:
         if r == 1:
             grads, value = tuple(g.unsqueeze(1) for g in grads), value.unsqueeze(1)
         gx, gy = grads[0], (grads[1] if soft else None)
-        if self.restart_priors and r > 1:
+        if coupled and self.restart_priors and r > 1:
             with torch.enable_grad():
                 leaf = xs.detach().requires_grad_(True)
                 coupled = sum(w * torch.stack([p(leaf[i]) for i in range(n)]) for p, w in self.restart_priors)
@@ -406,7 +407,8 @@ def optimize_many(
     saver.finish(state, variables, opt, trace)
 
     with torch.no_grad():
-        final, _, _ = matcher.value_and_grad(xs.detach(), ys.detach(), soft)
+        # each restart ranked by its own objective (matching + its priors), not by its distance to the others
+        final, _, _ = matcher.value_and_grad(xs.detach(), ys.detach(), soft, coupled=False)
     final = torch.nan_to_num(final.detach(), nan=float("inf"))
     done = min(state["evals"], config.iterations)
     pixels = _to_pixels(xs.detach(), mean, std)
