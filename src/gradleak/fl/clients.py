@@ -77,7 +77,6 @@ def client_update(
     batch_size: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Train the server's ``weights`` on the client's batch of this round; return new weights and metrics."""
-    torch.set_num_threads(1)
     ds = setup.load()
     indices = setup.batch_indices(partition_id, server_round)
     inputs, labels = ds.batch(indices)
@@ -161,6 +160,7 @@ def make_client_app(setup: ClientSetup) -> Any:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
+        torch.set_num_threads(1)  # one Ray CPU per client
         pid = int(context.node_config["partition-id"])
         weights = msg.content["arrays"].to_torch_state_dict()
         lr, steps, batch = _config_values(msg.content["config"])
@@ -187,6 +187,7 @@ def make_secagg_client_app(setup: ClientSetup) -> Any:
             self.partition_id = partition_id
 
         def fit(self, parameters: list[Any], config: dict[str, Any]) -> tuple[list[Any], int, dict[str, Any]]:
+            torch.set_num_threads(1)  # one Ray CPU per client
             weights = {n: torch.as_tensor(a) for n, a in zip(names, parameters)}
             lr, steps, batch = _config_values(config)
             server_round = int(config["server-round"])
