@@ -16,6 +16,14 @@ from gradleak.observation import ModelSpec  # noqa: E402
 CONFIG = {"lr": 0.1, "local-steps": 1, "batch-size": 1}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the 2-core machine is shared with the rest of the suite
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def recorded():
     spec = ModelSpec("lenet", {"in_channels": 1, "num_classes": 100, "image_size": 32})
