@@ -94,8 +94,86 @@ def _experiment_config(args: argparse.Namespace) -> Any:
         model_mode=args.model_mode, protocol=args.protocol, local_steps=args.local_steps, local_lr=args.local_lr,
         local_batch_size=args.local_batch_size, leak_labels=args.leak_labels, clients=args.clients,
         attack=getattr(args, "attack", "idlg"), attack_kwargs=_attack_kwargs(args) if hasattr(args, "attack") else {},
-        seed=args.seed, device=args.device,
+        seed=args.seed, device=args.device, **_defense_fields(args),
     )
+
+
+def _defense_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--defense", default=None, help="defense applied in the client's step (see `gradleak list`)")
+    p.add_argument("--defense-arg", action="append", metavar="KEY=VALUE", help="defense setting, repeatable")
+
+
+def _defense_fields(args: argparse.Namespace) -> dict[str, Any]:
+    if getattr(args, "defense", None) is None:
+        if getattr(args, "defense_arg", None):
+            raise ConfigError("--defense-arg given without --defense")
+        return {}
+    return {"defense": args.defense, "defense_kwargs": parse_assignments(args.defense_arg, "--defense-arg")}
+
+
+def _utility_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--utility-dataset", default=None, help="dataset the defended model is trained on "
+                   "(default: --dataset)")
+    p.add_argument("--train-steps", type=int, default=300, help="SGD steps of the utility training (default 300)")
+    p.add_argument("--train-batch-size", type=int, default=32)
+    p.add_argument("--train-lr", type=float, default=0.05)
+    p.add_argument("--test-fraction", type=float, default=0.25)
+
+
+def _utility_config(args: argparse.Namespace) -> Any:
+    from gradleak.utility import UtilityConfig
+
+    return UtilityConfig(
+        dataset=args.utility_dataset or args.dataset, image_size=args.image_size, model=args.model,
+        model_kwargs=parse_assignments(args.model_arg, "--model-arg"), steps=args.train_steps,
+        batch_size=args.train_batch_size, lr=args.train_lr, test_fraction=args.test_fraction, seed=args.seed,
+        device=args.device,
+    )
+
+
+def _literal_list(text: str, flag: str) -> tuple[Any, ...]:
+    values = tuple(parse_assignments([f"v={t.strip()}"], flag)["v"] for t in text.split(",") if t.strip())
+    if not values:
+        raise ConfigError(f"{flag} expects comma-separated values, got {text!r}")
+    return values
+
+
+def cmd_defend(args: argparse.Namespace) -> int:
+    from gradleak.defenses import build_defense
+    from gradleak.utility import measure_utility
+
+    defense = build_defense(args.defense, **parse_assignments(args.defense_arg, "--defense-arg"))
+    result = measure_utility(defense, _utility_config(args))
+    cfg = result.config
+    print(f"utility of {defense.describe() if defense else 'no defense'}: {cfg.model} on {cfg.dataset}, "
+          f"{cfg.steps} steps of batch {cfg.batch_size} ({result.train_size} train / {result.test_size} test images)")
+    print(f"test accuracy {result.accuracy:.3f} (undefended {result.baseline_accuracy:.3f})")
+    if result.privacy is not None:
+        p = result.privacy
+        print(f"epsilon {p.epsilon:.3g} at delta {p.delta:g} ({p.accountant}, sample rate "
+              f"{p.schedule.sample_rate:.4f}, {p.schedule.steps} steps)")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "utility.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+        print(f"report: {out / 'utility.json'}")
+    return 0
+
+
+def cmd_tradeoff(args: argparse.Namespace) -> int:
+    from gradleak.tradeoff import TradeoffConfig, markdown_table, run_tradeoff, write_tradeoff
+
+    base = _experiment_config(args)
+    config = TradeoffConfig(
+        defense=args.defense, strengths=_literal_list(args.values, "--values"), param=args.param,
+        defense_kwargs=parse_assignments(args.defense_arg, "--defense-arg"), experiment=base,
+        images=_indices(args.images), utility=_utility_config(args),
+    )
+    rows = run_tradeoff(config, progress=None if args.quiet else lambda r: print("  " + " | ".join(r.cells()), flush=True))
+    paths = write_tradeoff(rows, config, args.out)
+    print(markdown_table(rows, config.strength_param))
+    print(f"table: {paths['csv']}, {paths['md']}; plot: {paths['png']}")
+    return 0
 
 
 def _print_summary(metrics: dict[str, Any], out: Path) -> None:
@@ -161,12 +239,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     from gradleak.attacks.objectives import OBJECTIVES
     from gradleak.attacks.priors import PRIORS
     from gradleak.data import DATASETS, FORMATS
+    from gradleak.defenses import DEFENSES
     from gradleak.models import MODELS
 
     listing = {
         "models": MODELS.names(), "datasets": DATASETS.names(), "data formats": sorted(FORMATS),
         "attacks": ATTACKS.names(), "label rules": LABEL_RULES.names(), "objectives": OBJECTIVES.names(),
-        "priors": PRIORS.names(),
+        "priors": PRIORS.names(), "defenses": DEFENSES.names(),
     }
     if args.json:
         print(json.dumps(listing, indent=2))
@@ -248,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="attack one bundled real face with iDLG on LeNet and report",
                           description="Simulate a client on a bundled image, attack its gradient, write a report.")
     _victim_args(demo, dataset="faces", num_classes=100)
+    _defense_args(demo)
     _attack_args(demo, attack="idlg")
     _common(demo, out_default="out/demo")
     demo.set_defaults(func=cmd_demo)
@@ -255,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     cap = sub.add_parser("capture", help="simulate a victim and write a capture file",
                          description="Simulate a client's update and save what the server sees (safetensors).")
     _victim_args(cap, dataset="faces", num_classes=None)
+    _defense_args(cap)
     _common(cap)
     cap.add_argument("--out", default="capture.safetensors", help="capture file to write")
     cap.add_argument("--truth", default=None, help="ground-truth file (default: beside --out, .truth.safetensors)")
@@ -267,6 +348,35 @@ def build_parser() -> argparse.ArgumentParser:
     _attack_args(att, attack="idlg")
     _common(att, out_default="out/attack")
     att.set_defaults(func=cmd_attack)
+
+    dfd = sub.add_parser("defend", help="measure a defense's price: test accuracy when trained with it, epsilon",
+                         description="Train a model with a defense on a bundled dataset (short fixed schedule) and "
+                         "report its test accuracy beside the undefended baseline, and epsilon where it has one.")
+    dfd.add_argument("--defense", required=True, help="defense name (see `gradleak list`)")
+    dfd.add_argument("--defense-arg", action="append", metavar="KEY=VALUE", help="defense setting, repeatable")
+    dfd.add_argument("--dataset", default="digits", help="bundled dataset to train on (default digits)")
+    dfd.add_argument("--image-size", type=int, default=32)
+    dfd.add_argument("--model", default="lenet")
+    dfd.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="model setting, repeatable")
+    _utility_args(dfd)
+    _common(dfd)
+    dfd.add_argument("--out", default=None, help="folder for utility.json (optional)")
+    dfd.set_defaults(func=cmd_defend)
+
+    trd = sub.add_parser("tradeoff", help="leakage against utility: an attack against a defense at several strengths",
+                         description="Attack a defended victim at each strength and train with the defense; write a "
+                         "table (strength, PSNR, SSIM, label accuracy, test accuracy, epsilon) and a plot.")
+    trd.add_argument("--defense", required=True, help="defense name (see `gradleak list`)")
+    trd.add_argument("--values", required=True, help="comma-separated strengths, e.g. 0,0.01,0.1,1")
+    trd.add_argument("--param", default=None, help="parameter the strengths set (default: the defense's strength "
+                     "parameter, e.g. noise_multiplier for dpsgd, std for gaussian)")
+    trd.add_argument("--defense-arg", action="append", metavar="KEY=VALUE", help="fixed defense setting, repeatable")
+    trd.add_argument("--images", default="0,1,2", help="indices attacked, one private batch each (default 0,1,2)")
+    _victim_args(trd, dataset="digits", num_classes=None)
+    _attack_args(trd, attack="idlg")
+    _utility_args(trd)
+    _common(trd, out_default="out/tradeoff")
+    trd.set_defaults(func=cmd_tradeoff)
 
     lst = sub.add_parser("list", help="list registered models, datasets, attacks, objectives and priors")
     lst.add_argument("--json", action="store_true")

@@ -16,31 +16,35 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from torch.func import jacfwd, vmap
 
 from gradleak.defenses.base import DEFENSES, ClientContext, Defense, Update, check_range, classifier_layer
 
 
-def representation_sensitivity(model: nn.Module, inputs: torch.Tensor, chunk: int = 128) -> torch.Tensor:
-    """Per-element ``sum_b ||d r_bi / d x_b|| / |r_bi|`` of the classifier head's input ``r``, shape ``(F,)``."""
+def representation_sensitivity(model: nn.Module, inputs: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+    """Per-element ``sum_b ||d r_bi / d x_b|| / |r_bi|`` of the classifier head's input ``r``, shape ``(F,)``.
+
+    The per-example Jacobians come from forward-mode ``torch.func.jacfwd`` (one tangent per input pixel),
+    ``chunk`` examples at a time; examples must not interact (no train-mode BatchNorm)."""
     head, _, _ = classifier_layer(model)
-    captured: dict[str, torch.Tensor] = {}
-    hook = head.register_forward_pre_hook(lambda _m, args: captured.__setitem__("r", args[0]))
-    x = inputs.detach().clone().requires_grad_(True)
-    try:
-        with torch.enable_grad():
-            model(x)
-    finally:
-        hook.remove()
-    r = captured["r"].flatten(1)  # (B, F)
-    b, f = r.shape
-    norms = torch.empty(b, f, device=r.device)
-    for start in range(0, f, chunk):
-        stop = min(f, start + chunk)
-        basis = torch.zeros(stop - start, b, f, device=r.device, dtype=r.dtype)
-        basis[torch.arange(stop - start), :, torch.arange(start, stop)] = 1.0
-        (jac,) = torch.autograd.grad(r, x, grad_outputs=basis, retain_graph=True, is_grads_batched=True)
-        norms[:, start:stop] = jac.flatten(2).norm(dim=2).T
-    return (norms / r.detach().abs().clamp_min(1e-12)).sum(0)
+
+    def representation(x: torch.Tensor) -> torch.Tensor:
+        captured: list[torch.Tensor] = []
+        hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+        try:
+            model(x.unsqueeze(0))
+        finally:
+            hook.remove()
+        return captured[0].flatten()
+
+    x = inputs.detach()
+    with torch.no_grad():
+        r = torch.stack([representation(xi) for xi in x])  # (B, F)
+    norms = torch.cat([
+        vmap(jacfwd(representation))(x[start : start + chunk]).flatten(2).norm(dim=2)
+        for start in range(0, x.shape[0], chunk)
+    ])
+    return (norms / r.abs().clamp_min(1e-12)).sum(0)
 
 
 @dataclass
