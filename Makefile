@@ -28,8 +28,9 @@ demo: $(STAMP)
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
+# Every benchmark prints its own table; run one alone with `.venv/bin/python benchmarks/bench_X.py --help`.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_dlg.py
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) out
