@@ -32,6 +32,7 @@ CASES: list[tuple[str, str | None, dict]] = [
     ("pruning 30%", "pruning", {"ratio": 0.3}),
     ("pruning 50%", "pruning", {"ratio": 0.5}),
     ("pruning 70%", "pruning", {"ratio": 0.7}),
+    ("pruning 90%", "pruning", {"ratio": 0.9}),
     ("fp16", "quantization", {"kind": "fp16"}),
     ("int8", "quantization", {"kind": "int8"}),
     ("sign", "quantization", {"kind": "sign"}),
@@ -56,8 +57,9 @@ def leakage(defense: str | None, kwargs: dict, images: list[int], attack: str, a
             extra: dict | None = None) -> tuple[float, float, float]:
     psnr, ssim, labels = [], [], []
     for k in images:
-        config = ExperimentConfig(dataset="faces", num_classes=100, model="lenet", attack=attack, indices=(k,),
-                                  attack_kwargs=attack_kwargs, defense=defense, defense_kwargs=kwargs, **(extra or {}))
+        settings = {"dataset": "faces", "num_classes": 100, "model": "lenet", **(extra or {})}
+        config = ExperimentConfig(attack=attack, indices=(k,), attack_kwargs=attack_kwargs, defense=defense,
+                                  defense_kwargs=kwargs, **settings)
         means = run_experiment(config).scores.means()
         psnr.append(min(float(means["psnr"]), 100.0))
         ssim.append(float(means["ssim"]))
