@@ -46,6 +46,9 @@ class Clock:
     def time_to(self, db: float) -> float:
         return next((t for t, p in self.points if p >= db), float("inf"))
 
+    def evals_to(self, db: float) -> float:
+        return next((i + 1 for i, (_, p) in enumerate(self.points) if p >= db), float("inf"))
+
     def psnr_at(self, iteration: int) -> float:
         if not self.points:
             return float("nan")
@@ -120,18 +123,19 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, budget {args.budget} evaluations")
     ref_times = [c.time_to(TARGET_DB) for c in results["reference DLG loop"]]
     ref_median = statistics.median(ref_times)
-    header = f"{'method':<20} {'median s to 30 dB':>18} {'reached':>8} {'PSNR@100':>9} {'PSNR@300':>9} {'s/iter':>8} {'speed-up':>9}"
+    header = f"{'method':<20} {'median s to 30 dB':>18} {'median evals':>13} {'reached':>8} {'PSNR@100':>9} {'PSNR@300':>9} {'s/iter':>8} {'speed-up':>9}"
     print(header)
     print("-" * len(header))
     for name, clocks in results.items():
         times = [c.time_to(TARGET_DB) for c in clocks]
         median = statistics.median(times)
+        evals = statistics.median(c.evals_to(TARGET_DB) for c in clocks)
         reached = sum(t < float("inf") for t in times)
         p100 = statistics.mean(c.psnr_at(100) for c in clocks)
         p300 = statistics.mean(c.psnr_at(300) for c in clocks)
         per_iter = statistics.mean(c.points[-1][0] / len(c.points) for c in clocks)
         ratio = ref_median / median if median > 0 else float("inf")
-        print(f"{name:<20} {median:>18.3f} {reached:>5}/{len(times):<2} {p100:>9.2f} {p300:>9.2f} {per_iter:>8.4f} {ratio:>8.1f}x")
+        print(f"{name:<20} {median:>18.3f} {evals:>13.0f} {reached:>5}/{len(times):<2} {p100:>9.2f} {p300:>9.2f} {per_iter:>8.4f} {ratio:>8.1f}x")
 
 
 if __name__ == "__main__":
