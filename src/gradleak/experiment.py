@@ -102,13 +102,13 @@ def make_victim(config: ExperimentConfig) -> tuple[Observation, GroundTruth]:
         raise ConfigError(f"num_classes {num_classes} is smaller than the {ds.num_classes} classes of {ds.name!r}")
     c, h, _ = ds.input_shape
     spec = ModelSpec(config.model, {"in_channels": c, "num_classes": num_classes, "image_size": h, **config.model_kwargs})
+    private = set(indices)
+    rest = [i for i in range(len(ds)) if i not in private]  # images the victim's batch does not hold
     torch.manual_seed(config.seed)
     model = spec.build()
     if config.pretrain_steps > 0:
         from gradleak.training import train
 
-        private = set(indices)
-        rest = [i for i in range(len(ds)) if i not in private]
         train(model, ds, rest, steps=config.pretrain_steps, seed=config.seed, device=config.device)
     local = None
     if config.protocol == "fedavg":
@@ -116,7 +116,7 @@ def make_victim(config: ExperimentConfig) -> tuple[Observation, GroundTruth]:
     defense = config.build_defense()
     population = None
     if defense is not None:
-        others = torch.tensor([i for i in range(len(ds)) if i not in set(indices)], dtype=torch.long)
+        others = torch.tensor(rest, dtype=torch.long)
         population = (ds.images[others], ds.labels[others])
     if config.clients > 1:
         from gradleak.malicious import simulate_aggregate
