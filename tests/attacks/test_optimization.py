@@ -137,3 +137,20 @@ def test_lbfgs_checkpoint_resumes(tmp_path) -> None:
     first = optimize(obs, config, labels=obs.labels, attack_name="t", settings={}, seed=0, checkpoint=path)
     again = optimize(obs, config, labels=obs.labels, attack_name="t", settings={}, seed=0, checkpoint=path)
     assert torch.equal(first.inputs, again.inputs)  # a finished checkpoint returns the finished result
+
+
+def test_single_restart_fast_path_equals_vmapped_path_with_soft_labels() -> None:
+    """One restart runs through plain autograd on an eager twin of the model; it must agree with the vmapped
+    torch.func path, soft labels (DLG) included."""
+    obs, _ = _victim(indices=(5,))
+    matcher = UpdateMatcher([obs], EngineConfig(objective="l2"), "cpu")
+    gen = torch.Generator().manual_seed(1)
+    xs = torch.randn(1, 2, 1, *obs.input_shape, generator=gen)
+    ys = torch.randn(1, 2, 1, obs.num_classes, generator=gen)
+    values, gx, gy = matcher.value_and_grad(xs, ys, soft=True)
+    for r in range(2):
+        v, g, h = matcher.value_and_grad(xs[:, r : r + 1], ys[:, r : r + 1], soft=True)
+        assert torch.allclose(values[0, r], v[0, 0], rtol=1e-5)
+        assert torch.allclose(gx[0, r], g[0, 0], rtol=1e-4, atol=1e-6)
+        assert torch.allclose(gy[0, r], h[0, 0], rtol=1e-4, atol=1e-6)
+    assert float(gx.abs().sum()) > 0 and float(gy.abs().sum()) > 0
