@@ -29,11 +29,12 @@ from gradleak.metrics import psnr, score
 IG_INDICES = (3, 14, 25, 36, 47, 58, 69, 80, 91, 2)  # one crop of each of the ten photos
 
 
-def bench_ig(iterations: int, images: int, budgets: list[int]) -> None:
-    print(f"\n== Inverting Gradients, ConvNet-64 (random init), photos 32x32, batch 1, labels known, "
-          f"{images} images x {iterations} iterations")
+def bench_ig(iterations: int, images: int, budgets: list[int], model_mode: str) -> None:
+    print(f"\n== Inverting Gradients, ConvNet-64 (random init, BatchNorm in {model_mode} mode), photos 32x32, batch 1, "
+          f"labels known, {images} images x {iterations} iterations")
     victims = [make_victim(ExperimentConfig(dataset="photos", model="convnet", model_kwargs={"width": 64},
-                                            indices=(i,), leak_labels=True, seed=0)) for i in IG_INDICES[:images]]
+                                            indices=(i,), leak_labels=True, seed=0, model_mode=model_mode))
+               for i in IG_INDICES[:images]]
     truths = torch.cat([t.inputs for _, t in victims])
     budgets = sorted({b for b in budgets if b <= iterations} | {iterations})
     at_budget: dict[int, torch.Tensor] = {}
@@ -115,6 +116,10 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=("ig", "restarts", "fedavg"), default=["restarts", "fedavg", "ig"])
     parser.add_argument("--ig-iterations", type=int, default=2000)
     parser.add_argument("--ig-images", type=int, default=5)
+    parser.add_argument("--ig-model-mode", choices=("eval", "train"), default="eval",
+                        help="BatchNorm mode of the victim: eval as in Geiping et al.'s experiments (default); in "
+                             "train mode at batch 1 each image is normalised by its own statistics and the cosine "
+                             "objective stalls near 0.87 (11.9 dB at 2,000 iterations)")
     parser.add_argument("--budgets", type=int, nargs="+", default=[100, 250, 500, 1000, 2000])
     parser.add_argument("--lenet-iterations", type=int, default=200)
     parser.add_argument("--convnet-iterations", type=int, default=3)
@@ -131,7 +136,7 @@ def main() -> None:
     if "fedavg" in args.only:
         bench_fedavg(args.fedavg_iterations, args.fedavg_size)
     if "ig" in args.only:
-        bench_ig(args.ig_iterations, args.ig_images, args.budgets)
+        bench_ig(args.ig_iterations, args.ig_images, args.budgets, args.ig_model_mode)
 
 
 if __name__ == "__main__":
