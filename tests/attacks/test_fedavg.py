@@ -12,15 +12,6 @@ from gradleak.experiment import ExperimentConfig, make_victim
 from gradleak.metrics import score
 from gradleak.victim import normalize
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models are overhead-bound: one thread is faster and does not oversubscribe shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 FEDAVG = dict(dataset="photos", image_size=16, model="lenet", indices=(3, 17, 45, 88), protocol="fedavg",
               local_steps=5, local_batch_size=2, local_lr=0.1, leak_labels=True)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 
 import torch
 
@@ -10,15 +9,6 @@ from gradleak.attacks import ATTACKS
 from gradleak.attacks.optimization import EngineConfig, UpdateMatcher
 from gradleak.experiment import ExperimentConfig, make_victim
 from gradleak.models import build_model
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models are overhead-bound: one thread is faster and does not oversubscribe shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _victim(**kw: object):

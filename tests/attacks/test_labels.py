@@ -16,15 +16,6 @@ from gradleak.errors import ConfigError
 from gradleak.experiment import ExperimentConfig, make_victim
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models are overhead-bound: one thread is faster and does not oversubscribe shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _victim(**kw: object):
     base: dict[str, object] = {"dataset": "digits", "image_size": 16, "model": "mlp", "model_kwargs": {"hidden": (64,)}}
     base.update(kw)

@@ -12,15 +12,6 @@ from gradleak.experiment import ExperimentConfig, make_victim
 from gradleak.victim import normalize
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models are overhead-bound: one thread is faster and does not oversubscribe shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _victim(**kw: object):
     base: dict[str, object] = {"dataset": "photos", "image_size": 16, "model": "lenet", "leak_labels": True}
     base.update(kw)
