@@ -8,7 +8,8 @@ Sections:
 - ``ig``: Inverting Gradients (Geiping et al. 2020) on the ConvNet (width 64, random init), 32x32 bundled photos,
   batch 1, labels known; the images are attacked as one batched computation (``reconstruct_many``: with Adam
   each result equals a separate run). Prints PSNR per image and the mean at fixed budgets, and s/iteration.
-- ``restarts``: wall time of 8 restarts over 1 restart (one vmapped computation), LeNet and ConvNet-64, same
+- ``restarts``: wall time of 8 restarts over 1 restart (one batched computation: copies of the model folded into
+  channel groups, ``attacks/stacking.py``), beside the ``torch.func.vmap`` reference, LeNet and ConvNet-64, same
   run, interleaved; the target on LeNet is a ratio of at most 3.
 - ``fedavg``: batch 4, 5 local steps of batch 2 (lr 0.1) on LeNet; the FedAvg attack (unrolled steps) against
   Inverting Gradients reading the delta as one gradient, same budget and seed.
@@ -68,30 +69,45 @@ def bench_ig(iterations: int, images: int, budgets: list[int], model_mode: str) 
           f"{wall / iterations:.3f} s/iteration ({wall / iterations / images:.3f} s per image-iteration)")
 
 
-def _time(matcher: UpdateMatcher, obs, truth, restarts: int, iterations: int) -> float:
-    xs = torch.randn(1, restarts, obs.batch_size, *obs.input_shape)
-    ys = truth.labels.view(1, 1, -1).expand(1, restarts, -1)
-    matcher.value_and_grad(xs, ys, False)  # warm-up
-    start = time.perf_counter()
-    for _ in range(iterations):
-        matcher.value_and_grad(xs, ys, False)
+def _time(step, iterations: int, mkldnn: bool) -> float:
+    with torch.backends.mkldnn.flags(enabled=mkldnn):
+        step()  # warm-up (and, for stacking, the one-time check against vmap)
+        start = time.perf_counter()
+        for _ in range(iterations):
+            step()
     return (time.perf_counter() - start) / iterations
 
 
 def bench_restarts(iterations: dict[str, int], rounds: int) -> None:
     print("\n== Batched restarts: seconds per iteration (objective + gradient), 1 vs 8 restarts, same run")
+    print("   each count timed with oneDNN and with native convolutions, best taken (the engine tunes this per "
+          "shape);\n   '8 stacked' is the engine's path (copies folded into channel groups), '8 vmap' the "
+          "torch.func reference")
     for model, kwargs in (("lenet", {}), ("convnet", {"width": 64})):
         obs, truth = make_victim(ExperimentConfig(dataset="photos", model=model, model_kwargs=kwargs, indices=(3,),
                                                   leak_labels=True))
-        config = EngineConfig(objective="cosine", priors={"tv": 0.2})
-        matcher = UpdateMatcher([obs], config, "cpu")
-        ones, eights = [], []
-        for _ in range(rounds):  # interleaved so that load from elsewhere hits both alike
-            ones.append(_time(matcher, obs, truth, 1, iterations[model]))
-            eights.append(_time(matcher, obs, truth, 8, iterations[model]))
-        one, eight = min(ones), min(eights)
-        print(f"  {model:>8}: 1 restart {one:.4f} s/it, 8 restarts {eight:.4f} s/it, ratio {eight / one:.2f} "
-              f"(best of {rounds} rounds of {iterations[model]} iterations)")
+        matcher = UpdateMatcher([obs], EngineConfig(objective="cosine", priors={"tv": 0.2}), "cpu")
+        inputs = {}
+        for r in (1, 8):
+            inputs[r] = (torch.randn(1, r, obs.batch_size, *obs.input_shape),
+                         truth.labels.view(1, 1, -1).expand(1, r, -1))
+        steps = {
+            "1 restart": lambda: matcher.value_and_grad(*inputs[1], False),
+            "8 stacked": lambda: matcher.value_and_grad(*inputs[8], False),
+            "8 vmap": lambda: matcher._value_and_grad_vmap(*inputs[8], False),
+        }
+        times: dict[tuple[str, bool], list[float]] = {}
+        for _ in range(rounds):  # interleaved so that load from elsewhere hits all alike
+            for name, step in steps.items():
+                for mkldnn in (True, False):
+                    times.setdefault((name, mkldnn), []).append(_time(step, iterations[model], mkldnn))
+        best = {name: min(min(times[(name, m)]) for m in (True, False)) for name in steps}
+        detail = ", ".join(f"{name} {best[name]:.4f} s/it (oneDNN {min(times[(name, True)]):.4f}, native "
+                           f"{min(times[(name, False)]):.4f})" for name in steps)
+        assert matcher._stacked.get(8) is not None or model != "lenet", "LeNet should stack"
+        print(f"  {model:>8}: {detail}")
+        print(f"  {model:>8}: ratio 8/1 restarts {best['8 stacked'] / best['1 restart']:.2f} (vmap reference "
+              f"{best['8 vmap'] / best['1 restart']:.2f}; best of {rounds} rounds of {iterations[model]} iterations)")
 
 
 def bench_fedavg(iterations: int, image_size: int) -> None:

@@ -1,47 +1,43 @@
 """Gradient distances, looked up by name: adding one touches no attack.
 
-Each takes the candidate's update and the observed update (dicts keyed by parameter name, same keys) and
-returns a scalar. ``weights`` optionally scales each layer's term (Geiping et al. 2020 weight early layers).
+Each takes the candidate's update and the observed update flattened and concatenated in parameter order,
+``(..., P)``, and per-entry weights ``(P,)`` or ``None``, and returns the distance ``(...)``. Leading dimensions
+(copies of a stacked model, see ``stacking``) are kept, so one call scores every restart; a target without them
+broadcasts. Layer weights (Geiping et al. 2020 weight early layers) arrive expanded to one weight per entry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import torch
 
 from gradleak.registry import Registry
 
-Tensors = Mapping[str, torch.Tensor]
-Objective = Callable[[Tensors, Tensors, Mapping[str, float] | None], torch.Tensor]
+Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 OBJECTIVES: Registry[torch.Tensor] = Registry("objective")
 
 
-def _w(weights: Mapping[str, float] | None, key: str) -> float:
-    return 1.0 if weights is None else float(weights.get(key, 1.0))
-
-
 @OBJECTIVES.register("l2")
-def squared_l2(candidate: Tensors, target: Tensors, weights: Mapping[str, float] | None = None) -> torch.Tensor:
-    """Sum over layers of the squared Euclidean distance (Zhu et al. 2019, DLG)."""
-    if weights is None:
-        # One flat difference: a handful of tensor operations instead of four per layer (this runs once per
-        # evaluation, next to a double-backward of a couple of milliseconds on small models).
-        diff = torch.cat([candidate[k].reshape(-1) for k in target]) - torch.cat([t.reshape(-1) for t in target.values()])
-        return diff.dot(diff)
-    return sum(_w(weights, k) * (candidate[k] - t).pow(2).sum() for k, t in target.items())  # type: ignore[return-value]
+def squared_l2(candidate: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared Euclidean distance (Zhu et al. 2019, DLG)."""
+    diff = candidate - target
+    sq = diff * diff
+    return (sq if weights is None else sq * weights).sum(-1)
 
 
 @OBJECTIVES.register("l1")
-def l1(candidate: Tensors, target: Tensors, weights: Mapping[str, float] | None = None) -> torch.Tensor:
-    """Sum over layers of the absolute difference; less sensitive to a few large entries."""
-    return sum(_w(weights, k) * (candidate[k] - t).abs().sum() for k, t in target.items())  # type: ignore[return-value]
+def l1(candidate: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Absolute difference; less sensitive to a few large entries."""
+    diff = (candidate - target).abs()
+    return (diff if weights is None else diff * weights).sum(-1)
 
 
 @OBJECTIVES.register("cosine")
-def cosine(candidate: Tensors, target: Tensors, weights: Mapping[str, float] | None = None) -> torch.Tensor:
+def cosine(candidate: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """``1 - cos`` of the whole flattened update (Geiping et al. 2020): matches direction, not magnitude."""
-    dot = sum(_w(weights, k) * (candidate[k] * t).sum() for k, t in target.items())
-    cand_sq = sum(_w(weights, k) * candidate[k].pow(2).sum() for k in target)
-    targ_sq = sum(_w(weights, k) * t.pow(2).sum() for k, t in target.items())
-    return 1.0 - dot / (cand_sq.sqrt() * targ_sq.sqrt() + 1e-12)  # type: ignore[union-attr,operator]
+    weighted = target if weights is None else target * weights
+    dot = (candidate * weighted).sum(-1)
+    cand_sq = (candidate * candidate if weights is None else candidate * candidate * weights).sum(-1)
+    targ_sq = (target * weighted).sum(-1)
+    return 1.0 - dot / (cand_sq.sqrt() * targ_sq.sqrt() + 1e-12)

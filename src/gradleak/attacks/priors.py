@@ -2,9 +2,10 @@
 
 A prior has a ``kind`` that tells the engine what it needs:
 
-- ``"image"``: ``prior(x)`` on one restart's candidate batch ``(B, C, H, W)`` (normalised space) -> scalar;
-- ``"batchnorm"``: ``prior(stats)`` on the BatchNorm input statistics of that candidate and the running
-  statistics of the model the server sent (:class:`BatchNormStatistics`) -> scalar;
+- ``"image"``: ``prior(x)`` on one restart's candidate batch ``(..., B, C, H, W)`` (normalised space) -> ``(...)``,
+  one value per leading index (restarts scored together, see ``stacking``);
+- ``"batchnorm"``: ``prior(stats)`` on the BatchNorm input statistics of that candidate, ``(..., C)``, and the
+  running statistics of the model the server sent (:class:`BatchNormStatistics`) -> ``(...)``;
 - ``"restarts"``: ``prior(xs)`` on all restarts ``(R, B, C, H, W)`` of one attack -> ``(R,)``: it couples the
   restarts, so the engine evaluates it outside the per-restart ``vmap``.
 """
@@ -49,8 +50,8 @@ class BatchNormStatistics:
 @_kind("image")
 def total_variation(x: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of neighbouring pixels (Rudin et al. 1992; used by Geiping et al. 2020)."""
-    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
-    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().flatten(-4).mean(-1)
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(-4).mean(-1)
     return dx + dy
 
 
@@ -58,7 +59,7 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 @_kind("image")
 def l2_norm(x: torch.Tensor) -> torch.Tensor:
     """Mean squared pixel value: pulls the candidate towards the data mean (Yin et al. 2021, ``R_l2``)."""
-    return x.pow(2).mean()
+    return x.pow(2).flatten(-4).mean(-1)
 
 
 @PRIORS.register("bn")
@@ -72,7 +73,8 @@ def batchnorm_statistics(stats: BatchNormStatistics) -> torch.Tensor:
     total = torch.zeros(())
     for name, (mean, var) in stats.candidate.items():
         ref_mean, ref_var = stats.reference[name]
-        total = total + torch.linalg.vector_norm(mean - ref_mean) + torch.linalg.vector_norm(var - ref_var)
+        total = (total + torch.linalg.vector_norm(mean - ref_mean, dim=-1)
+                 + torch.linalg.vector_norm(var - ref_var, dim=-1))
     return total
 
 
