@@ -31,10 +31,12 @@ CASES: list[tuple[str, str | None, dict]] = [
     ("laplacian scale=1e-4", "laplacian", {"scale": 1e-4}),
     ("laplacian scale=1e-1", "laplacian", {"scale": 1e-1}),
     ("pruning 10%", "pruning", {"ratio": 0.1}),
+    ("pruning 20%", "pruning", {"ratio": 0.2}),
     ("pruning 30%", "pruning", {"ratio": 0.3}),
     ("pruning 50%", "pruning", {"ratio": 0.5}),
     ("pruning 70%", "pruning", {"ratio": 0.7}),
     ("pruning 90%", "pruning", {"ratio": 0.9}),
+    ("pruning 50% global", "pruning", {"ratio": 0.5, "scope": "global"}),
     ("fp16", "quantization", {"kind": "fp16"}),
     ("int8", "quantization", {"kind": "int8"}),
     ("sign", "quantization", {"kind": "sign"}),
@@ -93,6 +95,7 @@ def main() -> None:
     cases = [c for c in CASES if args.only is None or c[0] in args.only.split(",")]
     print(f"iDLG ({args.iterations} iterations) on LeNet, bundled faces {images}, num_classes=100")
     print(f"{'defense':<26}{'PSNR dB':>9}{'SSIM':>8}{'label acc':>11}{'time s':>8}{'DLG loop dB':>12}  check")
+    stopped_at: list[tuple[float, float, float]] = []  # (ratio, iDLG dB, DLG loop dB) of per-layer pruning
     for label, name, kwargs in cases:
         start = time.perf_counter()
         psnr, ssim, acc = leakage(name, kwargs, images, "idlg", {"iterations": args.iterations})
@@ -104,6 +107,14 @@ def main() -> None:
             verdicts = [v >= bound if op == ">=" else v <= bound for v in (psnr, reference)]
             check = f"iDLG {'PASS' if verdicts[0] else 'FAIL'}, DLG loop {'PASS' if verdicts[1] else 'FAIL'} (PSNR {op} {bound:g})"
         print(f"{label:<26}{psnr:>9.2f}{ssim:>8.3f}{acc:>11.2f}{elapsed:>8.1f}{reference:>12.2f}  {check}", flush=True)
+        if name == "pruning" and kwargs.get("scope", "layer") == "layer":
+            stopped_at.append((kwargs["ratio"], psnr, reference))
+    if stopped_at:
+        # Zhu et al. report that pruning more than 20% stops DLG; print where it stops here, for both attacks.
+        for column, attack in ((1, "iDLG"), (2, "DLG loop")):
+            ratios = [row[0] for row in sorted(stopped_at) if row[column] <= 10.0]
+            verdict = f"{ratios[0]:.0%}" if ratios else "none of the ratios run"
+            print(f"smallest per-layer pruning ratio that stops {attack} (PSNR <= 10 dB): {verdict}")
     if "imprint" in ATTACKS and (args.only is None or "imprint" in args.only):
         # The imprint attack needs its malicious model; run it with and without aggregation on the same images.
         for label, name, kwargs in (("imprint, none", None, {}), ("imprint, secagg N=16", "secure_aggregation",

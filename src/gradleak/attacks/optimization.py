@@ -8,8 +8,10 @@ descends on ``x``. Two simulations of the client exist:
 - ``"unrolled"``: the client's ``k`` local SGD steps replayed functionally, differentiated end to end
   (Geiping et al. 2020, Sec. 6, the FedAvg attack), compared with the weight delta itself.
 
-Restarts run as one batched computation with ``torch.func.vmap``; several observations of the same model (the
-clients of one round) can be attacked together the same way (``optimize_many``). The best restart is chosen by
+Restarts run as one batched computation: copies of the model folded into channel groups and differentiated with
+plain autograd where the model allows it (``stacking``; checked once against vmap), ``torch.func.vmap`` otherwise
+(FedAvg unrolling, residual networks). Several observations of the same model (the clients of one round) are
+attacked together the same way (``optimize_many``). The best restart is chosen by
 the attacker's own objective, never by the truth. A checkpoint file lets a killed run resume where it stopped.
 """
 
@@ -117,7 +119,7 @@ class UpdateMatcher:
 
     ``objective(x, y, target)`` works on one restart of one observation: ``x`` normalised ``(B, C, H, W)``, ``y``
     class indices ``(B,)`` (fixed labels) or logits ``(B, K)`` of a soft label (DLG), ``target`` the observed
-    update. ``value_and_grad`` maps it over observations and restarts with ``vmap``.
+    update. ``value_and_grad`` evaluates it for every observation and restart at once (stacked or vmapped).
     """
 
     def __init__(self, observations: Sequence[Observation], config: EngineConfig, device: torch.device | str) -> None:
