@@ -87,8 +87,9 @@ def bench_restarts(iterations: dict[str, int], rounds: int) -> None:
         obs, truth = make_victim(ExperimentConfig(dataset="photos", model=model, model_kwargs=kwargs, indices=(3,),
                                                   leak_labels=True))
         matcher = UpdateMatcher([obs], EngineConfig(objective="cosine", priors={"tv": 0.2}), "cpu")
+        counts = (1, 8, 16) if model == "lenet" else (1, 8)  # 16: the marginal cost of a copy, (t16 - t8) / 8
         inputs = {}
-        for r in (1, 8):
+        for r in counts:
             inputs[r] = (torch.randn(1, r, obs.batch_size, *obs.input_shape),
                          truth.labels.view(1, 1, -1).expand(1, r, -1))
         steps = {
@@ -96,6 +97,8 @@ def bench_restarts(iterations: dict[str, int], rounds: int) -> None:
             "8 stacked": lambda: matcher.value_and_grad(*inputs[8], False),
             "8 vmap": lambda: matcher._value_and_grad_vmap(*inputs[8], False),
         }
+        if 16 in inputs:
+            steps["16 stacked"] = lambda: matcher.value_and_grad(*inputs[16], False)
         times: dict[tuple[str, bool], list[float]] = {}
         for _ in range(rounds):  # interleaved so that load from elsewhere hits all alike
             for name, step in steps.items():
@@ -108,6 +111,10 @@ def bench_restarts(iterations: dict[str, int], rounds: int) -> None:
         print(f"  {model:>8}: {detail}")
         print(f"  {model:>8}: ratio 8/1 restarts {best['8 stacked'] / best['1 restart']:.2f} (vmap reference "
               f"{best['8 vmap'] / best['1 restart']:.2f}; best of {rounds} rounds of {iterations[model]} iterations)")
+        if "16 stacked" in best:
+            per_copy = (best["16 stacked"] - best["8 stacked"]) / 8
+            print(f"  {model:>8}: marginal cost of a stacked copy {per_copy:.4f} s/it: 8 copies need at least "
+                  f"{8 * per_copy:.4f} s/it of arithmetic, {8 * per_copy / best['1 restart']:.2f}x one restart")
 
 
 def bench_fedavg(iterations: int, image_size: int) -> None:
