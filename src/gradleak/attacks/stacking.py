@@ -1,8 +1,9 @@
 """Restarts as channel groups: ``S`` copies of a model evaluated as one wider model with plain autograd.
 
-``torch.func.vmap`` maps the double-backward over restarts, but on the small models of DLG (LeNet, ~2 ms per
-evaluation) its per-call cost dominates: 8 vmapped restarts cost about 4x one. Folding the copies into the
-channel dimension instead gives one ordinary network: a convolution with ``groups * S``, a batched matmul per
+``torch.func.vmap`` maps the double-backward over restarts, but on the small models of DLG (LeNet, ~1 ms per
+evaluation) its per-call cost dominates: 8 vmapped restarts cost 5.5x one, 8 stacked ones 3.6x
+(``benchmarks/bench_optimization.py --only restarts``). Folding the copies into the channel dimension instead
+gives one ordinary network: a convolution with ``groups * S``, a batched matmul per
 linear layer, BatchNorm / GroupNorm over ``S * C`` channels with repeated affine parameters. Copy ``s`` reads
 channels ``[s*C, (s+1)*C)`` only, so the gradient of a stacked parameter, viewed as ``(S, *shape)``, holds each
 copy's own gradient, and one double-backward serves all copies.
