@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from gradleak.attacks.optimization import EngineConfig, UpdateMatcher
-from gradleak.attacks.stacking import NotStackable, stack_model
+from gradleak.attacks.stacking import NotStackable, StackedConv2d, stack_model
 from gradleak.errors import ConfigError
 from gradleak.experiment import ExperimentConfig, make_victim
 from gradleak.models import MODELS
@@ -123,3 +123,39 @@ def test_a_forward_that_mixes_channels_is_caught_by_the_check() -> None:
     assert not matcher._stacking(xs, ys, False)  # ...but disagree with vmap, so the engine does not use them
     reference = matcher._value_and_grad_vmap(xs, ys, False)
     assert torch.equal(values, reference[0]) and torch.equal(grads, reference[1])
+
+
+class _ConvVariety(nn.Module):
+    """Convolutions the stacked double backward must get right: dilated without bias, strided, unpadded, and
+    one that does not read the candidate directly (an elementwise layer comes first)."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, image_size: int = 16) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Tanh(),
+            nn.Conv2d(in_channels, 5, 3, padding=2, dilation=2, bias=False), nn.Sigmoid(),
+            nn.Conv2d(5, 6, 4, stride=2, padding=1), nn.Softplus(),
+            nn.Conv2d(6, 4, 3), nn.Sigmoid(),
+        )
+        side = image_size // 2 - 2
+        self.head = nn.Linear(4 * side * side, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.convs(x).flatten(1))
+
+
+if "test-conv-variety" not in MODELS.names():
+    MODELS.register("test-conv-variety")(_ConvVariety)
+
+
+@pytest.mark.parametrize("mkldnn", [True, False])
+def test_stacked_convolutions_double_backward_agrees_with_vmap(mkldnn: bool) -> None:
+    obs, _ = make_victim(ExperimentConfig(dataset="photos", image_size=16, model="test-conv-variety", indices=(3,),
+                                          leak_labels=True))
+    stacked = stack_model(obs.build_model("cpu"), 3)
+    assert sum(isinstance(m, StackedConv2d) for m in stacked.modules()) == 3
+    matcher = UpdateMatcher([obs], EngineConfig(objective="cosine", priors={"tv": 0.1}), "cpu")
+    xs, ys = _inputs(obs, 1, 3, soft=True)
+    with torch.backends.mkldnn.flags(enabled=mkldnn):
+        assert matcher._stacking(xs, ys, True)
+        _agree(matcher, xs, ys, True)

@@ -1,12 +1,18 @@
 """Restarts as channel groups: ``S`` copies of a model evaluated as one wider model with plain autograd.
 
 ``torch.func.vmap`` maps the double-backward over restarts, but on the small models of DLG (LeNet, ~1 ms per
-evaluation) its per-call cost dominates: 8 vmapped restarts cost 5.5x one, 8 stacked ones 3.6x
-(``benchmarks/bench_optimization.py --only restarts``). Folding the copies into the channel dimension instead
+evaluation) its per-call cost dominates: 8 vmapped restarts cost 6.1x one, 8 stacked ones 3.3x
+(``benchmarks/bench_optimization.py --only restarts``, 2-core CPU). Folding the copies into the channel dimension instead
 gives one ordinary network: a convolution with ``groups * S``, a batched matmul per
 linear layer, BatchNorm / GroupNorm over ``S * C`` channels with repeated affine parameters. Copy ``s`` reads
 channels ``[s*C, (s+1)*C)`` only, so the gradient of a stacked parameter, viewed as ``(S, *shape)``, holds each
 copy's own gradient, and one double-backward serves all copies.
+
+Each stacked convolution also runs its own double backward (:class:`StackedConv2d`): PyTorch's generic one
+computes the weight's second-order gradient whenever the input gradient is differentiated, whether or not anyone
+asks for it, as one small convolution per group (8 copies: 16 extra convolutions per LeNet evaluation), and runs
+the transposed convolutions of the double backward on a slow path. Its own costs 8 LeNet copies 3.75 ms instead
+of 4.4 ms per evaluation (same process, oneDNN).
 
 Only models built from these layers (plus parameter-free, channel-wise modules) can be stacked;
 :func:`stack_model` raises :class:`NotStackable` otherwise, and the engine checks a stacked model against the
@@ -16,9 +22,11 @@ vmapped computation once before trusting it (a ``forward`` that mixes channels i
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 
@@ -48,6 +56,99 @@ class StackedLinear(nn.Module):
         return out.transpose(0, 1).reshape(b, -1)
 
 
+_CANDIDATE = "_gradleak_candidate"  # attribute marking the engine's folded candidate (see fold)
+
+
+def _conv_backward(
+    grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, conf: tuple[Any, ...], mask: list[bool]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    stride, padding, dilation, groups = conf
+    return torch.ops.aten.convolution_backward(grad_out, x, weight, None, stride, padding, dilation, False, [0, 0],
+                                               groups, mask)
+
+
+class _ConvInputGrad(torch.autograd.Function):
+    """``dL/dx`` of a convolution given ``dL/dy``: linear in ``dL/dy``, whose own gradient is the forward
+    convolution. The weight is a constant here (the engine never differentiates twice w.r.t. parameters)."""
+
+    @staticmethod
+    def forward(ctx: Any, grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                conf: tuple[Any, ...]) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        ctx.conf = conf
+        return _conv_backward(grad_out, x, weight, conf, [True, False, False])[0]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, gg: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        (weight,) = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conf
+        return F.conv2d(gg, weight, None, stride, padding, dilation, groups), None, None, None
+
+
+class _ConvWeightGrad(torch.autograd.Function):
+    """``dL/dW`` of a convolution given ``dL/dy`` and the input ``x``; its gradient w.r.t. ``dL/dy`` is a
+    convolution of ``x`` with the incoming weight-shaped gradient, and w.r.t. ``x`` a backward-data pass."""
+
+    @staticmethod
+    def forward(ctx: Any, grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                conf: tuple[Any, ...]) -> torch.Tensor:
+        ctx.save_for_backward(grad_out, x, weight)
+        ctx.conf = conf
+        return _conv_backward(grad_out, x, weight, conf, [False, True, False])[1]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, gg: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+        grad_out, x, _ = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conf
+        d_grad_out = F.conv2d(x, gg, None, stride, padding, dilation, groups) if ctx.needs_input_grad[0] else None
+        d_x = _conv_backward(grad_out, x, gg, ctx.conf, [True, False, False])[0] if ctx.needs_input_grad[1] else None
+        return d_grad_out, d_x, None, None
+
+
+class _StackedConvFunction(torch.autograd.Function):
+    """A convolution whose backward is built from :class:`_ConvInputGrad` and :class:`_ConvWeightGrad`, so that
+    the double backward computes only what the gradient w.r.t. the candidate needs."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                conf: tuple[Any, ...], input_grad: bool) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.conf = conf
+        ctx.input_grad = input_grad
+        stride, padding, dilation, groups = conf
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        # The engine's two passes: the first (create_graph, so grad-enabled) differentiates w.r.t. the parameters
+        # only and never needs the candidate's gradient; the second, w.r.t. the candidate, needs no parameter's.
+        first_pass = torch.is_grad_enabled()
+        x, weight = ctx.saved_tensors
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0] and (ctx.input_grad or not first_pass):
+            gx = _ConvInputGrad.apply(grad_out, x.detach(), weight.detach(), ctx.conf)
+        if ctx.needs_input_grad[1] and first_pass:
+            gw = _ConvWeightGrad.apply(grad_out, x, weight.detach(), ctx.conf)
+        if ctx.needs_input_grad[2] and first_pass:
+            gb = grad_out.sum((0, 2, 3))
+        return gx, gw, gb, None, None
+
+
+class StackedConv2d(nn.Conv2d):
+    """A grouped ``nn.Conv2d`` of a stacked model, differentiated twice through :class:`_StackedConvFunction`.
+    Valid for the engine's two passes only (``UpdateMatcher._eager_value_and_grad``): a grad-enabled backward
+    returns parameter gradients only, a grad-disabled one the input's only, and second derivatives w.r.t. the
+    weights are taken as zero."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            return super().forward(x)
+        conf = (list(self.stride), list(self.padding), list(self.dilation), self.groups)
+        return _StackedConvFunction.apply(x, self.weight, self.bias, conf, not getattr(x, _CANDIDATE, False))
+
+
 _CHANNELWISE = (
     nn.Sequential, nn.Identity, nn.Flatten, nn.Dropout, nn.Sigmoid, nn.Tanh, nn.ReLU, nn.ReLU6, nn.LeakyReLU,
     nn.ELU, nn.GELU, nn.SiLU, nn.Softplus, nn.Hardtanh, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
@@ -75,6 +176,7 @@ def stack_model(model: nn.Module, copies: int) -> nn.Module:
             # oneDNN runs grouped convolutions ~10% faster on channels-last tensors (no layout reorders)
             module.weight = nn.Parameter(module.weight.detach().contiguous(memory_format=torch.channels_last),
                                          module.weight.requires_grad)
+            module.__class__ = StackedConv2d  # in place, so that hooks registered on the original stay
         elif isinstance(module, nn.Linear):
             parent, _, child = name.rpartition(".")
             replacements.append((stacked.get_submodule(parent) if parent else stacked, child,
@@ -103,10 +205,14 @@ def stack_model(model: nn.Module, copies: int) -> nn.Module:
 
 
 def fold(x: torch.Tensor) -> torch.Tensor:
-    """``(S, B, C, ...)`` -> ``(B, S * C, ...)``, the stacked model's input."""
+    """``(S, B, C, ...)`` -> ``(B, S * C, ...)``, the stacked model's input, marked as the candidate (a
+    :class:`StackedConv2d` that reads it directly skips its input gradient)."""
     s, b, c = x.shape[:3]
     folded = x.transpose(0, 1).reshape(b, s * c, *x.shape[3:])
-    return folded.contiguous(memory_format=torch.channels_last) if folded.dim() == 4 else folded
+    if folded.dim() == 4:
+        folded = folded.contiguous(memory_format=torch.channels_last)
+    setattr(folded, _CANDIDATE, True)
+    return folded
 
 
 def stacked_loss(logits: torch.Tensor, y: torch.Tensor, soft: bool) -> torch.Tensor:
