@@ -10,7 +10,7 @@ Sections:
   each result equals a separate run). Prints PSNR per image and the mean at fixed budgets, and s/iteration.
 - ``restarts``: wall time of 8 restarts over 1 restart (one batched computation: copies of the model folded into
   channel groups, ``attacks/stacking.py``), beside the ``torch.func.vmap`` reference, LeNet and ConvNet-64, same
-  run, interleaved; the target on LeNet is a ratio of at most 3.
+  run, interleaved, at 1 thread and at every core; the target on LeNet is a ratio of at most 3.
 - ``fedavg``: batch 4, 5 local steps of batch 2 (lr 0.1) on LeNet; the FedAvg attack (unrolled steps) against
   Inverting Gradients reading the delta as one gradient, same budget and seed.
 """
@@ -78,8 +78,10 @@ def _time(step, iterations: int, mkldnn: bool) -> float:
     return (time.perf_counter() - start) / iterations
 
 
-def bench_restarts(iterations: dict[str, int], rounds: int) -> None:
-    print("\n== Batched restarts: seconds per iteration (objective + gradient), 1 vs 8 restarts, same run")
+def bench_restarts(iterations: dict[str, int], rounds: dict[str, int], threads: int) -> None:
+    torch.set_num_threads(threads)
+    print(f"\n== Batched restarts, {threads} thread(s): seconds per iteration (objective + gradient), 1 vs 8 "
+          "restarts, same run")
     print("   each count timed with oneDNN and with native convolutions, best taken (the engine tunes this per "
           "shape);\n   '8 stacked' is the engine's path (copies folded into channel groups), '8 vmap' the "
           "torch.func reference")
@@ -100,7 +102,7 @@ def bench_restarts(iterations: dict[str, int], rounds: int) -> None:
         if 16 in inputs:
             steps["16 stacked"] = lambda: matcher.value_and_grad(*inputs[16], False)
         times: dict[tuple[str, bool], list[float]] = {}
-        for _ in range(rounds):  # interleaved so that load from elsewhere hits all alike
+        for _ in range(rounds[model]):  # interleaved so that load from elsewhere hits all alike
             for name, step in steps.items():
                 for mkldnn in (True, False):
                     times.setdefault((name, mkldnn), []).append(_time(step, iterations[model], mkldnn))
@@ -110,7 +112,7 @@ def bench_restarts(iterations: dict[str, int], rounds: int) -> None:
         assert matcher._stacked.get(8) is not None or model != "lenet", "LeNet should stack"
         print(f"  {model:>8}: {detail}")
         print(f"  {model:>8}: ratio 8/1 restarts {best['8 stacked'] / best['1 restart']:.2f} (vmap reference "
-              f"{best['8 vmap'] / best['1 restart']:.2f}; best of {rounds} rounds of {iterations[model]} iterations)")
+              f"{best['8 vmap'] / best['1 restart']:.2f}; best of {rounds[model]} rounds of {iterations[model]} iterations)")
         if "16 stacked" in best:
             per_copy = (best["16 stacked"] - best["8 stacked"]) / 8
             print(f"  {model:>8}: marginal cost of a stacked copy {per_copy:.4f} s/it: 8 copies need at least "
@@ -146,16 +148,22 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=[100, 250, 500, 1000, 2000])
     parser.add_argument("--lenet-iterations", type=int, default=200)
     parser.add_argument("--convnet-iterations", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="timing rounds per restart count on LeNet")
+    parser.add_argument("--convnet-rounds", type=int, default=2)
     parser.add_argument("--fedavg-iterations", type=int, default=500)
     parser.add_argument("--fedavg-size", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1: small models are overhead-bound and shared machines oversubscribe)")
+    cores = torch.get_num_threads()  # torch's default: every core, what a user's attack runs with
+    parser.add_argument("--threads", type=int, default=cores, help=f"torch threads for ig and fedavg (default {cores})")
+    parser.add_argument("--restart-threads", type=int, nargs="+", default=sorted({1, cores}),
+                        help="thread counts the restart ratio is measured at (default 1 and every core: one thread "
+                             "isolates the per-call overhead, every core is what a user's attack gets)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu")
+    print(f"torch {torch.__version__}, {cores} cores, cpu")
     if "restarts" in args.only:
-        bench_restarts({"lenet": args.lenet_iterations, "convnet": args.convnet_iterations}, args.rounds)
+        for threads in args.restart_threads:
+            bench_restarts({"lenet": args.lenet_iterations, "convnet": args.convnet_iterations},
+                           {"lenet": args.rounds, "convnet": args.convnet_rounds}, threads)
+    torch.set_num_threads(args.threads)
     if "fedavg" in args.only:
         bench_fedavg(args.fedavg_iterations, args.fedavg_size)
     if "ig" in args.only:

@@ -1,8 +1,8 @@
 """Restarts as channel groups: ``S`` copies of a model evaluated as one wider model with plain autograd.
 
 ``torch.func.vmap`` maps the double-backward over restarts, but on the small models of DLG (LeNet, ~1 ms per
-evaluation) its per-call cost dominates: 8 vmapped restarts cost 6.1x one, 8 stacked ones 3.3x
-(``benchmarks/bench_optimization.py --only restarts``, 2-core CPU). Folding the copies into the channel dimension instead
+evaluation) its per-call cost dominates: 8 vmapped restarts cost 4.8x one, 8 stacked ones 2.8x at 1 thread (2.6x on
+both cores; ``benchmarks/bench_optimization.py --only restarts``, 2-core CPU, idle). Folding the copies into the channel dimension instead
 gives one ordinary network: a convolution with ``groups * S``, a batched matmul per
 linear layer, BatchNorm / GroupNorm over ``S * C`` channels with repeated affine parameters. Copy ``s`` reads
 channels ``[s*C, (s+1)*C)`` only, so the gradient of a stacked parameter, viewed as ``(S, *shape)``, holds each
