@@ -25,6 +25,7 @@ import torch
 
 from gradleak.attacks import ATTACKS
 from gradleak.attacks.optimization import EngineConfig, UpdateMatcher, optimize_many
+from gradleak.attacks.stacking import StackedConv2d
 from gradleak.experiment import ExperimentConfig, make_victim
 from gradleak.metrics import psnr, score
 
@@ -104,6 +105,14 @@ def bench_restarts(iterations: dict[str, int], rounds: dict[str, int], threads: 
         }
         if 16 in inputs:
             steps["16 stacked"] = lambda: matcher.value_and_grad(*inputs[16], False)
+        if model == "lenet":
+            # the same stacked model with PyTorch's generic convolution double backward instead of StackedConv2d's
+            generic = UpdateMatcher([obs], EngineConfig(objective="cosine", priors={"tv": 0.2}), "cpu")
+            assert generic._stacking(*inputs[8], False)
+            for module in generic._stacked[8][0].modules():
+                if isinstance(module, StackedConv2d):
+                    module.__class__ = torch.nn.Conv2d
+            steps["8 stacked, generic conv backward"] = lambda: generic.value_and_grad(*inputs[8], False)
         times: dict[tuple[str, bool], list[float]] = {}
         for _ in range(rounds[model]):  # interleaved so that load from elsewhere hits all alike
             for name, step in steps.items():
