@@ -11,8 +11,8 @@ copy's own gradient, and one double-backward serves all copies.
 Each stacked convolution also runs its own double backward (:class:`StackedConv2d`): PyTorch's generic one
 computes the weight's second-order gradient whenever the input gradient is differentiated, whether or not anyone
 asks for it, as one small convolution per group (8 copies: 16 extra convolutions per LeNet evaluation), and runs
-the transposed convolutions of the double backward on a slow path. Its own costs 8 LeNet copies 3.75 ms instead
-of 4.4 ms per evaluation (same process, oneDNN).
+the transposed convolutions of the double backward on a slow path. Its own costs 8 LeNet copies 3.2 ms instead
+of 3.9 ms per evaluation (the benchmark times both).
 
 Only models built from these layers (plus parameter-free, channel-wise modules) can be stacked;
 :func:`stack_model` raises :class:`NotStackable` otherwise, and the engine checks a stacked model against the
