@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import argparse
 import time
-import warnings
 
 import torch
 
 from gradleak.attacks import ATTACKS
-from gradleak.attacks.optimization import EngineConfig, UpdateMatcher, optimize_many
+from gradleak.attacks.optimization import EngineConfig, UpdateMatcher, _mkldnn_enabled, optimize_many
 from gradleak.attacks.stacking import StackedConv2d
 from gradleak.experiment import ExperimentConfig, make_victim
 from gradleak.metrics import psnr, score
@@ -72,13 +71,11 @@ def bench_ig(iterations: int, images: int, budgets: list[int], model_mode: str) 
 
 
 def _time(step, iterations: int, mkldnn: bool) -> float:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")  # torch's, irrelevant on CPU
-        with torch.backends.mkldnn.flags(enabled=mkldnn):
-            step()  # warm-up (and, for stacking, the one-time check against vmap)
-            start = time.perf_counter()
-            for _ in range(iterations):
-                step()
+    with _mkldnn_enabled(mkldnn):  # the engine's own switch (it silences torch's TF32-on-oneDNN warning)
+        step()  # warm-up (and, for stacking, the one-time check against vmap)
+        start = time.perf_counter()
+        for _ in range(iterations):
+            step()
     return (time.perf_counter() - start) / iterations
 
 
@@ -92,7 +89,8 @@ def bench_restarts(iterations: dict[str, int], rounds: dict[str, int], threads: 
     for model, kwargs in (("lenet", {}), ("convnet", {"width": 64})):
         obs, truth = make_victim(ExperimentConfig(dataset="photos", model=model, model_kwargs=kwargs, indices=(3,),
                                                   leak_labels=True))
-        matcher = UpdateMatcher([obs], EngineConfig(objective="cosine", priors={"tv": 0.2}), "cpu")
+        config = EngineConfig(objective="cosine", priors={"tv": 0.2})
+        matcher = UpdateMatcher([obs], config, "cpu")
         counts = (1, 8, 16) if model == "lenet" else (1, 8)  # 16: the marginal cost of a copy, (t16 - t8) / 8
         inputs = {}
         for r in counts:
@@ -107,7 +105,7 @@ def bench_restarts(iterations: dict[str, int], rounds: dict[str, int], threads: 
             steps["16 stacked"] = lambda: matcher.value_and_grad(*inputs[16], False)
         if model == "lenet":
             # the same stacked model with PyTorch's generic convolution double backward instead of StackedConv2d's
-            generic = UpdateMatcher([obs], EngineConfig(objective="cosine", priors={"tv": 0.2}), "cpu")
+            generic = UpdateMatcher([obs], config, "cpu")
             assert generic._stacking(*inputs[8], False)
             for module in generic._stacked[8][0].modules():
                 if isinstance(module, StackedConv2d):

@@ -93,14 +93,14 @@ class _ConvWeightGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                 conf: tuple[Any, ...]) -> torch.Tensor:
-        ctx.save_for_backward(grad_out, x, weight)
+        ctx.save_for_backward(grad_out, x)
         ctx.conf = conf
         return _conv_backward(grad_out, x, weight, conf, [False, True, False])[1]
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, gg: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
-        grad_out, x, _ = ctx.saved_tensors
+        grad_out, x = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conf
         d_grad_out = F.conv2d(x, gg, None, stride, padding, dilation, groups) if ctx.needs_input_grad[0] else None
         d_x = _conv_backward(grad_out, x, gg, ctx.conf, [True, False, False])[0] if ctx.needs_input_grad[1] else None
