@@ -48,9 +48,9 @@ def test_missing_key_is_named(face_observation, tmp_path: Path) -> None:
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["gradleak"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    del meta["input_shape"]
+    del meta["inputs"]
     save_file(tensors, str(path), metadata={"gradleak": json.dumps(meta)})
-    with pytest.raises(CaptureError, match=r"c\.safetensors: metadata is missing key 'input_shape'"):
+    with pytest.raises(CaptureError, match=r"c\.safetensors: metadata is missing key 'inputs'"):
         load_capture(path)
 
 

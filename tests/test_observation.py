@@ -5,7 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from gradleak.errors import CaptureError, ConfigError
+from gradleak.errors import CaptureError
+from gradleak.inputs import ImageInput
 from gradleak.observation import LocalTraining, ModelSpec
 
 
@@ -44,15 +45,15 @@ def test_non_finite_gradient_is_named(face_observation, value: float) -> None:
 
 def test_metadata_checks(face_observation) -> None:
     obs, _ = face_observation
-    with pytest.raises(CaptureError, match="mean and std need 1 entries"):
-        dataclasses.replace(obs, mean=(0.5, 0.5, 0.5))
+    with pytest.raises(CaptureError, match=r"mean \(one per channel of 1\) must be a list of 1 numbers"):
+        dataclasses.replace(obs, inputs=ImageInput((1, 32, 32), (0.5, 0.5, 0.5), (0.25,)))
     with pytest.raises(CaptureError, match="needs local_training"):
         dataclasses.replace(obs, update_kind="weight_delta")
     with pytest.raises(CaptureError, match="leaked labels must have shape"):
         dataclasses.replace(obs, labels=torch.tensor([1, 2]))
-    with pytest.raises(CaptureError, match="local training needs steps >= 1"):
+    with pytest.raises(CaptureError, match="local training needs integer steps >= 1"):
         LocalTraining(steps=0, lr=0.1, batch_size=1)
-    with pytest.raises(ConfigError, match="unknown model 'lenet5'"):
+    with pytest.raises(CaptureError, match="unknown model 'lenet5'"):
         dataclasses.replace(obs, model_spec=ModelSpec("lenet5", {}))
 
 

@@ -1,20 +1,27 @@
 """Capture files: one ``.safetensors`` file per observed update, readable without unpickling anything.
 
-Layout (format ``gradleak.capture`` version 1):
+Layout (format ``gradleak.capture`` version 2):
 
-- tensors ``weights/<name>`` (the server's state dict), ``update/<name>`` (the shared update) and,
-  when the labels leaked, ``labels``;
+- tensors ``weights/<name>`` (the server's state dict), ``update/<name>`` (the shared update) and, when the labels
+  leaked, ``labels``; no other tensor names;
 - the safetensors header's ``__metadata__`` holds one key, ``gradleak``, whose value is a JSON object with
-  ``format``, ``version``, ``model`` (``name``, ``kwargs``), ``update_kind``, ``input_shape``,
-  ``batch_size``, ``num_classes``, ``mean``, ``std``, ``model_mode``, ``local_training`` (or null) and ``info``.
+  ``format``, ``version``, ``model`` (``source``: registry / import / huggingface, ``name``, ``kwargs``),
+  ``inputs`` (``kind``: image / tokens / features and its description), ``task`` (``kind``, ``num_classes``),
+  ``update_kind``, ``batch_size``, ``model_mode``, ``local_training`` (or null), ``info`` and ``update_digest``
+  (SHA-256 of the update, the id its truth file carries).
 
-Ground truth, when a simulation knows it, goes to a separate file (format ``gradleak.truth``) so that a
-capture handed to a red team carries nothing private.
+Version 1 files (images only: ``input_shape``, ``mean``, ``std``, ``num_classes``, a registry ``model``) still load.
+Ground truth, when a simulation knows it, goes to a separate file (format ``gradleak.truth``) so that a capture
+handed to a red team carries nothing private; it names the capture it belongs to by ``update_digest``.
+
+Reading validates the whole file before any work (``Observation.validate``): a model named by import path is built
+only if the user trusted its module (``trust``); nothing else a file names is ever imported or executed.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,114 +30,204 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from gradleak.errors import CaptureError
-from gradleak.observation import GroundTruth, LocalTraining, ModelSpec, Observation
+from gradleak.inputs import ImageInput, input_spec_from_json
+from gradleak.model_spec import ModelSpec, trust_model
+from gradleak.observation import GroundTruth, LocalTraining, Observation, update_digest
+from gradleak.tasks import Task, task_from_json
 
 CAPTURE_FORMAT = "gradleak.capture"
 TRUTH_FORMAT = "gradleak.truth"
-VERSION = 1
-_REQUIRED = ("model", "update_kind", "input_shape", "batch_size", "num_classes", "mean", "std")
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+_REQUIRED = {1: ("model", "update_kind", "input_shape", "batch_size", "num_classes", "mean", "std"),
+             2: ("model", "inputs", "task", "update_kind", "batch_size")}
+#: the metadata JSON is small; a header claiming more is not a capture
+_MAX_METADATA_CHARS = 1 << 20
 
 
-def save_capture(obs: Observation, path: str | Path) -> Path:
-    """Write ``obs`` to ``path`` (a ``.safetensors`` file); returns the path."""
+def _refuse_existing(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise CaptureError(f"{path} already exists; pass --force (force=True) to overwrite it")
+    if path.is_dir():
+        raise CaptureError(f"{path} is a directory, not a file")
+
+
+def _tensors_for_file(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # clone: tied weights share storage, which safetensors refuses; each entry becomes its own tensor
+    return {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+
+
+def save_capture(obs: Observation, path: str | Path, *, force: bool = True) -> Path:
+    """Write ``obs`` to ``path`` (a ``.safetensors`` file); returns the path. ``force=False`` refuses to overwrite."""
     path = Path(path)
+    _refuse_existing(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {f"weights/{k}": v.detach().cpu().contiguous() for k, v in obs.weights.items()}
-    tensors.update({f"update/{k}": v.detach().cpu().contiguous() for k, v in obs.update.items()})
+    tensors = _tensors_for_file({f"weights/{k}": v for k, v in obs.weights.items()})
+    tensors.update(_tensors_for_file({f"update/{k}": v for k, v in obs.update.items()}))
     if obs.labels is not None:
         tensors["labels"] = obs.labels.detach().cpu().long().contiguous()
     lt = obs.local_training
     meta = {
         "format": CAPTURE_FORMAT,
         "version": VERSION,
-        "model": {"name": obs.model_spec.name, "kwargs": obs.model_spec.kwargs},
+        "model": obs.model_spec.to_json(),
+        "inputs": obs.inputs.to_json(),
+        "task": obs.task.to_json(),
         "update_kind": obs.update_kind,
-        "input_shape": list(obs.input_shape),
         "batch_size": obs.batch_size,
-        "num_classes": obs.num_classes,
-        "mean": list(obs.mean),
-        "std": list(obs.std),
         "model_mode": obs.model_mode,
         "local_training": None if lt is None else {"steps": lt.steps, "lr": lt.lr, "batch_size": lt.batch_size},
         "info": obs.info,
+        "update_digest": update_digest(obs.update),
     }
     save_file(tensors, str(path), metadata={"gradleak": json.dumps(meta)})
     return path
 
 
-def _read(path: Path, expected_format: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+def read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """The header metadata and tensors of any safetensors file, or one ``CaptureError`` naming the file."""
     if not path.is_file():
         raise CaptureError(f"{path}: no such file")
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as exc:
         raise CaptureError(f"{path}: not a readable safetensors file ({exc})") from exc
+    return header, tensors
+
+
+def _read(path: Path, expected_format: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    header, tensors = read_safetensors(path)
     if "gradleak" not in header:
         raise CaptureError(f"{path}: safetensors file without gradleak metadata (expected a {expected_format} file)")
+    if len(header["gradleak"]) > _MAX_METADATA_CHARS:
+        raise CaptureError(f"{path}: gradleak metadata is over {_MAX_METADATA_CHARS} characters")
     try:
         meta = json.loads(header["gradleak"])
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise CaptureError(f"{path}: gradleak metadata is not valid JSON ({exc})") from exc
     if not isinstance(meta, dict) or meta.get("format") != expected_format:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CaptureError(f"{path}: expected format {expected_format!r}, found {got!r}")
-    if meta.get("version") != VERSION:
-        raise CaptureError(f"{path}: {expected_format} version {meta.get('version')!r} is not supported (need {VERSION})")
+    if meta.get("version") not in READABLE_VERSIONS or isinstance(meta.get("version"), bool):
+        raise CaptureError(f"{path}: {expected_format} version {meta.get('version')!r} is not supported "
+                           f"(readable: {', '.join(map(str, READABLE_VERSIONS))})")
     return meta, tensors
 
 
-def load_capture(path: str | Path) -> Observation:
-    """Read and validate a capture; every problem raises ``CaptureError`` naming the file and the key."""
+def _v1_description(meta: dict[str, Any]) -> tuple[ModelSpec, ImageInput, Task]:
+    """Version 1 described images only, with a registry model."""
+    model = meta["model"]
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        raise CaptureError("metadata 'model' must be an object with 'name' and 'kwargs'")
+    for key in ("input_shape", "mean", "std"):
+        if not isinstance(meta[key], list):
+            raise CaptureError(f"metadata {key!r} must be a list, got {meta[key]!r}")
+    spec = ModelSpec(model["name"], model.get("kwargs", {}), source="registry")
+    return spec, ImageInput(tuple(meta["input_shape"]), tuple(meta["mean"]), tuple(meta["std"])), \
+        Task.classification(meta["num_classes"])
+
+
+def load_capture(path: str | Path, *, trust: Iterable[str] = ()) -> Observation:
+    """Read and validate a capture; every problem raises ``CaptureError`` naming the file and the key.
+
+    ``trust`` lists modules whose code the user allows to run (a capture whose model is named by import path is
+    refused unless its module is trusted here or by ``gradleak.trust_model``)."""
     path = Path(path)
+    trust_model(*trust)
     meta, tensors = _read(path, CAPTURE_FORMAT)
-    for key in _REQUIRED:
+    version = meta["version"]
+    for key in _REQUIRED[version]:
         if key not in meta:
             raise CaptureError(f"{path}: metadata is missing key {key!r}")
-    model = meta["model"]
-    if not isinstance(model, dict) or "name" not in model:
-        raise CaptureError(f"{path}: metadata 'model' must be an object with 'name' and 'kwargs'")
+    unknown = [k for k in tensors if not (k.startswith(("weights/", "update/")) or k == "labels")]
+    if unknown:
+        raise CaptureError(f"{path}: unexpected tensor {unknown[0]!r} (expected weights/*, update/* and labels)")
     weights = {k.removeprefix("weights/"): v for k, v in tensors.items() if k.startswith("weights/")}
     update = {k.removeprefix("update/"): v for k, v in tensors.items() if k.startswith("update/")}
     lt = meta.get("local_training")
+    info = meta.get("info", {})
     try:
-        return Observation(
-            model_spec=ModelSpec(str(model["name"]), dict(model.get("kwargs", {}))),
+        if version == 1:
+            spec, inputs, task = _v1_description(meta)
+        else:
+            spec, inputs, task = ModelSpec.from_json(meta["model"]), input_spec_from_json(meta["inputs"]), \
+                task_from_json(meta["task"])
+        if lt is not None and not isinstance(lt, dict):
+            raise CaptureError(f"metadata 'local_training' must be an object or null, got {lt!r}")
+        if not isinstance(info, dict):
+            raise CaptureError(f"metadata 'info' must be an object, got {type(info).__name__}")
+        obs = Observation(
+            model_spec=spec,
             weights=weights,
             update=update,
-            input_shape=tuple(int(s) for s in meta["input_shape"]),  # type: ignore[arg-type]
-            batch_size=int(meta["batch_size"]),
-            num_classes=int(meta["num_classes"]),
-            mean=tuple(float(m) for m in meta["mean"]),
-            std=tuple(float(s) for s in meta["std"]),
+            inputs=inputs,
+            task=task,
+            batch_size=meta["batch_size"],
             update_kind=meta["update_kind"],
-            local_training=None if lt is None else LocalTraining(int(lt["steps"]), float(lt["lr"]), int(lt["batch_size"])),
+            local_training=None if lt is None else LocalTraining(lt.get("steps"), lt.get("lr"), lt.get("batch_size")),
             labels=tensors.get("labels"),
             model_mode=meta.get("model_mode", "train"),
-            info=dict(meta.get("info", {})),
+            info=dict(info),
         )
     except CaptureError as exc:
         raise CaptureError(f"{path}: {exc}") from exc
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CaptureError(f"{path}: malformed metadata ({exc!r})") from exc
+    digest = meta.get("update_digest")
+    if digest is not None and digest != update_digest(update):
+        raise CaptureError(f"{path}: the update does not match its recorded digest (file altered or damaged)")
+    return obs
 
 
-def save_truth(truth: GroundTruth, path: str | Path) -> Path:
+def capture_id(path: str | Path) -> str | None:
+    """The ``update_digest`` a capture file records (``None`` for version 1 files)."""
+    meta, _ = _read(Path(path), CAPTURE_FORMAT)
+    digest = meta.get("update_digest")
+    return digest if isinstance(digest, str) else None
+
+
+def save_truth(truth: GroundTruth, path: str | Path, *, capture: Observation | None = None,
+               force: bool = True) -> Path:
+    """Write the ground truth; ``capture`` (the observation it belongs to) stamps it with the capture's id."""
     path = Path(path)
+    _refuse_existing(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {"inputs": truth.inputs.detach().cpu().contiguous(), "labels": truth.labels.detach().cpu().long()}
-    save_file(tensors, str(path), metadata={"gradleak": json.dumps({"format": TRUTH_FORMAT, "version": VERSION})})
+    tensors = {"inputs": truth.inputs.detach().cpu().contiguous()}
+    if truth.labels is not None:
+        tensors["labels"] = truth.labels.detach().cpu().long().contiguous()
+    if truth.attention_mask is not None:
+        tensors["attention_mask"] = truth.attention_mask.detach().cpu().long().contiguous()
+    meta: dict[str, Any] = {"format": TRUTH_FORMAT, "version": VERSION}
+    if capture is not None:
+        meta["capture_id"] = update_digest(capture.update)
+    save_file(tensors, str(path), metadata={"gradleak": json.dumps(meta)})
     return path
 
 
-def load_truth(path: str | Path) -> GroundTruth:
+def load_truth(path: str | Path, *, capture: Observation | None = None) -> GroundTruth:
+    """Read a truth file. With ``capture``, the truth must belong to it: same id (when both record one), same input
+    kind and shape, labels and token ids in range."""
     path = Path(path)
-    _, tensors = _read(path, TRUTH_FORMAT)
-    for key in ("inputs", "labels"):
-        if key not in tensors:
-            raise CaptureError(f"{path}: missing tensor {key!r}")
+    meta, tensors = _read(path, TRUTH_FORMAT)
+    if "inputs" not in tensors:
+        raise CaptureError(f"{path}: missing tensor 'inputs'")
+    if meta["version"] == 1 and "labels" not in tensors:
+        raise CaptureError(f"{path}: missing tensor 'labels'")
+    inputs, labels = tensors["inputs"], tensors.get("labels")
+    integer = not (inputs.dtype.is_floating_point or inputs.dtype.is_complex or inputs.dtype == torch.bool)
+    if labels is not None and not (labels.dtype.is_floating_point or labels.dtype.is_complex
+                                   or labels.dtype == torch.bool):
+        labels = labels.long()
     try:
-        return GroundTruth(tensors["inputs"].float(), tensors["labels"].long())
+        truth = GroundTruth(inputs.float() if inputs.dtype.is_floating_point else inputs.long() if integer else inputs,
+                            labels, tensors.get("attention_mask"))
+        if capture is not None:
+            recorded = meta.get("capture_id")
+            if recorded is not None and recorded != update_digest(capture.update):
+                raise CaptureError("this truth belongs to another capture (its capture_id differs)")
+            truth.check_against(capture)
     except CaptureError as exc:
         raise CaptureError(f"{path}: {exc}") from exc
+    return truth

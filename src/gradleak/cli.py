@@ -247,11 +247,22 @@ def cmd_list(args: argparse.Namespace) -> int:
         "attacks": ATTACKS.names(), "label rules": LABEL_RULES.names(), "objectives": OBJECTIVES.names(),
         "priors": PRIORS.names(), "defenses": DEFENSES.names(),
     }
+    support = {name: {"inputs": sorted(getattr(ATTACKS.get(name), "input_kinds", ())),
+                      "tasks": sorted(getattr(ATTACKS.get(name), "tasks", ()))} for name in ATTACKS.names()}
     if args.json:
-        print(json.dumps(listing, indent=2))
+        print(json.dumps({**listing, "attack support": support}, indent=2))
     else:
         for key, names in listing.items():
             print(f"{key:>12}: {', '.join(names)}")
+        from gradleak.inputs import INPUT_KINDS
+        from gradleak.tasks import TASK_KINDS
+
+        columns = [*INPUT_KINDS, *TASK_KINDS]
+        print("\nwhich attack handles what (x = yes):")
+        print(f"{'attack':>16}  " + "  ".join(f"{c:>14}" for c in columns))
+        for name, s in support.items():
+            marks = ["x" if c in s["inputs"] or c in s["tasks"] else "-" for c in columns]
+            print(f"{name:>16}  " + "  ".join(f"{m:>14}" for m in marks))
     return 0
 
 

@@ -181,9 +181,8 @@ def simulate_aggregate(
     sizes = [int(x.shape[0]) for x, _ in client_batches]
     first = observations[0]
     obs = Observation(
-        model_spec=model_spec, weights=first.weights, update=total, input_shape=first.input_shape,
-        batch_size=sum(sizes), num_classes=num_classes, mean=tuple(mean), std=tuple(std),
-        model_mode=first.model_mode,
+        model_spec=model_spec, weights=first.weights, update=total, inputs=first.inputs, task=first.task,
+        batch_size=sum(sizes), model_mode=first.model_mode,
         info={**(info or {}), "aggregate": reduce, "clients": len(sizes), "client_batch_sizes": sizes},
     )
     truth = GroundTruth(torch.cat([x for x, _ in client_batches]).cpu().float(),

@@ -1,12 +1,18 @@
 """What the attacker sees, and nothing else: the threat model as a type.
 
-An ``Observation`` holds the model as the server sent it (architecture by registry name plus weights), the
-update the client shared (gradients keyed by parameter name, or the weight delta of local training), and the
-metadata a curious server can know. The private batch lives in ``GroundTruth``, which no attack receives.
+An ``Observation`` holds the model as the server sent it (``ModelSpec``: a registry name, the user's factory or a
+Hugging Face config; plus weights), what one example looks like (``inputs``: images, token sequences or feature
+vectors), what the client trains for (``task``: classification, causal or masked language modelling), the update
+the client shared (gradients keyed by parameter name, or the weight delta of local training), and the metadata a
+curious server can know. The private batch lives in ``GroundTruth``, which no attack receives.
+
+An Observation is validated whole when it is made: every tensor against the model (names, shapes, floating dtype,
+finite values), the input description against the model by one dry forward pass, the labels against the task.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -14,22 +20,19 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from gradleak import limits
 from gradleak.errors import CaptureError
+from gradleak.inputs import FeatureInput, ImageInput, InputSpec, TokenInput
+from gradleak.model_spec import ModelSpec
+from gradleak.tasks import Task, forward
 
 UpdateKind = Literal["gradient", "weight_delta"]
 
+__all__ = ["GroundTruth", "LocalTraining", "ModelSpec", "Observation", "UpdateKind", "update_digest"]
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model by registry name and constructor settings, enough to rebuild it in another process."""
 
-    name: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def build(self) -> nn.Module:
-        from gradleak.models import build_model
-
-        return build_model(self.name, **self.kwargs)
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,40 @@ class LocalTraining:
     batch_size: int
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise CaptureError(f"local training needs steps >= 1, batch_size >= 1 and lr > 0, got {self}")
+        if not _is_int(self.steps) or not _is_int(self.batch_size) or self.steps < 1 or self.batch_size < 1:
+            raise CaptureError(f"local training needs integer steps >= 1 and batch_size >= 1, got {self}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) \
+                or not self.lr > 0:
+            raise CaptureError(f"local training needs a finite lr > 0, got {self.lr!r}")
+        limits.check("local_steps", self.steps, "local training steps")
+        limits.check("batch_size", self.batch_size, "local batch_size")
+
+
+def update_digest(update: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the update's names, dtypes, shapes and bytes: the id a capture and its truth share."""
+    h = hashlib.sha256()
+    for name in sorted(update):
+        t = update[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _check_tensors(tensors: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], what: str,
+                   model_name: str) -> None:
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise CaptureError(f"{what} entry {name!r} is a {type(tensor).__name__}, not a tensor")
+        if name not in reference:
+            raise CaptureError(f"{what} key {name!r} is not a parameter of model {model_name!r} "
+                               f"(parameters: {', '.join(list(reference)[:6])}, ...)")
+        if tuple(tensor.shape) != tuple(reference[name].shape):
+            raise CaptureError(f"{what} tensor {name!r} has shape {tuple(tensor.shape)}, model {model_name!r} "
+                               f"expects {tuple(reference[name].shape)}")
+        if reference[name].dtype.is_floating_point and not tensor.dtype.is_floating_point:
+            raise CaptureError(f"{what} tensor {name!r} has dtype {tensor.dtype}; a floating-point tensor is expected")
+        if tensor.dtype.is_floating_point and not torch.isfinite(tensor).all():
+            raise CaptureError(f"{what} tensor {name!r} contains NaN or Inf")
 
 
 @dataclass(frozen=True)
@@ -51,20 +86,18 @@ class Observation:
     """Everything the attacker sees.
 
     ``update`` maps parameter names (as in ``model.named_parameters()``) to tensors. For ``update_kind ==
-    'gradient'`` it is the mean cross-entropy gradient of the batch; for ``'weight_delta'`` it is
-    ``weights_after - weights_before`` of ``local_training``. Defenses may withhold entries: attacks use the
-    keys present. ``labels`` is set only when the labels leaked. Inputs enter the model normalised by
-    ``(x - mean) / std`` with ``x`` in [0, 1].
+    'gradient'`` it is the gradient of the task's mean loss over the batch; for ``'weight_delta'`` it is
+    ``weights_after - weights_before`` of ``local_training``. Defenses, frozen layers and adapters may leave
+    entries out: attacks use the keys present. ``labels`` is set only when the labels leaked. Images enter the
+    model normalised by ``(x - mean) / std`` with ``x`` in [0, 1].
     """
 
     model_spec: ModelSpec
     weights: dict[str, torch.Tensor]
     update: dict[str, torch.Tensor]
-    input_shape: tuple[int, int, int]
+    inputs: InputSpec
+    task: Task
     batch_size: int
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
     update_kind: UpdateKind = "gradient"
     local_training: LocalTraining | None = None
     labels: torch.Tensor | None = None
@@ -81,36 +114,70 @@ class Observation:
             raise CaptureError(f"update_kind must be 'gradient' or 'weight_delta', got {self.update_kind!r}")
         if self.update_kind == "weight_delta" and self.local_training is None:
             raise CaptureError("a 'weight_delta' update needs local_training (steps, lr, batch_size)")
-        if len(self.input_shape) != 3 or min(self.input_shape) < 1:
-            raise CaptureError(f"input_shape must be (C, H, W), got {self.input_shape}")
-        if self.batch_size < 1 or self.num_classes < 2:
-            raise CaptureError(f"need batch_size >= 1 and num_classes >= 2, got {self.batch_size}, {self.num_classes}")
-        channels = self.input_shape[0]
-        if len(self.mean) != channels or len(self.std) != channels:
-            raise CaptureError(f"mean and std need {channels} entries (one per channel), got {self.mean}, {self.std}")
-        if any(s <= 0 for s in self.std):
-            raise CaptureError(f"std must be positive, got {self.std}")
-        if not self.update:
+        if self.model_mode not in ("train", "eval"):
+            raise CaptureError(f"model_mode must be 'train' or 'eval', got {self.model_mode!r}")
+        if not isinstance(self.inputs, (ImageInput, TokenInput, FeatureInput)):
+            raise CaptureError(f"inputs must be an ImageInput, TokenInput or FeatureInput, got {self.inputs!r}")
+        if not isinstance(self.task, Task):
+            raise CaptureError(f"task must be a Task, got {self.task!r}")
+        if self.task.kind != "classification" and not isinstance(self.inputs, TokenInput):
+            raise CaptureError(f"task {self.task.kind} needs token inputs, got {self.inputs.kind}")
+        if not _is_int(self.batch_size) or self.batch_size < 1:
+            raise CaptureError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        limits.check("batch_size", self.batch_size, "batch_size")
+        limits.check("batch_elements", self.batch_size * math.prod(self.inputs.shape), "batch elements")
+        if not isinstance(self.update, dict) or not self.update:
             raise CaptureError("the update is empty: no gradient or weight delta to attack")
-        params = dict(self.model_spec.build().named_parameters())
-        for name, tensor in self.update.items():
-            if name not in params:
-                raise CaptureError(
-                    f"update key {name!r} is not a parameter of model {self.model_spec.name!r} "
-                    f"(parameters: {', '.join(list(params)[:6])}, ...)"
-                )
-            if tuple(tensor.shape) != tuple(params[name].shape):
-                raise CaptureError(
-                    f"update tensor {name!r} has shape {tuple(tensor.shape)}, "
-                    f"model {self.model_spec.name!r} expects {tuple(params[name].shape)}"
-                )
-            if not torch.isfinite(tensor).all():
-                raise CaptureError(f"update tensor {name!r} contains NaN or Inf")
+        if not isinstance(self.weights, dict):
+            raise CaptureError("weights must map parameter names to tensors")
+        model = self.model_spec.build()
+        params = dict(model.named_parameters())
+        state = model.state_dict()
+        _check_tensors(self.update, params, "update", self.model_spec.name)
+        _check_tensors(self.weights, state, "weights", self.model_spec.name)
         for name in params:
             if name not in self.weights:
                 raise CaptureError(f"weights are missing parameter {name!r} of model {self.model_spec.name!r}")
-        if self.labels is not None and (self.labels.ndim != 1 or self.labels.numel() != self.batch_size):
-            raise CaptureError(f"leaked labels must have shape ({self.batch_size},), got {tuple(self.labels.shape)}")
+        self._check_labels()
+        self._dry_forward(model)
+
+    def _check_labels(self) -> None:
+        if self.labels is None:
+            return
+        if not isinstance(self.labels, torch.Tensor) or self.labels.dtype.is_floating_point \
+                or self.labels.dtype.is_complex or self.labels.dtype == torch.bool:
+            raise CaptureError("leaked labels must be an integer tensor")
+        if self.task.kind == "classification":
+            if self.labels.ndim != 1 or self.labels.numel() != self.batch_size:
+                raise CaptureError(f"leaked labels must have shape ({self.batch_size},), got {tuple(self.labels.shape)}")
+            assert self.task.num_classes is not None
+            if self.labels.numel() and (self.labels.min() < 0 or self.labels.max() >= self.task.num_classes):
+                raise CaptureError(f"leaked labels must lie in [0, {self.task.num_classes}), got "
+                                   f"{self.labels.min().item()}..{self.labels.max().item()}")
+
+    def _dry_forward(self, model: nn.Module) -> None:
+        """One forward pass of one zero example: the input description must fit the model, and the output the task."""
+        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in self.weights.items()}, strict=False)
+        model.eval()
+        if isinstance(self.inputs, TokenInput):
+            x = torch.zeros((1, self.inputs.seq_len), dtype=torch.long)
+        else:
+            x = torch.zeros((1, *self.inputs.shape))
+        try:
+            with torch.no_grad():
+                logits = forward(model, x)
+        except CaptureError:
+            raise
+        except Exception as exc:  # the model says the input does not fit: name the description
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CaptureError(f"inputs {self.inputs.to_json()} do not fit model {self.model_spec.name!r}: "
+                               f"{first}") from exc
+        expected = self.task.num_classes if self.task.kind == "classification" else getattr(
+            self.inputs, "vocab_size", None)
+        if logits.ndim < 2 or (expected is not None and logits.shape[-1] != expected):
+            what = "num_classes" if self.task.kind == "classification" else "vocab_size"
+            raise CaptureError(f"model {self.model_spec.name!r} outputs {tuple(logits.shape[1:])} per example, "
+                               f"which does not fit {what} = {expected}")
 
     # -- derived views ---------------------------------------------------------------------------
     def build_model(self, device: torch.device | str = "cpu") -> nn.Module:
@@ -133,31 +200,100 @@ class Observation:
         scale = -1.0 / (self.local_training.lr * self.local_training.steps)
         return {k: v * scale for k, v in self.update.items()}
 
-    def normalization(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mean, std)`` shaped ``(C, 1, 1)`` for broadcasting over images."""
-        mean = torch.tensor(self.mean, device=device).view(-1, 1, 1)
-        std = torch.tensor(self.std, device=device).view(-1, 1, 1)
-        return mean, std
-
     def with_update(self, update: dict[str, torch.Tensor], **info: Any) -> Observation:
         """A copy with another update (what a defense returns), recording ``info``."""
         return replace(self, update=update, info={**self.info, **info})
 
     @property
+    def input_kind(self) -> str:
+        return self.inputs.kind
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one example: (C, H, W) images, (L,) token sequences, (F,) feature vectors."""
+        return tuple(self.inputs.shape)
+
+    @property
+    def num_classes(self) -> int:
+        if self.task.num_classes is None:
+            raise CaptureError(f"a {self.task.kind} observation has no classes")
+        return self.task.num_classes
+
+    @property
+    def image(self) -> ImageInput:
+        """The image description; a clear error for other input kinds."""
+        if not isinstance(self.inputs, ImageInput):
+            raise CaptureError(f"this needs image inputs; the observation holds {self.inputs.kind}")
+        return self.inputs
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.image.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.image.std
+
+    def normalization(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, std)`` broadcastable over one example: ``(C, 1, 1)`` for images, ``(F,)`` for features."""
+        if isinstance(self.inputs, TokenInput):
+            raise CaptureError("token inputs have no normalisation")
+        return self.inputs.normalization(device)
+
+    @property
     def num_pixels(self) -> int:
-        return math.prod(self.input_shape)
+        return math.prod(self.inputs.shape)
 
 
 @dataclass(frozen=True)
 class GroundTruth:
-    """The private batch: pixels in [0, 1] ``(B, C, H, W)`` and labels ``(B,)``. Never given to an attack."""
+    """The private batch, never given to an attack: images ``(B, C, H, W)`` with pixels in [0, 1], token ids
+    ``(B, L)`` or feature vectors ``(B, F)``; ``labels`` ``(B,)`` for classification (``None`` for language
+    modelling); ``attention_mask`` ``(B, L)`` for padded token sequences."""
 
     inputs: torch.Tensor
-    labels: torch.Tensor
+    labels: torch.Tensor | None
+    attention_mask: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        if self.inputs.ndim != 4 or self.labels.shape != (self.inputs.shape[0],):
-            raise CaptureError(
-                f"ground truth needs inputs (B, C, H, W) and labels (B,), got {tuple(self.inputs.shape)} "
-                f"and {tuple(self.labels.shape)}"
-            )
+        x = self.inputs
+        if not isinstance(x, torch.Tensor) or x.ndim < 2:
+            raise CaptureError(f"ground truth inputs must be a batch tensor, got {getattr(x, 'shape', x)!r}")
+        if x.dtype.is_floating_point:
+            if not torch.isfinite(x).all():
+                raise CaptureError("ground truth inputs contain NaN or Inf")
+            if x.ndim == 4 and x.numel() and (x.min() < 0 or x.max() > 1):
+                raise CaptureError(f"ground truth pixels must lie in [0, 1], got {x.min().item():.3g}.."
+                                   f"{x.max().item():.3g}")
+        elif x.dtype.is_complex or x.dtype == torch.bool:
+            raise CaptureError(f"ground truth inputs have dtype {x.dtype}")
+        elif x.ndim != 2:
+            raise CaptureError(f"ground truth token ids must be (B, L), got {tuple(x.shape)}")
+        if self.labels is not None:
+            if self.labels.dtype.is_floating_point or self.labels.dtype.is_complex or self.labels.dtype == torch.bool \
+                    or self.labels.shape != (x.shape[0],):
+                raise CaptureError(f"ground truth labels must be integers shaped ({x.shape[0]},), got "
+                                   f"{self.labels.dtype} {tuple(self.labels.shape)}")
+        if self.attention_mask is not None and self.attention_mask.shape != x.shape:
+            raise CaptureError(f"attention_mask must have the shape of the token ids {tuple(x.shape)}")
+
+    @property
+    def kind(self) -> str:
+        if not self.inputs.dtype.is_floating_point:
+            return "tokens"
+        return "image" if self.inputs.ndim == 4 else "features"
+
+    def check_against(self, obs: Observation) -> None:
+        """The truth must describe the observed batch: same kind, shape, batch size and label range."""
+        if self.kind != obs.inputs.kind:
+            raise CaptureError(f"the truth holds {self.kind} but the capture describes {obs.inputs.kind}")
+        if tuple(self.inputs.shape) != (obs.batch_size, *obs.input_shape):
+            raise CaptureError(f"the truth holds inputs {tuple(self.inputs.shape)}, the capture describes "
+                               f"{(obs.batch_size, *obs.input_shape)}")
+        if self.labels is not None and obs.task.kind == "classification" and self.labels.numel():
+            if self.labels.min() < 0 or self.labels.max() >= obs.num_classes:
+                raise CaptureError(f"truth labels must lie in [0, {obs.num_classes})")
+        if self.kind == "tokens" and self.inputs.numel():
+            vocab = obs.inputs.vocab_size  # type: ignore[union-attr]
+            if self.inputs.min() < 0 or self.inputs.max() >= vocab:
+                raise CaptureError(f"truth token ids must lie in [0, {vocab})")

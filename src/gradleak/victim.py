@@ -1,7 +1,9 @@
 """Simulated clients: a model, a private batch and a training protocol produce an Observation.
 
 ``fedsgd`` shares one mean gradient (McMahan et al., 2017, FedSGD); ``fedavg`` runs ``steps`` local SGD steps
-and shares the weight delta (FedAvg). The private batch is returned apart, as ``GroundTruth``.
+and shares the weight delta (FedAvg). The private batch is returned apart, as ``GroundTruth``. Any input kind
+(images, token sequences, feature vectors) and task (classification, causal or masked LM) runs through the same
+steps: the client's loss is ``Task.loss``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from gradleak.inputs import FeatureInput, ImageInput, InputSpec, TokenInput
+from gradleak.tasks import Task
 from gradleak.observation import GroundTruth, LocalTraining, ModelSpec, Observation
 
 if TYPE_CHECKING:
@@ -25,18 +29,38 @@ def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) 
     return (x - m) / s
 
 
-def batch_gradient(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Mean cross-entropy gradient of ``model`` on normalised ``inputs``, keyed by parameter name."""
+def batch_gradient(
+    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None, task: Task | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Gradient of the task's mean loss (default: cross-entropy classification) of ``model`` on model-space
+    ``inputs`` (normalised pixels or features, token ids), keyed by parameter name, trainable parameters only."""
     names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
-    loss = F.cross_entropy(model(inputs), labels)
-    grads = torch.autograd.grad(loss, params)
-    return {n: g.detach() for n, g in zip(names, grads)}
+    if task is None:
+        loss = F.cross_entropy(model(inputs), labels)
+    else:
+        loss = task.loss(model, inputs, labels, attention_mask)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return {n: g.detach() for n, g in zip(names, grads) if g is not None}
+
+
+def describe_inputs(inputs: torch.Tensor, mean: tuple[float, ...] | None, std: tuple[float, ...] | None) -> InputSpec:
+    """The input description of a batch when the caller gives none: images (B, C, H, W) or features (B, F)."""
+    if inputs.dtype.is_floating_point and inputs.ndim == 4:
+        c = int(inputs.shape[1])
+        return ImageInput(tuple(int(s) for s in inputs.shape[1:]), tuple(mean or (0.0,) * c),  # type: ignore[arg-type]
+                          tuple(std or (1.0,) * c))
+    if inputs.dtype.is_floating_point and inputs.ndim == 2:
+        return FeatureInput(int(inputs.shape[1]), None if mean is None else tuple(mean),
+                            None if std is None else tuple(std))
+    raise ValueError(f"cannot tell the input kind of a {inputs.dtype} batch shaped {tuple(inputs.shape)}; pass "
+                     f"input_spec (e.g. TokenInput(seq_len, vocab_size, pad_token_id) for token ids)")
 
 
 def local_sgd(
     model: nn.Module,
     inputs: torch.Tensor,
-    labels: torch.Tensor,
+    labels: torch.Tensor | None,
     training: LocalTraining,
     step_gradient: Callable[[nn.Module, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -47,7 +71,7 @@ def local_sgd(
     step_gradient = step_gradient or batch_gradient
     for step in range(training.steps):
         idx = torch.arange(step * training.batch_size, (step + 1) * training.batch_size) % n
-        grads = step_gradient(model, inputs[idx], labels[idx])
+        grads = step_gradient(model, inputs[idx], None if labels is None else labels[idx])
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if name in grads:
@@ -58,11 +82,13 @@ def local_sgd(
 def simulate(
     model_spec: ModelSpec,
     inputs: torch.Tensor,
-    labels: torch.Tensor,
+    labels: torch.Tensor | None,
     *,
-    num_classes: int,
-    mean: tuple[float, ...],
-    std: tuple[float, ...],
+    num_classes: int | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    input_spec: InputSpec | None = None,
+    task: Task | None = None,
     protocol: Literal["fedsgd", "fedavg"] = "fedsgd",
     local_training: LocalTraining | None = None,
     model: nn.Module | None = None,
@@ -76,7 +102,8 @@ def simulate(
 ) -> tuple[Observation, GroundTruth]:
     """One client's round: build (or take) the server's model, train on the private batch, observe the update.
 
-    ``inputs`` are pixels in [0, 1]; the client normalises them with ``mean``/``std`` before the model.
+    ``inputs`` are pixels in [0, 1] (the client normalises them with ``mean``/``std``), feature vectors, or token
+    ids with ``input_spec=TokenInput(...)``; ``task`` defaults to classification over ``num_classes``.
     The weights in the Observation are those *before* the client's step, as the server sent them.
     ``defense`` (see ``gradleak.defenses``) changes the client's step and/or what it shares, through
     ``defenses.defended_update``, the same code path as training with the defense; its randomness is seeded
@@ -89,8 +116,19 @@ def simulate(
     model = model.to(device)
     model.train(model_mode == "train")
     weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    x = normalize(inputs.to(device), mean, std)
-    y = labels.to(device)
+    spec = input_spec or describe_inputs(inputs, mean, std)
+    if task is None:
+        if num_classes is None:
+            raise ValueError("simulate needs num_classes (classification) or a task")
+        task = Task.classification(num_classes)
+    if isinstance(spec, TokenInput):
+        def to_model(v: torch.Tensor) -> torch.Tensor:
+            return v
+    else:
+        to_model = spec.to_model
+    x = to_model(inputs.to(device))
+    y = None if labels is None else labels.to(device)
+    plain_ce = task.kind == "classification" and not isinstance(spec, TokenInput)
     if protocol not in ("fedsgd", "fedavg"):
         raise ValueError(f"protocol must be 'fedsgd' or 'fedavg', got {protocol!r}")
     if protocol == "fedavg" and local_training is None:
@@ -100,8 +138,9 @@ def simulate(
     generator = torch.Generator(device=torch.device(device)).manual_seed(0 if seed is None else seed)
 
     def step_gradient(m: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> dict[str, torch.Tensor]:
-        if defense is None:
-            return batch_gradient(m, xb, yb)
+        if defense is None or not plain_ce:
+            mask = spec.attention_mask(xb) if isinstance(spec, TokenInput) else None
+            return batch_gradient(m, xb, yb, None if plain_ce else task, mask)
         return defense.step_gradient(m, xb, yb, generator=generator)
 
     def protocol_update(xb: torch.Tensor, yb: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -118,7 +157,7 @@ def simulate(
             have = 0 if population is None else len(population[0])
             raise ValueError(f"the population holds {have} other examples, {n} are needed")
         idx = torch.randperm(len(population[0]), generator=gen, device=gen.device)[:n].cpu()
-        return normalize(population[0][idx].to(device), mean, std), population[1][idx].to(device)
+        return to_model(population[0][idx].to(device)), population[1][idx].to(device)
 
     update = defended_update(
         defense, model, x, y, generator=generator, update_of=protocol_update,
@@ -133,15 +172,16 @@ def simulate(
         model_spec=model_spec,
         weights=weights,
         update={k: v.cpu() for k, v in update.items()},
-        input_shape=tuple(int(s) for s in inputs.shape[1:]),  # type: ignore[arg-type]
+        inputs=spec,
+        task=task,
         batch_size=int(inputs.shape[0]),
-        num_classes=num_classes,
-        mean=tuple(mean),
-        std=tuple(std),
         update_kind=kind,  # type: ignore[arg-type]
         local_training=local_training,
-        labels=labels.cpu().clone() if leak_labels else None,
+        labels=labels.cpu().clone() if leak_labels and labels is not None else None,
         model_mode=model_mode,
         info=dict(info or {}),
     )
-    return obs, GroundTruth(inputs.detach().cpu().clone(), labels.detach().cpu().clone())
+    mask = spec.attention_mask(inputs) if isinstance(spec, TokenInput) else None
+    truth = GroundTruth(inputs.detach().cpu().clone(), None if labels is None else labels.detach().cpu().clone(),
+                        None if mask is None else mask.cpu())
+    return obs, truth

@@ -7,6 +7,7 @@ that separation is the threat model.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from gradleak.errors import ConfigError
 from gradleak.observation import Observation
 from gradleak.registry import Registry
 
@@ -41,9 +43,39 @@ class Reconstruction:
 
 
 class Attack(ABC):
-    """Base of all attacks. Subclasses are dataclasses of their hyperparameters with paper defaults."""
+    """Base of all attacks. Subclasses are dataclasses of their hyperparameters with paper defaults.
+
+    Each attack declares the input kinds (``image``, ``tokens``, ``features``) and training tasks
+    (``classification``, ``causal_lm``, ``masked_lm``) it handles; ``reconstruct`` refuses other observations
+    with a clear error before any work (every subclass's ``reconstruct`` is wrapped to check)."""
 
     name: ClassVar[str]
+    input_kinds: ClassVar[frozenset[str]] = frozenset({"image"})
+    tasks: ClassVar[frozenset[str]] = frozenset({"classification"})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        method = cls.__dict__.get("reconstruct")
+        if method is None or getattr(method, "_checks_support", False):
+            return
+
+        @functools.wraps(method)
+        def reconstruct(self: Attack, obs: Observation, *args: Any, **kw: Any) -> Reconstruction:
+            self.check_supports(obs)
+            return method(self, obs, *args, **kw)
+
+        reconstruct._checks_support = True  # type: ignore[attr-defined]
+        cls.reconstruct = reconstruct  # type: ignore[method-assign]
+
+    def check_supports(self, obs: Observation) -> None:
+        """Raise ``ConfigError`` when this attack does not handle the observation's input kind or task."""
+        attack = getattr(self, "name", type(self).__name__)
+        if obs.inputs.kind not in self.input_kinds:
+            raise ConfigError(f"attack {attack!r} handles {', '.join(sorted(self.input_kinds))} inputs, not "
+                              f"{obs.inputs.kind} (see `gradleak list`)")
+        if obs.task.kind not in self.tasks:
+            raise ConfigError(f"attack {attack!r} handles {', '.join(sorted(self.tasks))} tasks, not "
+                              f"{obs.task.kind} (see `gradleak list`)")
 
     @abstractmethod
     def reconstruct(

@@ -23,6 +23,7 @@ class DLG(OptimizationAttack):
     """Deep Leakage from Gradients: joint image and soft-label optimisation."""
 
     name: ClassVar[str] = "dlg"
+    input_kinds: ClassVar[frozenset[str]] = frozenset({"image", "features"})
     iterations: int = 300
     restarts: int = 1
     lr: float = 1.0
@@ -41,6 +42,7 @@ class IDLG(OptimizationAttack):
     """Improved DLG: labels from the last layer's gradient (or leaked), then the image alone."""
 
     name: ClassVar[str] = "idlg"
+    input_kinds: ClassVar[frozenset[str]] = frozenset({"image", "features"})
     iterations: int = 300
     restarts: int = 1
     lr: float = 1.0

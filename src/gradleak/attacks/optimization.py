@@ -466,7 +466,7 @@ def optimize_many(
             raise ConfigError(f"got {len(labels)} label tensors for {n} observations")
         ys = torch.stack([lab.to(device).long().view(b) for lab in labels])[:, None].expand(n, r, b).contiguous()
         variables = [xs]
-    lower, upper = (0 - mean) / std, (1 - mean) / std
+    lower, upper = _box(obs, mean, std)
     trace = torch.full((config.iterations, n, r), float("nan"), device=device)
     state: dict[str, Any] = {"evals": 0, "best": float("inf"), "stall": 0}
     saver = Checkpointer(checkpoint, config, observations, seed, every=config.checkpoint_every)
@@ -489,7 +489,7 @@ def optimize_many(
         state["evals"] = i + 1
         bar.update(1)
         if callback is not None:
-            callback(i, _to_pixels(xs.detach(), mean, std).flatten(0, 1))
+            callback(i, obs.inputs.from_model(xs.detach()).flatten(0, 1))
         return values.sum()
 
     def converged(loss: torch.Tensor) -> bool:
@@ -548,7 +548,7 @@ def optimize_many(
         final, _, _ = matcher.value_and_grad(xs.detach(), ys.detach(), soft, coupled=False)
     final = torch.nan_to_num(final.detach(), nan=float("inf"))
     done = min(state["evals"], config.iterations)
-    pixels = _to_pixels(xs.detach(), mean, std)
+    pixels = obs.inputs.from_model(xs.detach())
     wall = time.perf_counter() - start
     out = []
     for k in range(n):
@@ -618,8 +618,11 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(torch.linalg.vector_norm(a - b) <= 1e-3 * torch.linalg.vector_norm(b) + 1e-12)
 
 
-def _to_pixels(xs: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return (xs * std + mean).clamp(0.0, 1.0)
+def _box(obs: Observation, mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The box constraint in the model's space: pixels in [0, 1], features within their bounds (if known)."""
+    low, high = (0.0, 1.0) if obs.inputs.kind == "image" else (getattr(obs.inputs, "bounds", None) or
+                                                               (-math.inf, math.inf))
+    return (low - mean) / std, (high - mean) / std
 
 
 def _batchnorm_reference(model: nn.Module, obs: Observation) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -637,9 +640,8 @@ def _check_compatible(observations: Sequence[Observation], config: EngineConfig)
     first = observations[0]
     for i, o in enumerate(observations[1:], start=1):
         same = (
-            o.model_spec == first.model_spec and o.input_shape == first.input_shape
-            and o.batch_size == first.batch_size and o.num_classes == first.num_classes
-            and o.mean == first.mean and o.std == first.std and o.update_kind == first.update_kind
+            o.model_spec == first.model_spec and o.inputs == first.inputs and o.task == first.task
+            and o.batch_size == first.batch_size and o.update_kind == first.update_kind
             and o.local_training == first.local_training and o.model_mode == first.model_mode
             and set(o.update) == set(first.update)
         )

@@ -23,6 +23,8 @@ from gradleak.attacks.base import Reconstruction
 from gradleak.errors import ConfigError
 from gradleak.fl.recording import RecordedUpdate
 from gradleak.metrics import psnr, score, ssim
+from gradleak.inputs import ImageInput
+from gradleak.tasks import Task
 from gradleak.observation import GroundTruth, LocalTraining, ModelSpec, Observation
 
 TruthLookup = Callable[[RecordedUpdate], GroundTruth | None]
@@ -88,9 +90,9 @@ def to_observation(update: RecordedUpdate, target: AuditTarget, aggregate_as: Ag
     else:
         batch = examples or local_batch
     return Observation(
-        model_spec=target.model_spec, weights=update.sent, update=delta, input_shape=target.input_shape,
-        batch_size=batch, num_classes=target.num_classes, mean=target.mean, std=target.std,
-        update_kind="weight_delta", local_training=LocalTraining(steps, float(lr), local_batch),
+        model_spec=target.model_spec, weights=update.sent, update=delta,
+        inputs=ImageInput(tuple(target.input_shape), tuple(target.mean), tuple(target.std)),
+        task=Task.classification(target.num_classes), batch_size=batch, update_kind="weight_delta", local_training=LocalTraining(steps, float(lr), local_batch),
         model_mode=target.model_mode,
         info={"round": update.round, "source": update.source, "num_clients": update.num_clients},
     )

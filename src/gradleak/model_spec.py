@@ -1,0 +1,282 @@
+"""Where a model comes from, by kind, and what loading one may execute.
+
+A ``ModelSpec`` rebuilds the architecture the server sent (weights come from the capture) in another process:
+
+- ``registry``: a model of gradleak's own zoo by name (``gradleak.models.MODELS``); nothing outside gradleak runs.
+- ``huggingface``: a ``transformers`` architecture from its config (``AutoConfig.for_model`` + ``from_config``):
+  only code that ships inside ``transformers`` runs; ``auto_map``/remote code is refused, nothing is downloaded.
+- ``import``: the user's own factory, ``package.module:factory`` or ``path/to/file.py:factory``. Importing a
+  module runs its code, so a spec read from a file is built only when the user trusted that module
+  (``trust_model``, ``--trust-model MODULE``); a module named on the command line or a callable handed over in
+  Python is trusted by that act.
+- ``instance``: a live ``nn.Module`` handed over in Python (``gradleak.record``), copied for each build; saved to a
+  capture as the import path of its class (or the factory the user names).
+
+Before anything is allocated, the model is built on the ``meta`` device to count its parameters against
+``gradleak.limits``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib
+import importlib.util
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from gradleak import limits
+from gradleak.errors import CaptureError, ConfigError
+
+ModelSource = Literal["registry", "import", "huggingface", "instance"]
+MODEL_SOURCES: tuple[str, ...] = ("registry", "import", "huggingface", "instance")
+HF_HEADS: dict[str, str] = {
+    "causal_lm": "AutoModelForCausalLM",
+    "masked_lm": "AutoModelForMaskedLM",
+    "sequence_classification": "AutoModelForSequenceClassification",
+    "base": "AutoModel",
+}
+#: config keys that would make ``transformers`` fetch or run code from outside the package
+_HF_REFUSED_KEYS = ("auto_map", "trust_remote_code", "custom_pipelines")
+
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_MODULE_PATH = re.compile(rf"^{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*$")
+_FILE_PATH = re.compile(rf"^[^:\x00]+\.py:{_IDENT}(\.{_IDENT})*$")
+
+_TRUSTED: set[str] = set()
+
+
+def trust_model(*modules: str) -> None:
+    """Allow building models from these modules (dotted names, trusting their submodules too, or ``.py`` files)."""
+    for m in modules:
+        _TRUSTED.add(_trust_key(m))
+
+
+def _trust_key(module: str) -> str:
+    module = module.split(":", 1)[0] if not module.endswith(".py") and ":" in module else module
+    if module.endswith(".py") or "/" in module:
+        return str(Path(module).resolve())
+    return module
+
+
+def is_trusted(module: str) -> bool:
+    key = _trust_key(module)
+    return key in _TRUSTED or any(key.startswith(t + ".") for t in _TRUSTED)
+
+
+def split_import_path(path: str) -> tuple[str, str]:
+    """``"pkg.mod:factory"`` or ``"dir/file.py:factory"`` -> (module or file, attribute path); malformed -> error."""
+    if not isinstance(path, str) or not (_MODULE_PATH.match(path) or _FILE_PATH.match(path)):
+        raise CaptureError(f"model import path must look like 'package.module:factory' or 'path/file.py:factory', "
+                           f"got {path!r}")
+    module, attr = path.rsplit(":", 1)
+    return module, attr
+
+
+def _import_factory(path: str) -> Callable[..., Any]:
+    module_name, attr = split_import_path(path)
+    if not is_trusted(module_name):
+        raise CaptureError(
+            f"model {path!r} would import {module_name!r}, which runs its code; it is not trusted. Pass "
+            f"--trust-model {module_name} (or gradleak.trust_model({module_name!r})) if you trust it")
+    try:
+        if module_name.endswith(".py"):
+            file = Path(module_name).resolve()
+            if not file.is_file():
+                raise CaptureError(f"model file {module_name!r} does not exist")
+            unique = "gradleak_user_" + hashlib.sha256(str(file).encode()).hexdigest()[:12]
+            module = sys.modules.get(unique)
+            if module is None:
+                spec = importlib.util.spec_from_file_location(unique, file)
+                if spec is None or spec.loader is None:
+                    raise CaptureError(f"cannot import model file {module_name!r}")
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[unique] = module
+                spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except CaptureError:
+        raise
+    except Exception as exc:  # the user's module failed to import: say so in one line
+        raise CaptureError(f"importing model module {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise CaptureError(f"model factory {path!r}: {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise CaptureError(f"model factory {path!r} is not callable")
+    return obj
+
+
+def _plain_json(value: Any, where: str, depth: int = 0) -> None:
+    """Settings must be plain JSON (no objects that could carry behaviour), bounded in depth."""
+    if depth > 16:
+        raise CaptureError(f"{where} is nested too deeply")
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            _plain_json(v, where, depth + 1)
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise CaptureError(f"{where} has a non-string key {k!r}")
+            _plain_json(v, where, depth + 1)
+        return
+    raise CaptureError(f"{where} holds a {type(value).__name__}; only JSON values are allowed")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model by ``source`` (see the module docstring) and settings, enough to rebuild it in another process."""
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    source: ModelSource = "registry"
+    template: nn.Module | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.source not in MODEL_SOURCES:
+            raise CaptureError(f"model source must be one of {list(MODEL_SOURCES)}, got {self.source!r}")
+        if not isinstance(self.name, str) or not self.name:
+            raise CaptureError(f"model name must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.kwargs, dict):
+            raise CaptureError(f"model kwargs must be an object, got {type(self.kwargs).__name__}")
+        if self.source != "instance":
+            _plain_json(self.kwargs, f"settings of model {self.name!r}")
+        if self.source == "import":
+            split_import_path(self.name)
+        if self.source == "instance" and self.template is None:
+            raise CaptureError("an 'instance' model spec needs the module (ModelSpec.from_module)")
+        if self.source == "huggingface":
+            if self.kwargs.get("head", "base") not in HF_HEADS:
+                raise CaptureError(f"Hugging Face head must be one of {list(HF_HEADS)}, got {self.kwargs.get('head')!r}")
+            config = self.kwargs.get("config", {})
+            if not isinstance(config, dict):
+                raise CaptureError("Hugging Face 'config' must be an object")
+            if bad := [k for k in _HF_REFUSED_KEYS if k in config]:
+                raise CaptureError(f"Hugging Face config key {bad[0]!r} would load code from outside transformers; "
+                                   f"refused")
+
+    # -- constructors ----------------------------------------------------------------------------------
+    @classmethod
+    def huggingface(cls, config: Any, head: str = "causal_lm") -> ModelSpec:
+        """A ``transformers`` architecture from its config (a ``PretrainedConfig`` or a dict with ``model_type``)."""
+        data = config.to_diff_dict() if hasattr(config, "to_diff_dict") else dict(config)
+        model_type = data.pop("model_type", None) or getattr(config, "model_type", None)
+        if not model_type:
+            raise ConfigError("a Hugging Face config needs its model_type")
+        for key in ("transformers_version", "_name_or_path", "architectures", "torch_dtype", "dtype"):
+            data.pop(key, None)
+        return cls(str(model_type), {"config": json.loads(json.dumps(data)), "head": head}, source="huggingface")
+
+    @classmethod
+    def from_factory(cls, factory: Callable[..., nn.Module] | str, **kwargs: Any) -> ModelSpec:
+        """The user's factory (a callable, or its import path, trusted by being handed over here)."""
+        path = factory if isinstance(factory, str) else f"{factory.__module__}:{factory.__qualname__}"
+        module, _ = split_import_path(path)
+        trust_model(module)
+        return cls(path, dict(kwargs), source="import")
+
+    @classmethod
+    def from_module(cls, model: nn.Module, factory: str | None = None, **kwargs: Any) -> ModelSpec:
+        """A live module: each build is a copy of it (its current weights). ``factory`` is the import path a capture
+        records for rebuilding it elsewhere (default: the module's class, called with ``kwargs``)."""
+        path = factory or f"{type(model).__module__}:{type(model).__qualname__}"
+        return cls(path, dict(kwargs), source="instance", template=copy.deepcopy(model).cpu())
+
+    # -- building ----------------------------------------------------------------------------------------
+    def _construct(self) -> nn.Module:
+        if self.source == "registry":
+            from gradleak.models import build_model
+
+            try:
+                return build_model(self.name, **self.kwargs)
+            except ConfigError as exc:
+                raise CaptureError(str(exc)) from exc
+            except (ValueError, TypeError, RuntimeError) as exc:
+                raise CaptureError(f"model {self.name!r} rejected its settings {self.kwargs}: {exc}") from exc
+        if self.source == "huggingface":
+            return self._construct_huggingface()
+        if self.source == "instance":
+            assert self.template is not None
+            return copy.deepcopy(self.template)
+        factory = _import_factory(self.name)
+        try:
+            model = factory(**self.kwargs)
+        except Exception as exc:  # the user's factory: report, don't traceback
+            raise CaptureError(f"model factory {self.name!r} failed with settings {self.kwargs}: "
+                               f"{type(exc).__name__}: {exc}") from exc
+        if not isinstance(model, nn.Module):
+            raise CaptureError(f"model factory {self.name!r} returned {type(model).__name__}, not a torch nn.Module")
+        return model
+
+    def _construct_huggingface(self) -> nn.Module:
+        try:
+            import transformers
+        except ImportError as exc:  # pragma: no cover - the text extra is installed in every setup here
+            raise CaptureError("Hugging Face models need the 'transformers' package (pip install gradleak[text])") from exc
+        config_data = dict(self.kwargs.get("config", {}))
+        head = self.kwargs.get("head", "base")
+        try:
+            config = transformers.AutoConfig.for_model(self.name, **config_data)
+            auto = getattr(transformers, HF_HEADS[head])
+            return auto.from_config(config)
+        except (ValueError, KeyError, TypeError, AttributeError, RuntimeError, OSError) as exc:
+            raise CaptureError(f"Hugging Face model {self.name!r} ({head}) cannot be built from its config: "
+                               f"{type(exc).__name__}: {exc}") from exc
+
+    def count_parameters(self) -> int | None:
+        """Parameters of the model, counted on the meta device (nothing allocated); ``None`` if it cannot be."""
+        if self.source == "instance":
+            assert self.template is not None
+            return sum(p.numel() for p in self.template.parameters())
+        if self.source == "import":
+            _import_factory(self.name)  # the trust check comes before anything of the user's runs
+        try:
+            with torch.device("meta"):
+                model = self._construct()
+        except Exception:  # a factory that does real work at init cannot run on meta: count after building
+            return None
+        return sum(p.numel() for p in model.parameters())
+
+    def build(self) -> nn.Module:
+        """The architecture, freshly initialised (or copied, for an instance), after the size check."""
+        count = self.count_parameters()
+        if count is not None:
+            limits.check("parameters", count, f"model {self.name!r} parameter count")
+        model = self._construct()
+        if count is None:
+            limits.check("parameters", sum(p.numel() for p in model.parameters()),
+                         f"model {self.name!r} parameter count")
+        return model
+
+    # -- files ---------------------------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        source = "import" if self.source == "instance" else self.source
+        return {"source": source, "name": self.name, "kwargs": self.kwargs}
+
+    @classmethod
+    def from_json(cls, data: Any) -> ModelSpec:
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            raise CaptureError("metadata 'model' must be an object with a string 'name' and 'kwargs'")
+        source = data.get("source", "registry")
+        if source == "instance":
+            raise CaptureError("a capture cannot hold a live model instance; expected source 'import'")
+        kwargs = data.get("kwargs", {})
+        return cls(data["name"], kwargs if isinstance(kwargs, dict) else kwargs, source=source)
+
+    def describe(self) -> str:
+        return {"registry": f"{self.name} (gradleak registry)", "huggingface": f"{self.name} (transformers, "
+                f"{self.kwargs.get('head', 'base')})", "import": f"{self.name} (user code)",
+                "instance": f"{self.name} (live module)"}[self.source]
