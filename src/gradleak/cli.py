@@ -210,26 +210,164 @@ def cmd_capture(args: argparse.Namespace) -> int:
     obs, truth = make_victim(_experiment_config(args))
     path = save_capture(obs, args.out)
     truth_path = Path(args.truth) if args.truth else path.with_name(path.stem + ".truth.safetensors")
-    save_truth(truth, truth_path)
+    save_truth(truth, truth_path, capture=obs)
     print(f"capture: {path} ({obs.update_kind}, batch {obs.batch_size}, model {obs.model_spec.name})")
     print(f"ground truth (keep it away from the attacker): {truth_path}")
     return 0
 
 
+def _own_files_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("your own model and files (instead of a capture)")
+    g.add_argument("--model", default=None, metavar="SOURCE",
+                   help="registry name, your factory as package.module:factory or path/file.py:factory (naming it "
+                   "here trusts it), or hf:MODEL_TYPE with --model-config")
+    g.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="factory/model setting, repeatable")
+    g.add_argument("--model-config", default=None, metavar="JSON", help="Hugging Face config file (hf: models)")
+    g.add_argument("--hf-head", default="causal_lm", help="Hugging Face head: causal_lm, masked_lm, "
+                   "sequence_classification, base")
+    g.add_argument("--weights", default=None, metavar="FILE", help="the model's weights (safetensors or .pt)")
+    g.add_argument("--update", default=None, metavar="FILE", help="the shared gradient or weight delta")
+    g.add_argument("--update-kind", choices=("gradient", "weight_delta"), default="gradient")
+    g.add_argument("--local-steps", type=int, default=1, help="weight delta: the client's local SGD steps")
+    g.add_argument("--local-lr", type=float, default=None, help="weight delta: the client's learning rate")
+    g.add_argument("--local-batch-size", type=int, default=None, help="weight delta: local mini-batch size")
+    g.add_argument("--input-kind", choices=("image", "tokens", "features"), default="image")
+    g.add_argument("--input-shape", default=None, metavar="C,H,W", help="images: one image's shape")
+    g.add_argument("--mean", default=None, help="images/features: comma-separated normalisation mean")
+    g.add_argument("--std", default=None, help="images/features: comma-separated normalisation std")
+    g.add_argument("--num-features", type=int, default=None, help="features: entries per vector")
+    g.add_argument("--seq-len", type=int, default=None, help="tokens: sequence length")
+    g.add_argument("--vocab-size", type=int, default=None, help="tokens: vocabulary size")
+    g.add_argument("--pad-token-id", type=int, default=None, help="tokens: padding id")
+    g.add_argument("--task", choices=("classification", "causal_lm", "masked_lm"), default=None,
+                   help="training task (default: classification, causal_lm for hf causal_lm heads)")
+    g.add_argument("--num-classes", type=int, default=None, help="classification: number of classes")
+    g.add_argument("--batch-size", type=int, default=1, help="examples behind the update")
+    g.add_argument("--model-mode", choices=("train", "eval"), default="train")
+    p.add_argument("--trust-model", action="append", default=[], metavar="MODULE",
+                   help="allow a capture's model module (import path) to be imported and run; repeatable")
+    p.add_argument("--allow-large", action="store_true",
+                   help="lift the bounds on batch size, input size and model size read from files")
+
+
+def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{flag} expects comma-separated numbers, got {text!r}") from None
+
+
+def _model_spec_from_args(args: argparse.Namespace) -> Any:
+    from gradleak.model_spec import ModelSpec, trust_model
+
+    source, kwargs = args.model, parse_assignments(args.model_arg, "--model-arg")
+    if source.startswith("hf:"):
+        if not args.model_config:
+            raise ConfigError("hf: models need --model-config (the model's config.json)")
+        try:
+            config = json.loads(Path(args.model_config).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{args.model_config}: not a readable JSON config ({exc})") from None
+        if not isinstance(config, dict):
+            raise ConfigError(f"{args.model_config}: a config must be a JSON object")
+        config.pop("model_type", None)
+        return ModelSpec(source[3:], {"config": {**config, **kwargs}, "head": args.hf_head}, source="huggingface")
+    if ":" in source:
+        trust_model(source.rsplit(":", 1)[0])  # named on the command line: the user trusts it
+        return ModelSpec(source, kwargs, source="import")
+    return ModelSpec(source, kwargs)
+
+
+def _observation_from_args(args: argparse.Namespace) -> Any:
+    """A capture, or an Observation from the user's own model source, weights and update files."""
+    from gradleak.capture import load_capture
+    from gradleak.inputs import FeatureInput, ImageInput, TokenInput
+    from gradleak.observation import LocalTraining
+    from gradleak.tasks import Task
+    from gradleak.tensor_files import observation_from_files
+
+    own = [f for f in ("model", "weights", "update") if getattr(args, f) is not None]
+    if args.capture is not None:
+        if own:
+            raise ConfigError(f"give a capture file or --model/--weights/--update, not both (got --{own[0]})")
+        return load_capture(args.capture, trust=args.trust_model)
+    if len(own) != 3:
+        raise ConfigError("without a capture file, give --model, --weights and --update (and the input description)")
+    spec = _model_spec_from_args(args)
+    if args.input_kind == "image":
+        if not args.input_shape:
+            raise ConfigError("image inputs need --input-shape C,H,W")
+        try:
+            shape = tuple(int(t) for t in args.input_shape.split(","))
+        except ValueError:
+            raise ConfigError(f"--input-shape expects C,H,W integers, got {args.input_shape!r}") from None
+        if len(shape) != 3:
+            raise ConfigError(f"--input-shape expects C,H,W, got {args.input_shape!r}")
+        c = shape[0]
+        inputs: Any = ImageInput(shape, _floats(args.mean, "--mean") or (0.0,) * c,  # type: ignore[arg-type]
+                                 _floats(args.std, "--std") or (1.0,) * c)
+    elif args.input_kind == "features":
+        if args.num_features is None:
+            raise ConfigError("feature inputs need --num-features")
+        inputs = FeatureInput(args.num_features, _floats(args.mean, "--mean"), _floats(args.std, "--std"))
+    else:
+        if args.seq_len is None or args.vocab_size is None:
+            raise ConfigError("token inputs need --seq-len and --vocab-size")
+        inputs = TokenInput(args.seq_len, args.vocab_size, args.pad_token_id)
+    kind = args.task or ("causal_lm" if spec.source == "huggingface" and args.hf_head == "causal_lm" else
+                         "masked_lm" if spec.source == "huggingface" and args.hf_head == "masked_lm" else
+                         "classification")
+    if kind == "classification" and args.num_classes is None:
+        raise ConfigError("a classification task needs --num-classes")
+    task = Task(kind, args.num_classes if kind == "classification" else None)  # type: ignore[arg-type]
+    local = None
+    if args.update_kind == "weight_delta":
+        if args.local_lr is None:
+            raise ConfigError("a weight delta needs --local-lr (and --local-steps, --local-batch-size)")
+        local = LocalTraining(args.local_steps, args.local_lr, args.local_batch_size or args.batch_size)
+    return observation_from_files(spec, args.weights, args.update, inputs=inputs, task=task,
+                                  batch_size=args.batch_size, update_kind=args.update_kind, local_training=local,
+                                  model_mode=args.model_mode)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from gradleak.inspection import describe_file
+
+    summary = describe_file(args.file)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for key, value in summary.items():
+            if isinstance(value, list):
+                print(f"{key}:")
+                for item in value:
+                    print(f"  {item}")
+            else:
+                print(f"{key}: {value}")
+    return 0
+
+
 def cmd_attack(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
     from gradleak.attacks import ATTACKS
-    from gradleak.capture import load_capture, load_truth
+    from gradleak.capture import load_truth
+    from gradleak.limits import allow_large
     from gradleak.metrics import score
     from gradleak.report.files import write_report
 
-    obs = load_capture(args.capture)
-    truth = load_truth(args.truth) if args.truth else None
+    with allow_large() if args.allow_large else nullcontext():
+        obs = _observation_from_args(args)
+        truth = load_truth(args.truth, capture=obs) if args.truth else None
     attack = ATTACKS.build(args.attack, **_attack_kwargs(args))
     recon = attack.reconstruct(obs, device=args.device, seed=args.seed, progress=not args.quiet)
     scores = score(recon.inputs, recon.labels, truth) if truth is not None else None
     out = Path(args.out)
     metrics = write_report(out, obs, recon, scores, truth, seed=args.seed, device=args.device,
-                           extra={"capture": str(args.capture)})
+                           extra={"capture": str(args.capture)} if args.capture else
+                           {"weights": str(args.weights), "update": str(args.update), "model": args.model})
     _print_summary(metrics, out)
     return 0
 
@@ -352,10 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--truth", default=None, help="ground-truth file (default: beside --out, .truth.safetensors)")
     cap.set_defaults(func=cmd_capture)
 
-    att = sub.add_parser("attack", help="attack a capture file and write a report",
-                         description="Reconstruct inputs and labels from a capture; score them if --truth is given.")
-    att.add_argument("capture", help="capture file (.safetensors) written by `gradleak capture` or a red team")
+    att = sub.add_parser("attack", help="attack a capture (or your own model, weights and update files)",
+                         description="Reconstruct inputs and labels from a capture, or from your own files "
+                         "(--model, --weights, --update and the input description); score them if --truth is given.")
+    att.add_argument("capture", nargs="?", default=None,
+                     help="capture file (.safetensors) written by `gradleak capture` or `gradleak.record`")
     att.add_argument("--truth", default=None, help="ground-truth file, to score the reconstruction")
+    _own_files_args(att)
     _attack_args(att, attack="idlg")
     _common(att, out_default="out/attack")
     att.set_defaults(func=cmd_attack)
@@ -388,6 +529,13 @@ def build_parser() -> argparse.ArgumentParser:
     _utility_args(trd)
     _common(trd, out_default="out/tradeoff")
     trd.set_defaults(func=cmd_tradeoff)
+
+    ins = sub.add_parser("inspect", help="show what a capture, truth or tensor file holds, without attacking",
+                         description="Print the model, input description, task, update and what leaked in a "
+                         "capture; the tensors of a weights or gradient file. Runs no model code.")
+    ins.add_argument("file", help="capture, truth, safetensors or PyTorch (weights_only) file")
+    ins.add_argument("--json", action="store_true", help="machine-readable output")
+    ins.set_defaults(func=cmd_inspect)
 
     lst = sub.add_parser("list", help="list registered models, datasets, attacks, objectives and priors")
     lst.add_argument("--json", action="store_true")

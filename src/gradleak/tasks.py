@@ -39,9 +39,13 @@ def logits_of(output: Any) -> torch.Tensor:
 
 
 def is_huggingface(model: nn.Module) -> bool:
-    """Whether ``model`` is a ``transformers`` model (keyword inputs ``input_ids``/``attention_mask``)."""
+    """Whether ``model`` is a ``transformers`` model, or a PEFT (LoRA) wrapper of one: keyword inputs
+    ``input_ids``/``attention_mask``."""
     transformers = sys.modules.get("transformers")
-    return transformers is not None and isinstance(model, transformers.PreTrainedModel)
+    if transformers is None:
+        return False
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    return isinstance(base, transformers.PreTrainedModel)
 
 
 def forward(model: nn.Module, inputs: torch.Tensor, attention_mask: torch.Tensor | None = None,

@@ -1,0 +1,198 @@
+"""Record what a real training step of the user's own model shares, as an Observation (and, here, the truth).
+
+``with gradleak.record(model, batch=(x, y)) as rec: <the user's training step>`` snapshots the weights on entry
+(what the server sent) and, on exit, takes the update the step produced: the gradients left in ``p.grad``
+(``share="gradient"``, FedSGD) or the weight change across ``steps`` optimiser steps (``share="delta"``, FedAvg).
+It handles what real training code does: Opacus' ``GradSampleModule`` (names lose their ``_module.`` prefix; the
+shared gradient is the clipped, noised ``p.grad`` its ``DPOptimizer`` leaves), frozen parameters and parameters
+that got no gradient (left out of the update, as a client would), LoRA-style adapters (only the trainable
+parameters are shared), and tied weights (one entry per parameter, as ``named_parameters`` gives them).
+
+The batch the user passes is the private data: it goes to ``rec.truth`` (for scoring a simulation) and never
+into ``rec.observation``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from gradleak.errors import ConfigError
+from gradleak.inputs import FeatureInput, ImageInput, InputSpec, TokenInput
+from gradleak.model_spec import ModelSpec
+from gradleak.observation import GroundTruth, LocalTraining, Observation
+from gradleak.tasks import Task, forward, is_huggingface
+
+WRAPPER_PREFIXES = ("_module.", "module.")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside an Opacus ``GradSampleModule`` or a ``DataParallel``/DDP wrapper."""
+    while isinstance(getattr(model, "_module", None), nn.Module) or (
+        type(model).__name__ in ("DataParallel", "DistributedDataParallel") and hasattr(model, "module")
+    ):
+        model = model._module if isinstance(getattr(model, "_module", None), nn.Module) else model.module
+    return model
+
+
+def strip_prefix(name: str) -> str:
+    """``_module.fc.weight`` (Opacus) or ``module.fc.weight`` (DDP) -> ``fc.weight``."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name, changed = name[len(prefix):], True
+    return name
+
+
+def huggingface_head(model: nn.Module) -> str:
+    """The ``ModelSpec.huggingface`` head of a ``transformers`` model (or of the model a PEFT wrapper holds),
+    from its class name."""
+    if callable(getattr(model, "get_base_model", None)):
+        model = model.get_base_model()
+    kind = type(model).__name__
+    if "CausalLM" in kind or "LMHead" in kind:
+        return "causal_lm"
+    if "MaskedLM" in kind:
+        return "masked_lm"
+    if "SequenceClassification" in kind:
+        return "sequence_classification"
+    return "base"
+
+
+def spec_of(model: nn.Module, factory: str | None = None) -> ModelSpec:
+    """How the attacker rebuilds the user's model: its Hugging Face config for a ``transformers`` model, else the
+    live module (saved as ``factory``, or its class's import path)."""
+    if factory is None and is_huggingface(model) and not callable(getattr(model, "get_base_model", None)):
+        return ModelSpec.huggingface(model.config, huggingface_head(model))  # type: ignore[arg-type]
+    return ModelSpec.from_module(model, factory)
+
+
+def describe_batch(model: nn.Module, x: torch.Tensor, mean: tuple[float, ...] | None,
+                   std: tuple[float, ...] | None) -> InputSpec:
+    """The input description of the user's batch: images, feature vectors or token ids (vocabulary from the
+    model's config or embedding)."""
+    if x.dtype.is_floating_point and x.ndim == 4:
+        c = int(x.shape[1])
+        return ImageInput(tuple(int(s) for s in x.shape[1:]), tuple(mean or (0.0,) * c),  # type: ignore[arg-type]
+                          tuple(std or (1.0,) * c))
+    if x.dtype.is_floating_point and x.ndim == 2:
+        return FeatureInput(int(x.shape[1]), None if mean is None else tuple(mean), None if std is None else tuple(std))
+    if not x.dtype.is_floating_point and x.ndim == 2:
+        config = getattr(model, "config", None)
+        vocab = getattr(config, "vocab_size", None)
+        if vocab is None:
+            embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+            vocab = embeddings[0].num_embeddings if embeddings else None
+        if vocab is None:
+            raise ConfigError("cannot tell the vocabulary size of this model; pass inputs=TokenInput(...)")
+        pad = getattr(config, "pad_token_id", None)
+        return TokenInput(int(x.shape[1]), int(vocab), pad if isinstance(pad, int) else None)
+    raise ConfigError(f"cannot tell the input kind of a {x.dtype} batch shaped {tuple(x.shape)}; pass inputs=...")
+
+
+def describe_task(model: nn.Module, inputs: InputSpec, x: torch.Tensor) -> Task:
+    """The task a model trains for: from a Hugging Face head's class name, else classification over its outputs."""
+    head = huggingface_head(model)
+    if head == "causal_lm":
+        return Task.causal_lm()
+    if head == "masked_lm":
+        return Task.masked_lm()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            first = x[:1] if isinstance(inputs, TokenInput) else inputs.to_model(x[:1])
+            logits = forward(model, first)
+    finally:
+        model.train(was_training)
+    return Task.classification(int(logits.shape[-1]))
+
+
+@dataclass
+class Recording:
+    """Filled when the ``record`` block exits: ``observation`` (what the server sees) and ``truth`` (the batch)."""
+
+    observation: Observation | None = None
+    truth: GroundTruth | None = None
+    #: parameters left out of the update and why (frozen, no gradient)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+@contextmanager
+def record(
+    model: nn.Module,
+    batch: tuple[torch.Tensor, torch.Tensor | None] | torch.Tensor,
+    *,
+    share: Literal["gradient", "delta"] = "gradient",
+    lr: float | None = None,
+    steps: int = 1,
+    local_batch_size: int | None = None,
+    inputs: InputSpec | None = None,
+    task: Task | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    factory: str | None = None,
+    leak_labels: bool = False,
+    info: dict[str, Any] | None = None,
+) -> Iterator[Recording]:
+    """Record the update of the training step run inside the block.
+
+    ``batch`` is ``(x, y)`` (or ``x`` alone for language modelling) as the user feeds it: pixels in [0, 1] that
+    the model normalises with ``mean``/``std`` (default: none), feature vectors, or token ids. ``share="delta"``
+    needs the learning rate ``lr`` and the number of optimiser ``steps`` the block takes (FedAvg). ``factory``
+    names an import path that rebuilds the architecture in another process (saved in captures).
+    """
+    x, y = (batch, None) if isinstance(batch, torch.Tensor) else batch
+    if share not in ("gradient", "delta"):
+        raise ConfigError(f"share must be 'gradient' or 'delta', got {share!r}")
+    if share == "delta" and (lr is None or not math.isfinite(lr) or lr <= 0):
+        raise ConfigError("share='delta' needs the client's learning rate lr > 0")
+    inner = unwrap(model)
+    spec = inputs or describe_batch(inner, x, mean, std)
+    the_task = task or describe_task(inner, spec, x)
+    model_spec = spec_of(inner, factory)
+    weights = {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()}
+    before = {strip_prefix(n): p.detach().clone() for n, p in model.named_parameters()}
+    mode: Literal["train", "eval"] = "train" if inner.training else "eval"
+    rec = Recording()
+    yield rec
+    update: dict[str, torch.Tensor] = {}
+    for name, p in model.named_parameters():
+        key = strip_prefix(name)
+        if not p.requires_grad:
+            rec.skipped[key] = "frozen"
+            continue
+        if share == "gradient":
+            if p.grad is None:
+                rec.skipped[key] = "no gradient"
+                continue
+            update[key] = p.grad.detach().cpu().clone()
+        else:
+            delta = p.detach() - before[key]
+            update[key] = delta.cpu().clone()
+    if not update:
+        raise ConfigError("the block produced no update: no trainable parameter has a gradient (did it call "
+                          "loss.backward()?)")
+    local = None
+    if share == "delta":
+        assert lr is not None
+        local = LocalTraining(int(steps), float(lr), int(local_batch_size or x.shape[0]))
+    rec.observation = Observation(
+        model_spec=model_spec, weights=weights, update=update, inputs=spec, task=the_task,
+        batch_size=int(x.shape[0]), update_kind="gradient" if share == "gradient" else "weight_delta",
+        local_training=local, labels=None if (y is None or not leak_labels) else y.detach().cpu().long().clone(),
+        model_mode=mode, info={**(info or {}), "recorded": True,
+                                "skipped": {why: sum(1 for w in rec.skipped.values() if w == why)
+                                            for why in sorted(set(rec.skipped.values()))}},
+    )
+    mask = spec.attention_mask(x) if isinstance(spec, TokenInput) else None
+    labels = None if y is None or y.dtype.is_floating_point or y.shape != (x.shape[0],) else y.detach().cpu().long()
+    rec.truth = GroundTruth(x.detach().cpu().clone(), labels, None if mask is None else mask.cpu())
