@@ -28,6 +28,8 @@ class Limits:
     #: parameters of a model built from a capture's settings (counted on the meta device before allocating)
     parameters: int = 2_000_000_000
     local_steps: int = 100_000
+    #: pixels x channels of a whole dataset a loader reads into memory (2 GiB of float32)
+    dataset_elements: int = 512 * 1024 * 1024
 
 
 _DEFAULT = Limits()

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from gradleak.data import bundled, formats
-from gradleak.data.dataset import ImageDataset
+from gradleak.data.dataset import ImageDataset, check_image_size
 from gradleak.errors import ConfigError
 from gradleak.registry import Registry
 
@@ -26,6 +26,8 @@ FORMATS: dict[str, Callable[..., ImageDataset]] = {
 
 def load_dataset(spec: str, size: int = 32, channels: int | None = None) -> ImageDataset:
     """A bundled dataset by name, or a user's data as ``cifar10:DIR``, ``imagefolder:DIR`` or ``npz:FILE``."""
+    if size is not None:
+        check_image_size(size, channels)
     fmt, sep, path = spec.partition(":")
     if sep:
         if fmt.lower() not in FORMATS:

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
-from gradleak.errors import DataError
+from gradleak import limits
+from gradleak.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,38 @@ class ImageDataset:
         return self.images[idx].clone(), self.labels[idx].clone()
 
 
+def check_image_size(size: object, channels: int | None = None, flag: str = "image_size") -> None:
+    """``size`` must be a positive integer whose ``size`` x ``size`` x channels image stays within the limit on
+    elements per input (``gradleak.limits``; ``--allow-large`` lifts it)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ConfigError(f"{flag} must be a positive integer, got {size!r}")
+    elements = size * size * (channels or 3)
+    bound = limits.limits().input_elements
+    if elements > bound:
+        raise ConfigError(f"{flag} {size} makes {elements} elements per image, above the limit of {bound}; "
+                          "pass --allow-large if this is real large work")
+
+
+def check_elements(name: str, shape: tuple[int, ...], what: str = "images") -> None:
+    """Refuse, before allocating, a dataset whose ``shape`` holds more elements than the limit, or an empty
+    image (a 0 x 0 picture cannot be resized or attacked)."""
+    if len(shape) >= 2 and any(int(d) < 1 for d in shape[-2:]):
+        raise DataError(f"{name}: {what} of shape {tuple(shape)} are empty (height or width 0)")
+    elements = 1
+    for d in shape:
+        elements *= int(d)
+    bound = limits.limits().dataset_elements
+    if elements > bound:
+        raise DataError(f"{name}: {what} of shape {tuple(shape)} hold {elements} elements, above the limit of "
+                        f"{bound}; pass --allow-large if this is real large work")
+
+
 def to_nchw_float(images: torch.Tensor, size: int | None, channels: int | None) -> torch.Tensor:
     """Convert ``(N, C, H, W)`` images in [0, 1] to ``size`` x ``size`` (antialiased) and ``channels`` channels."""
+    if images.ndim != 4 or images.shape[1] < 1 or images.shape[2] < 1 or images.shape[3] < 1:
+        raise DataError(f"images must be (N, C, H, W) with C, H, W >= 1, got shape {tuple(images.shape)}")
+    if size is not None:
+        check_image_size(size, channels or int(images.shape[1]))
     images = images.float()
     if size is not None and images.shape[-2:] != (size, size):
         images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
