@@ -71,8 +71,14 @@ def score(inputs: torch.Tensor, labels: torch.Tensor | None, truth: GroundTruth)
     order = match(inputs, truth.inputs)
     matched = inputs[order]
     correct = None
-    if labels is not None:
+    if labels is not None and truth.labels is not None:
         correct = (labels.detach().cpu()[order] == truth.labels).tolist()
+    if truth.kind == "features":
+        # feature vectors: PSNR over the truth's own range (no pixel scale exists); SSIM is undefined
+        span = float(truth.inputs.max() - truth.inputs.min()) or 1.0
+        err = ((matched - truth.inputs) ** 2).mean(1).double()
+        return Scores(psnr=(10 * torch.log10(span**2 / err.clamp_min(1e-30))).tolist(),
+                      ssim=[float("nan")] * len(order), mse=err.tolist(), label_correct=correct, assignment=order)
     return Scores(
         psnr=psnr(matched, truth.inputs).tolist(),
         ssim=ssim(matched, truth.inputs).tolist(),
