@@ -276,7 +276,7 @@ def _model_spec_from_args(args: argparse.Namespace) -> Any:
         return ModelSpec(source[3:], {"config": {**config, **kwargs}, "head": args.hf_head}, source="huggingface")
     if ":" in source:
         trust_model(source.rsplit(":", 1)[0])  # named on the command line: the user trusts it
-        return ModelSpec(source, kwargs, source="import")
+        return ModelSpec(source, kwargs, source="import", trusted=True)
     return ModelSpec(source, kwargs)
 
 
@@ -412,8 +412,13 @@ def cmd_fl_audit(args: argparse.Namespace) -> int:
     from gradleak.fl.simulation import AuditSettings, FederationConfig, run_federation
 
     fed, settings = load_audit_config(args.config) if args.config else (FederationConfig(), AuditSettings())
+    from gradleak.model_spec import trust_model
+
+    trust_model(*args.trust_model)
+    if args.model and ":" in args.model:
+        trust_model(args.model.rsplit(":", 1)[0])  # named on the command line: the user trusts it
     fed_over = {k: v for k, v in {"num_clients": args.clients, "rounds": args.rounds, "protocol": args.protocol,
-                                  "dataset": args.dataset}.items() if v is not None}
+                                  "dataset": args.dataset, "model": args.model}.items() if v is not None}
     if args.secure_aggregation:
         fed_over["secure_aggregation"] = True
     fed = dataclasses.replace(fed, **fed_over)
@@ -444,7 +449,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from gradleak.report.html import write_html
     from gradleak.sweep import run_sweep
 
-    config = load_sweep_config(args.config)
+    config = load_sweep_config(args.config, max_experiments=args.max_experiments)
     if args.out:
         config = dataclasses.replace(config, settings=dataclasses.replace(config.settings, out=args.out))
 
@@ -454,10 +459,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print(f"  {row['key']} {row['status']}: " + (f"{psnr:.2f} dB" if psnr is not None else row["error"]))
 
     summary = run_sweep(config, address=args.address, retry_errors=args.retry_errors or None, on_result=show)
-    print(f"sweep: {summary.total} experiments, {summary.skipped} already done, {summary.ran} run "
+    dupes = f" ({summary.duplicates} repeated grid points run once)" if summary.duplicates else ""
+    print(f"sweep: {summary.total} experiments{dupes}, {summary.skipped} already done, {summary.ran} run "
           f"({summary.failed} failed) in {summary.wall_time_s:.1f} s; table: {summary.table}")
     if not args.no_report and summary.table.exists():
-        print(f"report: {write_html(summary.table, config=Path(args.config).read_text())}")
+        print(f"report: {write_html(summary.table, config=Path(args.config).read_text(encoding='utf-8'))}")
+    if summary.errors:
+        print(f"gradleak: error: {summary.errors} of {summary.total} experiments failed (see the table's error "
+              "column; --retry-errors runs them again)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -550,6 +560,10 @@ def build_parser() -> argparse.ArgumentParser:
     fla.add_argument("--rounds", type=int, default=None)
     fla.add_argument("--protocol", choices=("fedsgd", "fedavg", "dp"), default=None)
     fla.add_argument("--dataset", default=None)
+    fla.add_argument("--model", default=None, help="registry name or your factory package.module:factory "
+                     "(naming it here trusts it; called with in_channels, num_classes, image_size, model_kwargs)")
+    fla.add_argument("--trust-model", action="append", default=[], metavar="MODULE",
+                     help="allow the config's model module to be imported; repeatable")
     fla.add_argument("--secure-aggregation", action="store_true", help="Flower SecAgg+: the server sees sums only")
     fla.add_argument("--attack", default=None)
     fla.add_argument("--iterations", type=int, default=None)
@@ -568,6 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
     swp.add_argument("--address", default=None, help="existing Ray cluster address (e.g. ray://host:10001 or auto)")
     swp.add_argument("--out", default=None, help="results folder (overrides [sweep] out)")
     swp.add_argument("--retry-errors", action="store_true", help="run again the experiments recorded as errors")
+    swp.add_argument("--max-experiments", type=int, default=None, metavar="N",
+                     help="allow a grid of up to N experiments (default: [sweep] max_experiments, 10000)")
     swp.add_argument("--no-report", action="store_true", help="do not write report.html next to the table")
     swp.add_argument("--quiet", action="store_true")
     swp.set_defaults(func=cmd_sweep)

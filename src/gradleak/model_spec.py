@@ -81,9 +81,9 @@ def split_import_path(path: str) -> tuple[str, str]:
     return module, attr
 
 
-def _import_factory(path: str) -> Callable[..., Any]:
+def _import_factory(path: str, trusted: bool = False) -> Callable[..., Any]:
     module_name, attr = split_import_path(path)
-    if not is_trusted(module_name):
+    if not (trusted or is_trusted(module_name)):
         raise CaptureError(
             f"model {path!r} would import {module_name!r}, which runs its code; it is not trusted. Pass "
             f"--trust-model {module_name} (or gradleak.trust_model({module_name!r})) if you trust it")
@@ -144,6 +144,9 @@ class ModelSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     source: ModelSource = "registry"
     template: nn.Module | None = field(default=None, compare=False, repr=False)
+    #: set when the user handed this spec over themselves (a callable, a command-line flag): it travels with the
+    #: spec to other processes (Ray workers); a spec read from a file never carries it
+    trusted: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.source not in MODEL_SOURCES:
@@ -186,7 +189,7 @@ class ModelSpec:
         path = factory if isinstance(factory, str) else f"{factory.__module__}:{factory.__qualname__}"
         module, _ = split_import_path(path)
         trust_model(module)
-        return cls(path, dict(kwargs), source="import")
+        return cls(path, dict(kwargs), source="import", trusted=True)
 
     @classmethod
     def from_module(cls, model: nn.Module, factory: str | None = None, **kwargs: Any) -> ModelSpec:
@@ -211,7 +214,7 @@ class ModelSpec:
         if self.source == "instance":
             assert self.template is not None
             return copy.deepcopy(self.template)
-        factory = _import_factory(self.name)
+        factory = _import_factory(self.name, self.trusted)
         try:
             model = factory(**self.kwargs)
         except Exception as exc:  # the user's factory: report, don't traceback
@@ -242,7 +245,7 @@ class ModelSpec:
             assert self.template is not None
             return sum(p.numel() for p in self.template.parameters())
         if self.source == "import":
-            _import_factory(self.name)  # the trust check comes before anything of the user's runs
+            _import_factory(self.name, self.trusted)  # the trust check comes before anything of the user's runs
         try:
             with torch.device("meta"):
                 model = self._construct()

@@ -75,3 +75,24 @@ def test_secure_aggregation_hides_clients_via_the_cli(tmp_path, capsys):
     best = max(float(r["psnr_best"]) for r in rows)
     assert best < 12.0, rows
     assert (tmp_path / "out" / "report.html").is_file()
+
+
+def test_federation_of_a_user_model_named_by_file_path(tmp_path):
+    """The clients (Ray workers) and the auditor rebuild a model gradleak has never registered; a config naming
+    it is refused until the user trusts the file."""
+    from pathlib import Path
+
+    from gradleak.errors import ConfigError
+    from gradleak.model_spec import trust_model
+
+    source = str(Path(__file__).with_name("user_model.py")) + ":make_net"
+    config = FederationConfig(dataset="digits", num_clients=2, rounds=1, protocol="fedsgd", examples_per_round=1,
+                              num_classes=10, model=source)
+    with pytest.raises(ConfigError, match="not trusted|--trust-model"):
+        run_federation(config)
+    trust_model(source.rsplit(":", 1)[0])
+    run = run_federation(config)
+    assert run.target.model_spec.source == "import" and len(run.updates) == 2
+    report = audit(run.updates, run.target, "idlg", ATTACK, truth=run.truth, out=tmp_path)
+    assert all(row["error"] == "" for row in report.rows), report.rows
+    assert report.best_psnr(aggregate=False) >= 25.0, report.rows

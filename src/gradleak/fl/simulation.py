@@ -12,6 +12,7 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -20,6 +21,7 @@ from gradleak.errors import ConfigError
 from gradleak.fl.audit import AuditTarget
 from gradleak.fl.clients import ClientSetup, make_client_app, make_secagg_client_app
 from gradleak.fl.recording import RecordedUpdate, RecordingLegacyStrategy, RecordingStrategy, UpdateRecorder
+from gradleak.model_spec import is_trusted, split_import_path
 from gradleak.observation import GroundTruth, ModelSpec
 
 
@@ -93,7 +95,18 @@ def _setup(config: FederationConfig) -> tuple[ClientSetup, AuditTarget]:
         raise ConfigError(f"num_classes {num_classes} is smaller than the {ds.num_classes} classes of {ds.name!r}")
     c, h, _ = ds.input_shape
     kwargs = {"in_channels": c, "num_classes": num_classes, "image_size": h, **config.model_kwargs}
-    spec = ModelSpec(config.model, kwargs)
+    if ":" in config.model:
+        # the user's own factory (package.module:factory), called with in_channels, num_classes, image_size and
+        # model_kwargs; a config file may come from someone else, so its module must be trusted by the user
+        module, attr = split_import_path(config.model)
+        if not is_trusted(module):
+            raise ConfigError(f"model {config.model!r} would import {module!r}, which runs its code; pass "
+                              f"--trust-model {module} if you trust it")
+        # a file path is made absolute: Flower's clients run in Ray workers, whose working folder may differ
+        name = f"{Path(module).resolve()}:{attr}" if module.endswith(".py") else config.model
+        spec = ModelSpec(name, kwargs, source="import", trusted=True)
+    else:
+        spec = ModelSpec(config.model, kwargs)
     setup = ClientSetup(
         dataset=config.dataset, image_size=config.image_size, channels=config.channels, model_spec=spec,
         num_clients=config.num_clients, examples_per_round=config.examples_per_round, protocol=config.protocol,
