@@ -97,3 +97,59 @@ def test_audit_config_errors(tmp_path):
     path.write_text("[audit]\naggregate_as = 'everything'\n")
     with pytest.raises(ConfigError, match=r"\[audit\]: key 'aggregate_as'"):
         load_audit_config(path)
+
+
+# --- hostile config files (issue 11): one-line ConfigErrors naming the file, fast ---
+
+
+def test_non_utf8_config_names_the_file(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('dataset = "caf\xe9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.toml: not UTF-8 text \(byte 14\)"):
+        load_experiment_config(path)
+
+
+def test_yaml_alias_bomb_is_refused_fast(tmp_path):
+    import time
+
+    # "billion laughs": nine levels of ten aliases each expand to 10^9 strings
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, 10):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"bomb\.yaml: YAML aliases expand to more than 100000 values"):
+        load_sweep_config(path)
+    assert time.perf_counter() - start < 2.0
+
+
+def test_recursive_yaml_and_small_aliases(tmp_path):
+    path = tmp_path / "loop.yaml"
+    path.write_text("base: &b\n  dataset: digits\n  self: *b\n")
+    with pytest.raises(ConfigError, match=r"loop\.yaml: a YAML alias refers to the node that contains it"):
+        load_sweep_config(path)
+    ok = tmp_path / "ok.yaml"  # a modest alias is ordinary YAML and still loads
+    ok.write_text("base: &b {dataset: digits, image_size: 16, attack_kwargs: {iterations: 5}}\ngrid:\n"
+                  "  runs: [*b, *b]\n")
+    assert len(load_sweep_config(ok).experiments()) == 2
+
+
+def test_huge_config_file_is_refused(tmp_path):
+    path = tmp_path / "big.toml"
+    path.write_bytes(b"# " + b"x" * (2 * 1024 * 1024) + b"\n")
+    with pytest.raises(ConfigError, match=r"big\.toml: \d+ bytes, above the 1048576-byte limit"):
+        load_experiment_config(path)
+
+
+def test_attack_settings_are_checked_when_the_config_loads(tmp_path):
+    path = tmp_path / "e.toml"
+    path.write_text('attack = "idlg"\nattack_kwargs = { iterations = "many" }\n')
+    with pytest.raises(ConfigError, match=r"attack 'idlg' setting 'iterations' must be an integer, got str 'many'"):
+        load_experiment_config(path)
+    path.write_text('attack = "dlg"\nattack_kwargs = { iterations = 0 }\n')
+    with pytest.raises(ConfigError, match=r"iterations and restarts must be >= 1"):
+        load_experiment_config(path)
+    path.write_text('attack = "dlg"\nattack_kwargs = { iteratons = 5 }\n')
+    with pytest.raises(ConfigError, match=r"attack 'dlg' has no setting 'iteratons'"):
+        load_experiment_config(path)

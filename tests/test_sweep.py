@@ -10,6 +10,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from gradleak.cli import main  # noqa: E402
+from gradleak.errors import ConfigError  # noqa: E402
 from gradleak.sweep import ResultsTable, SweepConfig, experiment_key, run_sweep  # noqa: E402
 
 SWEEP = """
@@ -89,3 +90,89 @@ def test_failure_is_recorded_and_others_finish_then_resume_skips_done(tmp_path):
     assert len(ResultsTable(tmp_path / "results.parquet").read()) == 4
     retried = run_sweep(SweepConfig.from_dict(data, "test"), retry_errors=True)
     assert (retried.ran, retried.failed) == (2, 2)
+
+
+# --- nothing lost, counted right (issue 11) ---
+
+SMALL = """
+[sweep]
+out = "{out}"
+table = "results.csv"
+
+[base]
+dataset = "digits"
+num_classes = 10
+image_size = 8
+attack = "idlg"
+attack_kwargs = {{ iterations = 4 }}
+
+[grid]
+seed = {seeds}
+"""
+
+
+def test_torn_writes_from_a_sigkill_are_repaired_on_rerun(tmp_path, capsys):
+    """A kill can land mid-write of the table row (after that run's result.json is safely renamed into place)
+    or mid-write of a result.json (before its row is written). Both torn states are made here byte for byte;
+    the re-run must end with exactly one complete row per experiment and run only the lost one again."""
+    out = tmp_path / "sweep"
+    config = tmp_path / "sweep.toml"
+    config.write_text(SMALL.format(out=out, seeds="[0, 1, 2]"))
+    assert main(["sweep", str(config), "--quiet", "--no-report"]) == 0
+    table = out / "results.csv"
+    lines = table.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 4  # header and three rows
+    header, done, torn, lost = lines
+    lost_key = lost.split(b",", 1)[0].decode()
+    torn_key = torn.split(b",", 1)[0].decode()
+    before = {r["key"]: r for r in ResultsTable(table).read()}
+    # 1) killed while writing `lost`'s result.json: a partial temporary file, no result.json, no row
+    result = out / "runs" / lost_key / "result.json"
+    data = result.read_bytes()
+    result.with_name("result.json.tmp").write_bytes(data[: len(data) // 2])
+    result.unlink()
+    # 2) killed while appending `torn`'s row: the table ends half-way through that line
+    table.write_bytes(header + done + torn[: len(torn) // 2])
+    assert len(ResultsTable(table).raw_rows()) == 2  # the torn row is there, with empty trailing cells
+
+    assert main(["sweep", str(config), "--quiet", "--no-report"]) == 0
+    assert "3 experiments, 2 already done, 1 run (0 failed)" in capsys.readouterr().out
+    raw = ResultsTable(table).raw_rows()
+    assert len(raw) == 3 and len({r["key"] for r in raw}) == 3
+    assert all(r["status"] == "ok" and r["finished_at"] and r["psnr"] for r in raw)
+    after = {r["key"]: r for r in raw}
+    assert after[torn_key] == before[torn_key]  # rebuilt from its result.json, not re-run
+    assert float(after[lost_key]["psnr"]) == pytest.approx(float(before[lost_key]["psnr"]))
+    assert table.read_bytes().endswith(b"\n")
+
+
+def test_duplicate_points_run_once_retry_replaces_and_failures_exit_nonzero(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    config = tmp_path / "sweep.yaml"
+    config.write_text(
+        f"sweep: {{out: '{out}'}}\n"
+        "base: {dataset: digits, image_size: 8, attack: idlg, attack_kwargs: {iterations: 3}}\n"
+        "grid: {indices: [[7], [7], [5000]]}\n"  # a repeated point, and one past the 1,797 digits
+    )
+    assert main(["sweep", str(config), "--quiet", "--no-report"]) == 1
+    captured = capsys.readouterr()
+    assert "2 experiments (1 repeated grid points run once), 0 already done, 2 run (1 failed)" in captured.out
+    assert "1 of 2 experiments failed" in captured.err
+    assert main(["sweep", str(config), "--quiet", "--no-report", "--retry-errors"]) == 1
+    rows = ResultsTable(out / "results.csv").raw_rows()
+    assert len(rows) == 2 and sorted(r["status"] for r in rows) == ["error", "ok"]
+
+
+def test_grid_limit_and_bad_attack_settings_refused_before_ray(tmp_path, monkeypatch):
+    import gradleak.sweep as sweep
+
+    monkeypatch.setattr(sweep, "run_one", None)  # nothing may be scheduled
+    big = {"sweep": {"out": str(tmp_path)}, "grid": {"seed": list(range(101)), "batch_size": list(range(1, 101))}}
+    with pytest.raises(ConfigError, match=r"the grid has 10100 experiments, above max_experiments = 10000"):
+        SweepConfig.from_dict(big, "big.toml")
+    assert len(SweepConfig.from_dict({"grid": {"seed": [0, 1, 2]}}, "t", max_experiments=3).experiments()) == 3
+    with pytest.raises(ConfigError, match=r"above max_experiments = 2"):
+        SweepConfig.from_dict({"grid": {"seed": [0, 1, 2]}}, "t", max_experiments=2)
+    bad = {"grid": {"attack_kwargs": [{"iterations": 5}, {"iterations": "lots"}]}}
+    with pytest.raises(ConfigError, match=r"setting 'iterations' must be an integer, got str 'lots'"):
+        SweepConfig.from_dict(bad, "bad.toml")

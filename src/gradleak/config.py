@@ -24,13 +24,29 @@ from gradleak.errors import ConfigError
 T = TypeVar("T")
 
 
+#: A config file is a few kilobytes; anything far larger is a mistake or an attack.
+MAX_CONFIG_BYTES = 1024 * 1024
+#: Values a YAML file may expand to once its aliases are followed (a "billion laughs" file expands to 10^9).
+MAX_YAML_NODES = 100_000
+
+
 def read_file(path: str | Path) -> dict[str, Any]:
     """Parse a ``.toml``, ``.yaml`` or ``.yml`` file into a dict; errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     suffix = path.suffix.lower()
-    text = path.read_text()
+    if suffix not in (".toml", ".yaml", ".yml"):
+        raise ConfigError(f"{path}: config files must end in .toml, .yaml or .yml")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {size} bytes, above the {MAX_CONFIG_BYTES}-byte limit of a config file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save the config as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if suffix == ".toml":
         if sys.version_info >= (3, 11):
             import tomllib
@@ -40,19 +56,55 @@ def read_file(path: str | Path) -> dict[str, Any]:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
-    elif suffix in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-        data = {} if data is None else data
     else:
-        raise ConfigError(f"{path}: config files must end in .toml, .yaml or .yml")
+        data = _load_yaml(text, path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a table/mapping, got {type(data).__name__}")
     return data
+
+
+def _load_yaml(text: str, path: Path) -> Any:
+    """``yaml.safe_load`` after checking, on the node graph, that aliases do not expand the file past
+    ``MAX_YAML_NODES`` values and do not refer to themselves (both cost time or memory only later, when the
+    data is walked)."""
+    import yaml
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if root is None:
+        return {}
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def expanded(node: Any) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise ConfigError(f"{path}: a YAML alias refers to the node that contains it (recursive data)")
+        open_nodes.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(expanded(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(expanded(k) + expanded(v) for k, v in node.value)
+        open_nodes.discard(key)
+        if total > MAX_YAML_NODES:
+            raise ConfigError(f"{path}: YAML aliases expand to more than {MAX_YAML_NODES} values (an alias bomb?)")
+        sizes[key] = total
+        return total
+
+    # Walk without Python recursion limits mattering for sane files; a deeply nested file is refused.
+    try:
+        expanded(root)
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
 
 
 def describe(tp: Any) -> str:
@@ -192,11 +244,46 @@ def load_experiment_config(path: str | Path) -> Any:
     return build(ExperimentConfig, data, str(path))
 
 
-def load_sweep_config(path: str | Path) -> Any:
-    """A ``SweepConfig`` from a file with ``[sweep]``, ``[base]`` and ``[grid]`` tables."""
+def load_sweep_config(path: str | Path, max_experiments: int | None = None) -> Any:
+    """A ``SweepConfig`` from a file with ``[sweep]``, ``[base]`` and ``[grid]`` tables; ``max_experiments``
+    overrides the file's bound on the grid size."""
     from gradleak.sweep import SweepConfig
 
-    return SweepConfig.from_dict(read_file(path), str(path))
+    return SweepConfig.from_dict(read_file(path), str(path), max_experiments=max_experiments)
+
+
+def check_attack_settings(name: str, kwargs: Mapping[str, Any], where: str = "attack") -> Any:
+    """Build attack ``name`` with ``kwargs`` after checking each value against the attack's field types, and
+    build its engine settings where it has them, so that a bad setting is a ``ConfigError`` before any work
+    (before Ray starts, before a federation runs) rather than a ``TypeError`` deep inside an attack."""
+    from gradleak.attacks import ATTACKS
+
+    factory = ATTACKS.get(name)
+    if not isinstance(kwargs, Mapping):
+        raise ConfigError(f"{where}: settings of attack {name!r} must be a table, got {type(kwargs).__name__}")
+    checked = dict(kwargs)
+    if dataclasses.is_dataclass(factory):
+        hints = get_type_hints(factory)
+        fields = {f.name for f in dataclasses.fields(factory) if f.init}
+        for key, value in kwargs.items():
+            if key not in fields:
+                raise ConfigError(f"{where}: attack {name!r} has no setting {key!r} (settings: "
+                                  f"{', '.join(sorted(fields))})")
+            try:
+                checked[key] = coerce(value, hints[key])
+            except _Mismatch:
+                raise ConfigError(f"{where}: attack {name!r} setting {key!r} must be {describe(hints[key])}, got "
+                                  f"{type(value).__name__} {value!r}") from None
+    try:
+        attack = ATTACKS.build(name, **checked)
+        engine = getattr(attack, "engine", None)
+        if callable(engine):
+            engine(None)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except (TypeError, ValueError, NotImplementedError) as exc:
+        raise ConfigError(f"{where}: attack {name!r} rejected its settings {dict(kwargs)}: {exc}") from None
+    return attack
 
 
 def load_audit_config(path: str | Path) -> tuple[Any, Any]:
@@ -211,5 +298,6 @@ def load_audit_config(path: str | Path) -> tuple[Any, Any]:
 
 
 __all__ = [
-    "build", "coerce", "describe", "load_audit_config", "load_experiment_config", "load_sweep_config", "read_file",
+    "build", "check_attack_settings", "coerce", "describe", "load_audit_config", "load_experiment_config",
+    "load_sweep_config", "read_file",
 ]

@@ -18,9 +18,15 @@ A sweep file has three tables::
                                  # is a table of ExperimentConfig fields set together
 
 Table-valued fields (``attack_kwargs``, ``model_kwargs``, ``defense_kwargs``) given on an axis are merged over
-``[base]``. Every experiment is identified by a hash of its full config (``key``); a run skips keys already in
-the table, so a stopped sweep resumes and a finished one does no work. A failing experiment becomes a row
-with ``status = "error"`` and its message, and the others go on (rerun them with ``retry_errors``).
+``[base]``. Every experiment is identified by a hash of its full config (``key``); grid points with the same key
+run once. A failing experiment becomes a row with ``status = "error"`` and its message, and the others go on
+(rerun them with ``retry_errors``, which replaces their rows). A grid larger than ``max_experiments`` (10,000 by
+default) is refused before anything runs, and so is any attack setting the attack would reject.
+
+Nothing is lost to a kill: each finished experiment first writes ``runs/<key>/result.json`` atomically (a
+temporary file, fsync, rename), and that file is the truth; the table is a view of those files. A run starts by
+rebuilding the table from them (dropping a half-written row, adding a row a kill kept out), then skips every key
+already done, so a stopped sweep resumes with exactly one complete row per experiment.
 
 Ray: a local Ray is started for the run (``num_cpus`` cores, no dashboard) and shut down after, unless Ray is
 already initialised in the process; ``address`` connects to an existing cluster instead (gradleak must be
@@ -32,8 +38,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import itertools
 import json
+import math
 import os
 import socket
 import time
@@ -43,13 +51,15 @@ from pathlib import Path
 from typing import Any
 
 from gradleak.config import build, check_tables, coerce, describe, field_names, field_type
-from gradleak.errors import ConfigError
+from gradleak.errors import ConfigError, DataError
 from gradleak.experiment import ExperimentConfig
 
 METRIC_COLUMNS = (
     "psnr", "ssim", "mse", "label_accuracy", "iterations", "wall_time_s", "run_dir", "worker", "finished_at",
 )
 RUN_FILES = ("grid.png", "trace.png", "metrics.json")
+RESULT_FILE = "result.json"
+STATUSES = ("ok", "error")
 
 
 @dataclass(frozen=True)
@@ -63,8 +73,11 @@ class SweepSettings:
     gpus_per_task: float = 0.0
     num_cpus: int | None = None
     retry_errors: bool = False
+    max_experiments: int = 10_000
 
     def __post_init__(self) -> None:
+        if self.max_experiments < 1:
+            raise ConfigError(f"max_experiments must be >= 1, got {self.max_experiments}")
         if Path(self.table).suffix.lower() not in (".csv", ".parquet"):
             raise ConfigError(f"table must end in .csv or .parquet, got {self.table!r}")
         if not self.cpus_per_task > 0:
@@ -85,9 +98,15 @@ class SweepConfig:
     source: str = "<sweep>"
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "<sweep>") -> SweepConfig:
+    def from_dict(
+        cls, data: Mapping[str, Any], source: str = "<sweep>", max_experiments: int | None = None
+    ) -> SweepConfig:
+        """Check the tables and expand the grid; ``max_experiments`` overrides ``[sweep] max_experiments``.
+        The grid's size is checked from the axis lengths before it is expanded."""
         check_tables(data, ("sweep", "base", "grid"), source)
         settings = build(SweepSettings, data.get("sweep", {}), source, "sweep")
+        if max_experiments is not None:
+            settings = dataclasses.replace(settings, max_experiments=max_experiments)
         base = _fields(data.get("base", {}), source, "base")
         raw_grid = data.get("grid", {})
         if not isinstance(raw_grid, Mapping):
@@ -110,8 +129,12 @@ class SweepConfig:
                 grid[axis] = checked
             else:
                 grid[axis] = [_fields(v, source, f"grid.{axis}[{i}]") for i, v in enumerate(values)]
+        size = math.prod(len(v) for v in grid.values())
+        if size > settings.max_experiments:
+            raise ConfigError(f"{source}: the grid has {size} experiments, above max_experiments = "
+                              f"{settings.max_experiments}; raise it with --max-experiments or [sweep] max_experiments")
         config = cls(settings, base, grid, source)
-        config.experiments()  # every combination must be a valid ExperimentConfig
+        config.experiments()  # every combination must be a valid ExperimentConfig (its attack settings included)
         return config
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,56 +194,95 @@ def _cell(value: Any) -> Any:
 
 
 class ResultsTable:
-    """The sweep's results, one row per experiment, in CSV (appended row by row) or Parquet (rewritten
-    atomically after each row). Reading gives strings for CSV cells; ``typed_rows`` parses numbers."""
+    """The sweep's results, one row per experiment key, in CSV or Parquet.
+
+    A new row is appended to a CSV as one write of one whole line, then fsynced; any other change (a replaced
+    row, new columns, Parquet) rewrites the file atomically (temporary file, fsync, rename). Reading keeps only
+    complete rows (a row cut by a kill mid-write has empty trailing cells and no ``finished_at``) and the last
+    row of each key. Reading gives strings for CSV cells; ``typed_rows`` parses numbers."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.parquet = self.path.suffix.lower() == ".parquet"
 
-    def read(self) -> list[dict[str, Any]]:
+    def raw_rows(self) -> list[dict[str, Any]]:
+        """Every row as stored, torn ones included; a file that cannot be read is a ``DataError``."""
         if not self.path.exists():
             return []
-        if self.parquet:
-            import pyarrow.parquet as pq
+        try:
+            if self.parquet:
+                import pyarrow.parquet as pq
 
-            return pq.read_table(self.path).to_pylist()
-        with self.path.open(newline="") as fh:
-            return list(csv.DictReader(fh))
+                return pq.read_table(self.path).to_pylist()
+            with self.path.open(newline="", encoding="utf-8") as fh:
+                return list(csv.DictReader(fh))
+        except Exception as exc:  # noqa: BLE001 - a damaged table is named, not a traceback
+            raise DataError(f"{self.path}: not a readable results table ({type(exc).__name__}: {exc})") from None
 
-    def _write_all(self, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    def read(self) -> list[dict[str, Any]]:
+        """The complete rows, one per key (the last one written wins), in first-written order."""
+        rows: dict[str, dict[str, Any]] = {}
+        for row in self.raw_rows():
+            if is_complete(row, from_csv=not self.parquet):
+                rows.pop(str(row["key"]), None)
+                rows[str(row["key"])] = row
+        return list(rows.values())
+
+    def write_all(self, rows: list[dict[str, Any]]) -> None:
+        """Replace the table with ``rows``, atomically."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        rows = [{k: _cell(v) for k, v in r.items()} for r in rows]
+        columns = _union([list(r) for r in rows])
         tmp = self.path.with_name(self.path.name + ".tmp")
         if self.parquet:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
             pq.write_table(pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows]), tmp)
+            with tmp.open("rb+") as fh:
+                os.fsync(fh.fileno())
         else:
-            with tmp.open("w", newline="") as fh:
+            with tmp.open("w", newline="", encoding="utf-8") as fh:
                 writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
                 writer.writeheader()
                 writer.writerows(rows)
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, self.path)
 
     def append(self, row: dict[str, Any]) -> None:
+        """Add the row of a key not yet in the table (a key already there: use ``write_all``)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        row = {k: _cell(v) for k, v in row.items()}
-        columns = list(row)
+        cells = {k: _cell(v) for k, v in row.items()}
         if self.parquet or not self.path.exists():
-            rows = self.read() + [row]
-            self._write_all(rows, _union([list(r) for r in rows]))
+            self.write_all([*self.read(), cells])
             return
-        with self.path.open(newline="") as fh:
+        with self.path.open(newline="", encoding="utf-8") as fh:
             header = next(csv.reader(fh), [])
-        if header == columns:
-            with self.path.open("a", newline="") as fh:
-                csv.DictWriter(fh, fieldnames=columns).writerow(row)
-        else:  # the config gained a field: rewrite with the union of columns
-            rows = self.read() + [row]
-            self._write_all(rows, _union([header, columns]))
+        with self.path.open("rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            whole_lines = fh.read(1) == b"\n"
+        if header != list(cells) or not whole_lines:  # new columns, or a line left unfinished: rewrite
+            self.write_all([*self.read(), cells])
+            return
+        line = io.StringIO()
+        csv.DictWriter(line, fieldnames=header).writerow(cells)
+        with self.path.open("a", newline="", encoding="utf-8") as fh:
+            fh.write(line.getvalue())  # one write of one whole line
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def typed_rows(self) -> list[dict[str, Any]]:
         return [{k: parse_cell(v) for k, v in r.items()} for r in self.read()]
+
+
+def is_complete(row: Mapping[str, Any], from_csv: bool = True) -> bool:
+    """A row a run finished writing: a key, a known status and a finish time (the last column written); a CSV
+    row must also have every cell (a line cut short gets ``None`` for the missing ones, and surplus cells of a
+    damaged line land under the key ``None``)."""
+    if not row.get("key") or row.get("status") not in STATUSES or not row.get("finished_at"):
+        return False
+    return not from_csv or (None not in row and all(v is not None for v in row.values()))
 
 
 def _union(column_lists: list[list[str]]) -> list[str]:
@@ -282,12 +344,85 @@ def run_one(config_dict: dict[str, Any], threads: int = 1) -> dict[str, Any]:
 
 @dataclass
 class SweepSummary:
+    """``total`` distinct experiments of the grid (``duplicates`` grid points shared a key with an earlier one
+    and run once); ``failed`` of the ``ran`` this call; ``errors``: experiments of the grid whose row is an error
+    now (this call's and earlier ones not retried)."""
+
     total: int
     skipped: int
     ran: int
     failed: int
     table: Path
     wall_time_s: float
+    duplicates: int = 0
+    errors: int = 0
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """``path`` holds either its old content or all of ``data``, whenever the process is killed."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def record_result(out: Path, key: str, row: dict[str, Any], files: Mapping[str, bytes]) -> Path:
+    """Write one finished experiment under ``out/runs/<key>/``: its report files, then ``result.json`` (its
+    table row) atomically, last, so that the result file exists only when everything before it does."""
+    folder = out / "runs" / key
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        _write_atomic(folder / name, data)
+    path = folder / RESULT_FILE
+    _write_atomic(path, json.dumps(row, default=str).encode())
+    return path
+
+
+def _stored_results(out: Path) -> list[dict[str, Any]]:
+    """The rows of ``out/runs/*/result.json`` that are whole and belong to their folder, oldest first; a
+    damaged one is ignored (its experiment is not done and runs again)."""
+    rows = []
+    for path in sorted((out / "runs").glob(f"*/{RESULT_FILE}")):
+        try:
+            row = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(row, dict) and row.get("key") == path.parent.name and is_complete(row, from_csv=False):
+            rows.append(row)
+    return sorted(rows, key=lambda r: str(r["finished_at"]))
+
+
+def _same_row(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    def norm(row: Mapping[str, Any]) -> dict[str, str]:
+        return {str(k): str(_cell(v)) for k, v in row.items() if v is not None and v != ""}
+
+    return norm(a) == norm(b)
+
+
+def rebuild_table(table: ResultsTable, out: Path) -> dict[str, dict[str, Any]]:
+    """The table's rows by key, repaired: torn and duplicate rows dropped, every stored ``result.json`` in (it
+    wins over the table). The file is rewritten atomically only when the repair changed something."""
+    try:
+        raw = table.raw_rows()
+        damaged = False
+    except DataError:
+        raw, damaged = [], True
+    rows: dict[str, dict[str, Any]] = {}
+    for row in raw:
+        if is_complete(row, from_csv=not table.parquet):
+            rows.pop(str(row["key"]), None)
+            rows[str(row["key"])] = row
+    changed = damaged or len(rows) != len(raw)
+    for row in _stored_results(out):
+        key = str(row["key"])
+        if key not in rows or not _same_row(rows[key], row):
+            rows[key] = row
+            changed = True
+    if changed and rows:
+        table.write_all(list(rows.values()))
+    return rows
 
 
 def run_sweep(
@@ -296,7 +431,10 @@ def run_sweep(
     retry_errors: bool | None = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> SweepSummary:
-    """Run every experiment of ``config`` not yet in its table as a Ray task; stream rows in as they finish."""
+    """Run every experiment of ``config`` not yet done as a Ray task; stream rows in as they finish.
+
+    The table is first rebuilt from the stored per-run results (see the module docstring), so a sweep killed
+    at any point, even mid-write, resumes with one complete row per experiment."""
     import ray
 
     start = time.perf_counter()
@@ -304,22 +442,31 @@ def run_sweep(
     retry = settings.retry_errors if retry_errors is None else retry_errors
     table = ResultsTable(settings.table_path)
     out = Path(settings.out)
-    existing = {r.get("key"): r.get("status") for r in table.read()}
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"sweep out {str(out)!r} is an existing file, not a folder")
+    rows = rebuild_table(table, out)
+    unique: dict[str, tuple[ExperimentConfig, dict[str, Any]]] = {}
     experiments = config.experiments()
-    combos = list(config.combinations())
+    for cfg, combo in zip(experiments, config.combinations()):
+        unique.setdefault(experiment_key(cfg), (cfg, combo))  # a repeated grid point runs once
     todo = []
-    for cfg, combo in zip(experiments, combos):
-        key = experiment_key(cfg)
-        status = existing.get(key)
+    for key, (cfg, combo) in unique.items():
+        status = rows.get(key, {}).get("status")
         if status == "ok" or (status == "error" and not retry):
             continue
         todo.append((key, cfg, combo))
-    summary = SweepSummary(len(experiments), len(experiments) - len(todo), 0, 0, table.path, 0.0)
+    summary = SweepSummary(len(unique), len(unique) - len(todo), 0, 0, table.path, 0.0,
+                           duplicates=len(experiments) - len(unique))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep_config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
-    if not todo:
+    _write_atomic(out / "sweep_config.json", json.dumps(config.to_dict(), indent=2, default=str).encode())
+
+    def finish() -> SweepSummary:
+        summary.errors = sum(rows.get(k, {}).get("status") == "error" for k in unique)
         summary.wall_time_s = time.perf_counter() - start
         return summary
+
+    if not todo:
+        return finish()
     started_here = False
     if not ray.is_initialized():
         if address:
@@ -341,19 +488,18 @@ def run_sweep(
                 except Exception as exc:  # a crashed worker, not an experiment error
                     result = {"status": "error", "error": f"{type(exc).__name__}: {exc}".splitlines()[0], "files": {}}
                 files = result.pop("files", {})
-                run_dir = ""
-                if files:
-                    folder = out / "runs" / key
-                    folder.mkdir(parents=True, exist_ok=True)
-                    for name, data in files.items():
-                        (folder / name).write_bytes(data)
-                    run_dir = str(Path("runs") / key)
                 row = {"key": key, "status": result["status"], "error": result.get("error", ""),
                        **{k: v for k, v in combo.items() if k not in fields}, **cfg.to_dict()}
                 row.update({c: result.get(c) for c in METRIC_COLUMNS})
-                row["run_dir"] = run_dir
+                row["run_dir"] = str(Path("runs") / key) if files else ""
                 row["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-                table.append(row)
+                record_result(out, key, row, files)  # the truth, written before the table
+                replaces = key in rows
+                rows[key] = row
+                if replaces:  # --retry-errors: the new row takes the old one's place
+                    table.write_all(list(rows.values()))
+                else:
+                    table.append(row)
                 summary.ran += 1
                 summary.failed += result["status"] != "ok"
                 if on_result is not None:
@@ -365,8 +511,10 @@ def run_sweep(
     finally:
         if started_here:
             ray.shutdown()
-    summary.wall_time_s = time.perf_counter() - start
-    return summary
+    return finish()
 
 
-__all__ = ["ResultsTable", "SweepConfig", "SweepSettings", "SweepSummary", "experiment_key", "run_sweep"]
+__all__ = [
+    "ResultsTable", "SweepConfig", "SweepSettings", "SweepSummary", "experiment_key", "rebuild_table", "record_result",
+    "run_sweep",
+]

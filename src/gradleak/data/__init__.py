@@ -36,4 +36,4 @@ def load_dataset(spec: str, size: int = 32, channels: int | None = None) -> Imag
     return DATASETS.build(spec, size=size, channels=channels)
 
 
-__all__ = ["DATASETS", "FORMATS", "ImageDataset", "load_dataset"]
+__all__ = ["DATASETS", "FORMATS", "ImageDataset", "check_image_size", "load_dataset"]
