@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gradleak.attacks.checkpoint import read_checkpoint
 from gradleak.attacks.optimization import EngineConfig, UpdateMatcher, optimize, optimize_many
 from gradleak.errors import CaptureError, ConfigError
 from gradleak.experiment import ExperimentConfig, make_victim
@@ -109,7 +110,7 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path) -> None:
     path = tmp_path / "attack.ckpt"
     with pytest.raises(Killed):
         optimize(obs, config, checkpoint=path, callback=kill_at_9, **run)
-    saved = torch.load(path, weights_only=True)
+    saved = read_checkpoint(path)
     assert saved["state"]["evals"] == 8  # the last multiple of checkpoint_every before the kill
     resumed = optimize(obs, config, checkpoint=path, **run)
     assert torch.equal(resumed.inputs, full.inputs)

@@ -469,7 +469,8 @@ def optimize_many(
     lower, upper = _box(obs, mean, std)
     trace = torch.full((config.iterations, n, r), float("nan"), device=device)
     state: dict[str, Any] = {"evals": 0, "best": float("inf"), "stall": 0}
-    saver = Checkpointer(checkpoint, config, observations, seed, every=config.checkpoint_every)
+    saver = Checkpointer(checkpoint, config, observations, seed, every=config.checkpoint_every, labels=labels,
+                         context={"attack": attack_name, "settings": settings})
 
     def clamp_box() -> None:
         if config.box:
