@@ -55,3 +55,104 @@ def test_list_names_the_registries(capsys) -> None:
     listing = json.loads(capsys.readouterr().out)
     assert {"dlg", "idlg"} <= set(listing["attacks"])
     assert {"faces", "digits", "photos"} <= set(listing["datasets"])
+
+
+# --- hostile command lines (issue 11): one-line errors before any work, nothing overwritten by surprise ---
+
+SMALL = ["--dataset", "digits", "--image-size", "8", "--num-classes", "10", "--quiet"]
+
+
+def test_python_dash_m_gradleak_runs_the_cli(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "gradleak", "demo", "--device", "cuda:7", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    import torch
+
+    if torch.cuda.device_count() > 7:
+        pytest.skip("this machine has eight CUDA devices")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("gradleak: error: --device 'cuda:7'") and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--device", "tpu"], "--device 'tpu' is not a device torch knows"),
+        (["--device", "meta"], "gradleak runs on cpu, cuda, mps, not meta"),
+        (["--image-size", "0"], "image_size must be a positive integer, got 0"),
+        (["--image-size", "100000"], "image_size 100000 makes 30000000000 elements per image, above the limit"),
+        (["--num-classes", "-3"], "num_classes must be a positive integer, got -3"),
+        (["--attack-arg", "iterations=abc"], "attack 'idlg' setting 'iterations' must be an integer, got str 'abc'"),
+        (["--attack-arg", "lr=fast"], "attack 'idlg' setting 'lr' must be a number, got str 'fast'"),
+    ],
+)
+def test_bad_values_are_one_line_errors(tmp_path: Path, capsys, argv: list[str], message: str) -> None:
+    assert main(["demo", *SMALL, "--out", str(tmp_path / "d"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()  # refused before any work
+
+
+def test_cuda_without_cuda_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert main(["demo", *SMALL, "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "--device 'cuda': CUDA is not available here" in capsys.readouterr().err
+
+
+def test_attack_arg_checked_before_the_capture_is_read(tmp_path: Path, capsys) -> None:
+    bogus = tmp_path / "c.safetensors"
+    bogus.write_bytes(b"not read")
+    assert main(["attack", str(bogus), "--attack-arg", "restarts=two", "--out", str(tmp_path / "r")]) == 2
+    assert "--attack-arg: attack 'idlg' setting 'restarts' must be an integer, got str 'two'" in capsys.readouterr().err
+
+
+def test_out_that_is_a_file_is_refused_before_the_work(tmp_path: Path, capsys) -> None:
+    target = tmp_path / "report"
+    target.write_text("my notes")
+    for command in (["demo", *SMALL], ["sweep", str(tmp_path / "none.toml")], ["fl-audit"]):
+        assert main([*command, "--out", str(target)]) == 2
+        assert f"--out {target}: an existing file, not a folder" in capsys.readouterr().err
+    assert target.read_text() == "my notes"
+
+
+def test_capture_never_overwrites_without_force(tmp_path: Path, capsys) -> None:
+    cap = tmp_path / "c.safetensors"
+    base = ["capture", *SMALL, "--indices", "4"]
+    assert main([*base, "--out", str(cap), "--truth", str(cap)]) == 2
+    assert "--out and --truth are the same file" in capsys.readouterr().err
+    assert not cap.exists()
+    assert main([*base, "--out", str(cap)]) == 0
+    first = cap.read_bytes()
+    assert main([*base, "--seed", "5", "--out", str(cap)]) == 2
+    assert f"--out {cap} already exists; pass --force to overwrite it" in capsys.readouterr().err
+    assert cap.read_bytes() == first
+    other = tmp_path / "d.safetensors"  # a new capture whose truth would land on the existing truth file
+    assert main([*base, "--out", str(other), "--truth", str(tmp_path / "c.truth.safetensors")]) == 2
+    assert "--truth" in capsys.readouterr().err and not other.exists()
+    assert main([*base, "--model", "mlp", "--out", str(cap), "--force"]) == 0
+    assert cap.read_bytes() != first
+
+
+def test_reused_out_folder_shows_no_stale_file_and_report_never_overwrites_its_input(tmp_path: Path,
+                                                                                      capsys) -> None:
+    out = tmp_path / "run"
+    assert main(["demo", *SMALL, "--iterations", "3", "--out", str(out)]) == 0
+    assert (out / "trace.png").is_file()
+    # the closed-form attack has no objective trace: the earlier run's trace.png must not stay beside its grid
+    assert main(["demo", *SMALL, "--model", "mlp", "--attack", "linear", "--out", str(out)]) == 0
+    assert not (out / "trace.png").exists()
+    assert json.loads((out / "metrics.json").read_text())["attack"]["name"] == "linear"
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.html").read_text().count("data:image/png") == 1  # this run's grid only
+    before = (out / "metrics.json").read_bytes()
+    assert main(["report", str(out), "--out", str(out / "metrics.json")]) == 2
+    assert "is the input" in capsys.readouterr().err
+    assert (out / "metrics.json").read_bytes() == before

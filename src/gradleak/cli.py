@@ -206,10 +206,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_capture(args: argparse.Namespace) -> int:
     from gradleak.capture import save_capture, save_truth
     from gradleak.experiment import make_victim
+    from gradleak.outputs import check_distinct, check_new_file
 
-    obs, truth = make_victim(_experiment_config(args))
-    path = save_capture(obs, args.out)
+    path = check_new_file(args.out, "--out", force=args.force)
     truth_path = Path(args.truth) if args.truth else path.with_name(path.stem + ".truth.safetensors")
+    check_new_file(truth_path, "--truth", force=args.force)
+    check_distinct({"--out": path, "--truth": truth_path})
+    obs, truth = make_victim(_experiment_config(args))
+    path = save_capture(obs, path, force=True)
     save_truth(truth, truth_path, capture=obs)
     print(f"capture: {path} ({obs.update_kind}, batch {obs.batch_size}, model {obs.model_spec.name})")
     print(f"ground truth (keep it away from the attacker): {truth_path}")
@@ -352,16 +356,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_attack(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
 
-    from gradleak.attacks import ATTACKS
     from gradleak.capture import load_truth
+    from gradleak.config import check_attack_settings
     from gradleak.limits import allow_large
     from gradleak.metrics import score
     from gradleak.report.files import write_report
 
+    attack = check_attack_settings(args.attack, _attack_kwargs(args), "--attack-arg")  # before reading files
     with allow_large() if args.allow_large else nullcontext():
         obs = _observation_from_args(args)
         truth = load_truth(args.truth, capture=obs) if args.truth else None
-    attack = ATTACKS.build(args.attack, **_attack_kwargs(args))
     recon = attack.reconstruct(obs, device=args.device, seed=args.seed, progress=not args.quiet)
     scores = score(recon.inputs, recon.labels, truth) if truth is not None else None
     out = Path(args.out)
@@ -427,6 +431,14 @@ def cmd_fl_audit(args: argparse.Namespace) -> int:
     if args.iterations is not None:
         over["attack_kwargs"] = {**settings.attack_kwargs, "iterations": args.iterations}
     settings = dataclasses.replace(settings, **over)
+    from gradleak.config import check_attack_settings
+    from gradleak.devices import check_device
+    from gradleak.outputs import check_out_dir
+
+    # every audit setting is checked before the federation runs (minutes of Flower for nothing otherwise)
+    check_attack_settings(settings.attack, settings.attack_kwargs, "[audit] attack_kwargs")
+    check_device(settings.device, "[audit] device")
+    check_out_dir(settings.out, "[audit] out")
     print(f"federation: {fed.num_clients} {fed.protocol} clients on {fed.dataset}, {fed.rounds} rounds, "
           f"secure aggregation {'on (SecAgg+)' if fed.secure_aggregation else 'off'}")
     run = run_federation(fed, verbose=not args.quiet and args.verbose)
@@ -498,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(cap)
     cap.add_argument("--out", default="capture.safetensors", help="capture file to write")
     cap.add_argument("--truth", default=None, help="ground-truth file (default: beside --out, .truth.safetensors)")
+    cap.add_argument("--force", action="store_true", help="overwrite an existing capture and truth file")
     cap.set_defaults(func=cmd_capture)
 
     att = sub.add_parser("attack", help="attack a capture (or your own model, weights and update files)",
@@ -598,9 +611,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: commands whose --out is a folder (capture writes a file, report an HTML file)
+_FOLDER_OUT = ("demo", "attack", "tradeoff", "defend", "fl-audit", "audit", "sweep")
+
+
+def _check_paths_and_device(args: argparse.Namespace) -> None:
+    """One-line errors before any work: a device this machine lacks, an --out folder that is a file."""
+    from gradleak.devices import check_device
+    from gradleak.outputs import check_out_dir
+
+    if getattr(args, "device", None) is not None:
+        check_device(args.device)
+    if args.command in _FOLDER_OUT and getattr(args, "out", None):
+        check_out_dir(args.out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_paths_and_device(args)
         return int(args.func(args))
     except GradleakError as exc:
         print(f"gradleak: error: {exc}", file=sys.stderr)

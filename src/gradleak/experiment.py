@@ -66,7 +66,7 @@ class ExperimentConfig:
         check_image_size(self.image_size, self.channels)
         if self.num_classes is not None and self.num_classes < 1:
             raise ConfigError(f"num_classes must be a positive integer, got {self.num_classes}")
-        check_attack_settings(self.attack, self.attack_kwargs)  # a bad setting fails here, before any work
+        check_attack_settings(self.attack, self.attack_kwargs, "attack_kwargs")  # fails here, before any work
         if self.clients < 1 or (self.clients > 1 and (self.protocol != "fedsgd" or self.defense is not None)):
             raise ConfigError(f"clients must be >= 1, and > 1 only with protocol 'fedsgd' and no defense; got "
                               f"clients={self.clients}, protocol={self.protocol!r}, defense={self.defense!r}")

@@ -53,6 +53,7 @@ from typing import Any
 from gradleak.config import build, check_tables, coerce, describe, field_names, field_type
 from gradleak.errors import ConfigError, DataError
 from gradleak.experiment import ExperimentConfig
+from gradleak.outputs import clear_stale
 
 METRIC_COLUMNS = (
     "psnr", "ssim", "mse", "label_accuracy", "iterations", "wall_time_s", "run_dir", "worker", "finished_at",
@@ -277,10 +278,10 @@ class ResultsTable:
 
 
 def is_complete(row: Mapping[str, Any], from_csv: bool = True) -> bool:
-    """A row a run finished writing: a key, a known status and a finish time (the last column written); a CSV
-    row must also have every cell (a line cut short gets ``None`` for the missing ones, and surplus cells of a
-    damaged line land under the key ``None``)."""
-    if not row.get("key") or row.get("status") not in STATUSES or not row.get("finished_at"):
+    """A row a run finished writing: a key and a known status; a CSV row must also have every cell (a line cut
+    short gets ``None`` for the missing ones, and surplus cells of a damaged line land under the key ``None``).
+    A line cut inside its last cell looks whole here; ``rebuild_table`` replaces it from its ``result.json``."""
+    if not row.get("key") or row.get("status") not in STATUSES:
         return False
     return not from_csv or (None not in row and all(v is not None for v in row.values()))
 
@@ -373,6 +374,7 @@ def record_result(out: Path, key: str, row: dict[str, Any], files: Mapping[str, 
     table row) atomically, last, so that the result file exists only when everything before it does."""
     folder = out / "runs" / key
     folder.mkdir(parents=True, exist_ok=True)
+    clear_stale(folder, (*RUN_FILES, RESULT_FILE))  # a retried run must not keep a file of the failed one
     for name, data in files.items():
         _write_atomic(folder / name, data)
     path = folder / RESULT_FILE

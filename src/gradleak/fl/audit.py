@@ -210,8 +210,12 @@ def write_audit(report: AuditReport, out: str | Path, extra: dict[str, Any] | No
     from gradleak.report.grid import save_grid
     from gradleak.report.html import render_audit_folder
 
+    from gradleak.outputs import check_out_dir, clear_stale
+
     out = Path(out)
+    check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
+    clear_stale(out, ("audit.csv", "audit.json", "report.html"), ("grids/round*_*.png",))  # no earlier run's grids
     with (out / "audit.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(AUDIT_COLUMNS))
         writer.writeheader()

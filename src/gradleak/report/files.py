@@ -30,10 +30,13 @@ from safetensors.torch import save_file
 from gradleak.attacks.base import Reconstruction
 from gradleak.metrics import Scores
 from gradleak.observation import GroundTruth, Observation
+from gradleak.outputs import check_out_dir, clear_stale
 from gradleak.report.grid import save_grid, save_trace_plot
 
 SCHEMA = "gradleak.metrics"
 SCHEMA_VERSION = 1
+#: every file ``write_report`` may write; all are removed from a reused folder first
+RUN_FILES = ("grid.png", "trace.png", "reconstruction.safetensors", "metrics.json", "report.html")
 
 
 def _finite(x: float) -> float | None:
@@ -105,7 +108,9 @@ def write_report(
 ) -> dict[str, Any]:
     """Write the report files into ``out`` and return the metrics dictionary (``extra`` keys merged in)."""
     out = Path(out)
+    check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
+    clear_stale(out, RUN_FILES)  # a reused folder must not show an earlier run's grid or trace beside this one
     if truth is not None and scores is not None:
         matched = recon.inputs[scores.assignment]
         captions = [

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gradleak.errors import ConfigError
+from gradleak.outputs import check_not_input
 from gradleak.report import plots
 
 CSS = """
@@ -306,6 +307,10 @@ def write_html(source: str | Path, out: str | Path | None = None, config: Any = 
             f"{source}: expected a results table (.csv/.parquet) or a folder with metrics.json or audit.json"
         )
     path = Path(out) if out is not None else default
+    if path.is_dir():
+        raise ConfigError(f"--out {path}: an existing folder; name the HTML file to write")
+    inputs = [source] if source.is_file() else [source / n for n in ("metrics.json", "audit.json", "audit.csv")]
+    check_not_input(path, [*inputs, source.with_name("sweep_config.json")] if source.is_file() else inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
