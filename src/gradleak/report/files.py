@@ -65,7 +65,7 @@ def metrics_dict(
             "label_correct": scores.label_correct,
             "assignment": scores.assignment,
         }
-    per_sample["true_label"] = None if truth is None else truth.labels.tolist()
+    per_sample["true_label"] = None if truth is None or truth.labels is None else truth.labels.tolist()
     per_sample["recovered_label"] = None if recon.labels is None else recon.labels.tolist()
     final = float(recon.restart_objectives[recon.best_restart]) if recon.restart_objectives.numel() else None
     return {
@@ -78,7 +78,10 @@ def metrics_dict(
             "batch_size": obs.batch_size,
             "update_kind": obs.update_kind,
             "input_shape": list(obs.input_shape),
-            "num_classes": obs.num_classes,
+            "num_classes": obs.task.num_classes,
+            "model_source": obs.model_spec.source,
+            "inputs": obs.inputs.to_json(),
+            "task": obs.task.to_json(),
             "info": obs.info,
         },
         "mean": means,
@@ -111,7 +114,9 @@ def write_report(
     check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     clear_stale(out, RUN_FILES)  # a reused folder must not show an earlier run's grid or trace beside this one
-    if truth is not None and scores is not None:
+    if obs.inputs.kind != "image":
+        pass  # token sequences and feature vectors have their own views (text report, metrics)
+    elif truth is not None and scores is not None:
         matched = recon.inputs[scores.assignment]
         captions = [
             [f"label {int(v)}" for v in truth.labels],
