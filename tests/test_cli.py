@@ -156,3 +156,14 @@ def test_reused_out_folder_shows_no_stale_file_and_report_never_overwrites_its_i
     assert main(["report", str(out), "--out", str(out / "metrics.json")]) == 2
     assert "is the input" in capsys.readouterr().err
     assert (out / "metrics.json").read_bytes() == before
+
+
+def test_fl_audit_settings_checked_before_the_federation_runs(tmp_path: Path, capsys) -> None:
+    import time
+
+    config = tmp_path / "audit.toml"
+    config.write_text('[federation]\nnum_clients = 2\n[audit]\nattack = "idlg"\nattack_kwargs = { iterations = "x" }\n')
+    start = time.perf_counter()
+    assert main(["fl-audit", str(config), "--out", str(tmp_path / "a")]) == 2
+    assert "[audit] attack_kwargs: attack 'idlg' setting 'iterations' must be an integer" in capsys.readouterr().err
+    assert time.perf_counter() - start < 10 and not (tmp_path / "a").exists()  # no Flower, no Ray started

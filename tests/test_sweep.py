@@ -176,3 +176,71 @@ def test_grid_limit_and_bad_attack_settings_refused_before_ray(tmp_path, monkeyp
     bad = {"grid": {"attack_kwargs": [{"iterations": 5}, {"iterations": "lots"}]}}
     with pytest.raises(ConfigError, match=r"setting 'iterations' must be an integer, got str 'lots'"):
         SweepConfig.from_dict(bad, "bad.toml")
+
+
+_TEAR_AND_KILL = """
+import os, signal, sys, json
+from pathlib import Path
+from gradleak.sweep import ResultsTable
+
+table, result = Path(sys.argv[1]), Path(sys.argv[2])
+row = json.loads(result.read_text())
+real_open = Path.open
+
+
+class Torn:
+    # the file object of the table opened for appending: writes half of what it is given, then the process
+    # receives SIGKILL, as when a machine's OOM killer or a scheduler strikes mid-write
+    def __init__(self, fh):
+        self.fh = fh
+
+    def write(self, data):
+        self.fh.write(data[: len(data) // 2])
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self.fh.__exit__(*exc)
+
+
+def tearing_open(self, mode="r", *args, **kwargs):
+    fh = real_open(self, mode, *args, **kwargs)
+    return Torn(fh) if self == table and mode == "a" else fh
+
+
+Path.open = tearing_open
+ResultsTable(table).append(row)
+print("not killed")
+"""
+
+
+def test_a_real_sigkill_mid_append_then_rerun_leaves_one_complete_row_each(tmp_path, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "sweep"
+    config = tmp_path / "sweep.toml"
+    config.write_text(SMALL.format(out=out, seeds="[3, 4]"))
+    assert main(["sweep", str(config), "--quiet", "--no-report"]) == 0
+    table = ResultsTable(out / "results.csv")
+    rows = table.read()
+    victim = rows[-1]["key"]
+    table.write_all(rows[:-1])  # the state just before that row's append: result.json written, row not yet
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([sys.executable, "-c", _TEAR_AND_KILL, str(table.path),
+                             str(out / "runs" / victim / "result.json")], capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not table.path.read_bytes().endswith(b"\n")  # the table really ends in half a row
+    capsys.readouterr()
+    assert main(["sweep", str(config), "--quiet", "--no-report"]) == 0
+    assert "2 experiments, 2 already done, 0 run" in capsys.readouterr().out
+    raw = table.raw_rows()
+    assert len(raw) == 2 and {r["key"] for r in raw} == {r["key"] for r in rows}
+    assert all(r["status"] == "ok" and float(r["psnr"]) > 0 for r in raw)
