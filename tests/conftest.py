@@ -15,6 +15,14 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory) -> None:
+    """Recorded backend choices and cached models go to a folder of this test session, not the user's cache."""
+    import os
+
+    os.environ["GRADLEAK_CACHE"] = str(tmp_path_factory.mktemp("gradleak-cache"))
+
+
 @pytest.fixture(scope="session")
 def faces():
     return load_dataset("faces")

@@ -519,7 +519,7 @@ def optimize_many(
 
     tune_key = (obs.model_spec.name, repr(sorted(obs.model_spec.kwargs.items())), tuple(xs.shape), soft,
                 type(matcher).__name__, torch.get_num_threads())
-    use_mkldnn = _prefer_mkldnn(config, device, lambda: matcher.value_and_grad(xs, ys, soft), tune_key)
+    use_mkldnn, chosen_by = _prefer_mkldnn(config, device, lambda: matcher.value_and_grad(xs, ys, soft), tune_key)
     with _mkldnn_enabled(use_mkldnn):
         if config.optimizer == "lbfgs":
             while state["evals"] < config.iterations:
@@ -565,27 +565,73 @@ def optimize_many(
             best_restart=best,
             iterations=done,
             wall_time_s=wall,
+            details={"compute": {"conv_backend": "mkldnn" if use_mkldnn else "native", "chosen_by": chosen_by,
+                                 "threads": torch.get_num_threads(), "device": str(device)}},
         ))
     return out
 
 
-_CONV_BACKEND_CHOICES: dict[tuple[Any, ...], bool] = {}
+_CONV_BACKEND_CHOICES: dict[str, bool] = {}
 
 
-def _prefer_mkldnn(config: EngineConfig, device: torch.device, evaluate: Callable[[], Any], key: tuple[Any, ...]) -> bool:
-    """Whether CPU convolutions should use oneDNN (mkldnn) for this attack.
+def backend_record_path() -> Path:
+    """Where timed convolution-backend choices are recorded, so that later runs reuse them (same numbers)."""
+    import os
+
+    root = os.environ.get("GRADLEAK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "gradleak")
+    return Path(root) / "conv_backend.json"
+
+
+def _recorded_choices() -> dict[str, bool]:
+    import json
+
+    try:
+        data = json.loads(backend_record_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, bool)} if isinstance(data, dict) \
+        else {}
+
+
+def _record_choice(key: str, use_mkldnn: bool) -> None:
+    import json
+    import os
+    import tempfile
+
+    path = backend_record_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {**_recorded_choices(), key: use_mkldnn}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".conv_backend.")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)  # atomic: concurrent runs never see half a file
+    except OSError:
+        pass  # a read-only home: the choice still holds for this process
+
+
+def _prefer_mkldnn(config: EngineConfig, device: torch.device, evaluate: Callable[[], Any],
+                   key: tuple[Any, ...]) -> tuple[bool, str]:
+    """Whether CPU convolutions should use oneDNN (mkldnn) for this attack, and how that was decided.
 
     oneDNN is about 3x faster on wide convolutions (ConvNet width 64) but its per-call cost makes it about 1.5x
     slower than PyTorch's native im2col kernels on the tiny ones of DLG's LeNet, where an evaluation takes a
-    couple of milliseconds. ``conv_backend='auto'`` times two evaluations with each and keeps the faster, like
-    ``cudnn.benchmark``; the timing costs a few evaluations, is not counted as iterations, and is remembered for
-    the process per architecture, input shape and thread count (``key``)."""
+    couple of milliseconds. The two backends sum in different orders, so the choice changes the numbers in the
+    last bits. ``conv_backend='auto'`` times two evaluations with each the first time an architecture, input shape
+    and thread count (``key``) is seen on this machine, keeps the faster, and records it in
+    ``backend_record_path()``: every later run reuses the recorded choice, so the same seed gives the same numbers.
+    The timing costs a few evaluations and is not counted as iterations."""
     if device.type != "cpu" or not torch.backends.mkldnn.is_available():
-        return True
+        return True, "not a CPU run"
     if config.conv_backend != "auto":
-        return config.conv_backend == "mkldnn"
-    if key in _CONV_BACKEND_CHOICES:
-        return _CONV_BACKEND_CHOICES[key]
+        return config.conv_backend == "mkldnn", "setting"
+    name = repr(key)
+    if name in _CONV_BACKEND_CHOICES:
+        return _CONV_BACKEND_CHOICES[name], f"recorded in {backend_record_path()}"
+    recorded = _recorded_choices()
+    if name in recorded:
+        _CONV_BACKEND_CHOICES[name] = recorded[name]
+        return recorded[name], f"recorded in {backend_record_path()}"
     timings = {}
     for enabled in (True, False):
         with _mkldnn_enabled(enabled):
@@ -594,8 +640,9 @@ def _prefer_mkldnn(config: EngineConfig, device: torch.device, evaluate: Callabl
             evaluate()
             evaluate()
             timings[enabled] = time.perf_counter() - t0
-    _CONV_BACKEND_CHOICES[key] = timings[True] <= timings[False]
-    return _CONV_BACKEND_CHOICES[key]
+    _CONV_BACKEND_CHOICES[name] = timings[True] <= timings[False]
+    _record_choice(name, _CONV_BACKEND_CHOICES[name])
+    return _CONV_BACKEND_CHOICES[name], f"timed, recorded in {backend_record_path()}"
 
 
 @contextmanager
