@@ -1,0 +1,8 @@
+"""Attacks on token sequences: the token bag, DAGER's exact span test (and what the package grows beyond it)."""
+
+from __future__ import annotations
+
+from gradleak.attacks.text import dager  # noqa: F401  (registers)
+from gradleak.attacks.text.token_bag import token_bag
+
+__all__ = ["token_bag"]

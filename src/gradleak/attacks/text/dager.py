@@ -1,0 +1,245 @@
+"""DAGER (Petrov et al. 2024, "DAGER: Exact Gradient Inversion for Large Language Models"): exact batch recovery.
+
+The first attention layer's query/key/value projection is linear in its input, so its weight gradient spans the
+layer-1 inputs of every token in the batch (``spans.Span``). A layer-1 input depends only on the token and its
+position (embedding + position embedding, through the block's layer norm), so testing every vocabulary entry at
+every position against that span gives the tokens each position holds. For decoders, whose attention is causal,
+the layer-2 input at position ``p`` depends only on the prefix up to ``p``: prefixes are extended one position at
+a time by the layer-1 candidates and kept when their layer-2 input lies in the span of the second layer's
+gradient, which recovers whole sequences. Encoders attend both ways; their sequences are assembled here when every
+position holds one candidate (batch 1, or positions the batch agrees on).
+
+Limits, as in the paper: the test needs fewer tokens in the batch than the model is wide (GPT-2 small: 768); it is
+exact on the gradient as shared, and breaks when the update is noised or quantised (see ``subspace``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from gradleak.attacks.base import ATTACKS, Attack, Callback, Reconstruction
+from gradleak.attacks.text.spans import Span
+from gradleak.errors import ConfigError
+from gradleak.inputs import TokenInput
+from gradleak.observation import Observation
+
+
+def _find(update: dict[str, torch.Tensor], suffixes: tuple[str, ...]) -> str | None:
+    for name in update:
+        if name.endswith(suffixes):
+            return name
+    return None
+
+
+class _Architecture:
+    """What DAGER needs from a transformer: the layer-1/2 gradients and the inputs those layers would see."""
+
+    decoder: bool
+
+    def __init__(self, model: nn.Module, update: dict[str, torch.Tensor]) -> None:
+        self.model = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+        self.update = update
+
+    def span(self, layer: int, rtol: float) -> Span:
+        raise NotImplementedError
+
+    def first_inputs(self, position: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class _GPT2(_Architecture):
+    decoder = True
+
+    def __init__(self, model: nn.Module, update: dict[str, torch.Tensor]) -> None:
+        super().__init__(model, update)
+        self.t = self.model.transformer
+
+    def span(self, layer: int, rtol: float) -> Span:
+        full = _find(self.update, (f"h.{layer}.attn.c_attn.weight",))
+        if full is not None:
+            return Span.of_gradient(self.update[full], "columns", rtol)  # Conv1D (in, out)
+        lora = _find(self.update, (f"h.{layer}.attn.c_attn.lora_A.default.weight", f"h.{layer}.attn.c_attn.lora_A.weight"))
+        if lora is not None:
+            return Span.of_gradient(self.update[lora], "rows", rtol)  # LoRA A (r, in)
+        raise ConfigError(f"DAGER needs the gradient of layer {layer}'s attention projection (c_attn); the update "
+                          f"holds none")
+
+    @torch.no_grad()
+    def first_inputs(self, position: int) -> torch.Tensor:
+        e = self.t.wte.weight + self.t.wpe.weight[position]
+        return self.t.h[0].ln_1(e)
+
+    @torch.no_grad()
+    def second_inputs(self, ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        hidden = self.t.wte(ids) + self.t.wpe(positions)[None]
+        out = self.t.h[0](hidden)
+        out = out[0] if isinstance(out, tuple) else out
+        return self.t.h[1].ln_1(out[:, -1])
+
+    @torch.no_grad()
+    def second_inputs_extending(self, prefixes: list[list[int]], tokens: list[int]) -> torch.Tensor:
+        """Layer-2 inputs ``(len(prefixes), len(tokens), d)`` at position ``p = len(prefix)`` of every prefix
+        extended by every token: the same numbers as ``second_inputs`` on each extended sequence, computed once per
+        prefix (its keys and values) and once per token (its query, key, value) instead of a forward per pair."""
+        block, attn = self.t.h[0], self.t.h[0].attn
+        wte, wpe = self.t.wte.weight, self.t.wpe.weight
+        d = wte.shape[1]
+        heads, head_dim = d // attn.head_dim, attn.head_dim
+        scale = getattr(attn, "scaling", None) or head_dim ** -0.5
+        device = wte.device
+        pre = torch.tensor(prefixes, device=device)
+        n_a, p = pre.shape
+        new = torch.tensor(tokens, device=device)
+        x_pre = wte[pre] + wpe[:p]
+        _, k_pre, v_pre = attn.c_attn(block.ln_1(x_pre)).split(d, dim=-1)
+        x_new = wte[new] + wpe[p]
+        q_new, k_new, v_new = attn.c_attn(block.ln_1(x_new)).split(d, dim=-1)
+        k_pre, v_pre = k_pre.view(n_a, p, heads, head_dim), v_pre.view(n_a, p, heads, head_dim)
+        q_new, k_new, v_new = (t.view(len(tokens), heads, head_dim) for t in (q_new, k_new, v_new))
+        scores = torch.cat([torch.einsum("vhd,aphd->avhp", q_new, k_pre),
+                            torch.einsum("vhd,vhd->vh", q_new, k_new)[None, :, :, None].expand(n_a, -1, -1, 1)],
+                           dim=-1) * scale
+        weights = torch.softmax(scores, dim=-1)
+        mixed = torch.einsum("avhp,aphd->avhd", weights[..., :p], v_pre) + weights[..., p:] * v_new[None]
+        resid = x_new[None] + attn.c_proj(mixed.reshape(n_a, len(tokens), d))
+        hidden = resid + block.mlp(block.ln_2(resid))
+        return self.t.h[1].ln_1(hidden)
+
+
+class _BERT(_Architecture):
+    decoder = False
+
+    def span(self, layer: int, rtol: float) -> Span:
+        base = f"encoder.layer.{layer}.attention.self.query"
+        full = _find(self.update, (f"{base}.weight",))
+        if full is not None:
+            return Span.of_gradient(self.update[full], "rows", rtol)  # nn.Linear (out, in)
+        lora = _find(self.update, (f"{base}.lora_A.default.weight", f"{base}.lora_A.weight"))
+        if lora is not None:
+            return Span.of_gradient(self.update[lora], "rows", rtol)
+        raise ConfigError(f"DAGER needs the gradient of layer {layer}'s query projection; the update holds none")
+
+    @torch.no_grad()
+    def first_inputs(self, position: int) -> torch.Tensor:
+        emb = self.model.bert.embeddings if hasattr(self.model, "bert") else self.model.embeddings
+        e = emb.word_embeddings.weight + emb.position_embeddings.weight[position] + emb.token_type_embeddings.weight[0]
+        return emb.LayerNorm(e)
+
+
+def architecture(model: nn.Module, update: dict[str, torch.Tensor]) -> _Architecture:
+    inner = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    kind = getattr(getattr(inner, "config", None), "model_type", None)
+    if kind == "gpt2":
+        return _GPT2(model, update)
+    if kind == "bert":
+        return _BERT(model, update)
+    raise ConfigError(f"DAGER knows GPT-2 and BERT layouts; this model is {kind or type(inner).__name__}")
+
+
+@dataclass
+class DAGER(Attack):
+    """Exact recovery of token sequences from a transformer's gradient (Petrov et al. 2024).
+
+    ``threshold``: largest relative distance to a span that counts as inside (true inputs sit near 1e-6, others
+    near 0.5 on the models measured here); ``rtol``: singular values below this share of the largest are noise."""
+
+    name: ClassVar[str] = "dager"
+    input_kinds: ClassVar[frozenset[str]] = frozenset({"tokens"})
+    tasks: ClassVar[frozenset[str]] = frozenset({"causal_lm", "masked_lm", "classification"})
+    threshold: float = 0.01
+    threshold2: float = 0.01
+    rtol: float = 1e-5
+    max_candidates: int = 500_000
+
+    def settings(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "threshold2": self.threshold2, "rtol": self.rtol,
+                "max_candidates": self.max_candidates}
+
+    def reconstruct(self, obs: Observation, *, device: torch.device | str = "cpu", seed: int | None = None,
+                    callback: Callback | None = None, progress: bool = False) -> Reconstruction:
+        start = time.perf_counter()
+        assert isinstance(obs.inputs, TokenInput)
+        model = obs.build_model(device).eval()
+        arch = architecture(model, {k: v.to(device) for k, v in obs.gradient_estimate().items()})
+        span1 = arch.span(0, self.rtol)
+        length = obs.inputs.seq_len
+        per_position = []
+        for p in range(length):
+            dist = span1.distance(arch.first_inputs(p))
+            per_position.append([int(v) for v in torch.nonzero(dist < self.threshold).flatten()])
+        details: dict[str, Any] = {"layer1_rank": span1.rank, "layer1_full": span1.full,
+                                   "candidates_per_position": [len(c) for c in per_position]}
+        if arch.decoder:
+            sequences = self._decode(arch, per_position, obs, details)
+        else:
+            sequences = self._encode(per_position, details)
+        pad = obs.inputs.pad_token_id if obs.inputs.pad_token_id is not None else 0
+        rows = [(s + [pad] * length)[:length] for s in sequences][: max(obs.batch_size, 1)]
+        details["sequences_found"] = len(sequences)
+        while len(rows) < obs.batch_size:
+            rows.append([pad] * length)
+        ids = torch.tensor(rows, dtype=torch.long)
+        details["token_bag"] = sorted({v for c in per_position for v in c})
+        return Reconstruction(inputs=ids, labels=None, attack=self.name, settings=self.settings(),
+                              iterations=1, wall_time_s=time.perf_counter() - start, details=details)
+
+    def _decode(self, arch: _Architecture, per_position: list[list[int]], obs: Observation,
+                details: dict[str, Any]) -> list[list[int]]:
+        assert isinstance(arch, _GPT2)
+        span2 = arch.span(1, self.rtol)
+        details["layer2_rank"] = span2.rank
+        device = arch.t.wte.weight.device
+        eos = None
+        config = getattr(arch.model, "config", None)
+        if config is not None:
+            eos = getattr(config, "eos_token_id", None)
+        ends = {t for t in (eos, obs.inputs.pad_token_id) if t is not None}  # type: ignore[union-attr]
+        active = [[v] for v in per_position[0]]
+        if active:
+            keep = span2.distance(arch.second_inputs(torch.tensor(active, device=device))) < self.threshold2
+            active = [a for a, k in zip(active, keep.tolist()) if k]
+        finished: list[list[int]] = []
+        for p in range(1, len(per_position)):
+            tokens = per_position[p]
+            extendable = [a for a in active if a[-1] not in ends]
+            done = [a for a in active if a not in extendable]
+            finished += done
+            if not tokens or not extendable:
+                finished += extendable
+                active = []
+                break
+            if len(extendable) * len(tokens) > self.max_candidates:
+                raise ConfigError(f"DAGER: {len(extendable) * len(tokens)} candidate prefixes at position {p}, above "
+                                  f"max_candidates={self.max_candidates} (the layer-1 test is not selective here)")
+            kept = []
+            for i in range(0, len(extendable), 64):
+                chunk = extendable[i:i + 64]
+                dist = span2.distance(arch.second_inputs_extending(chunk, tokens))
+                for a, v in torch.nonzero(dist < self.threshold2).tolist():
+                    kept.append(chunk[a] + [tokens[v]])
+            extended = {tuple(c[:-1]) for c in kept}
+            finished += [a for a in extendable if tuple(a) not in extended]  # no continuation: the sequence ended
+            active = kept
+        finished += active
+        return [s for s in finished if s]
+
+    def _encode(self, per_position: list[list[int]], details: dict[str, Any]) -> list[list[int]]:
+        """Encoders: a sequence per batch entry when every position has one candidate (batch 1); otherwise the
+        positions the batch shares are filled and the rest left ambiguous (reported, not guessed)."""
+        ambiguous = [p for p, c in enumerate(per_position) if len(c) > 1]
+        details["ambiguous_positions"] = ambiguous
+        sequence = []
+        for c in per_position:
+            if not c:
+                break
+            sequence.append(c[0])
+        return [sequence]
+
+
+ATTACKS.register("dager")(DAGER)

@@ -1,0 +1,52 @@
+"""The low-rank structure DAGER builds on (Petrov et al. 2024): a linear layer's weight gradient spans its inputs.
+
+For a linear map ``y = x W`` applied to every token of a batch, ``dL/dW = X^T dL/dY``: each column of the weight
+gradient is a combination of the layer's inputs ``x``. When the batch holds fewer tokens than the layer is wide,
+that span is a proper subspace, and a candidate input lies in it (distance ~0) exactly when it was one of the
+inputs, up to numerical noise. ``Span`` holds an orthonormal basis of that subspace, from an SVD of the gradient;
+``distance`` is the relative distance of candidates to it.
+
+The layouts differ by library: GPT-2's ``Conv1D`` stores ``W`` as ``(in, out)`` (inputs span the columns of the
+gradient), ``nn.Linear`` as ``(out, in)`` (inputs span the rows), LoRA's ``A`` as ``(r, in)`` (rows, rank <= r).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Span:
+    """An orthonormal basis ``(d, rank)`` of the subspace the layer's inputs lie in, and the singular values."""
+
+    basis: torch.Tensor
+    singular_values: torch.Tensor
+
+    @property
+    def rank(self) -> int:
+        return int(self.basis.shape[1])
+
+    @classmethod
+    def of_gradient(cls, grad: torch.Tensor, inputs_on: str, rtol: float = 1e-4, max_rank: int | None = None) -> Span:
+        """The span of a weight gradient's columns (``inputs_on="columns"``) or rows (``"rows"``); singular values
+        below ``rtol`` times the largest are numerical noise."""
+        g = grad.detach().double()
+        g = g if inputs_on == "columns" else g.T
+        u, s, _ = torch.linalg.svd(g, full_matrices=False)
+        rank = int((s > rtol * s[0]).sum()) if s.numel() and s[0] > 0 else 0
+        if max_rank is not None:
+            rank = min(rank, max_rank)
+        return cls(u[:, :rank], s)
+
+    def distance(self, candidates: torch.Tensor) -> torch.Tensor:
+        """Relative distance ``|x - P x| / |x|`` of each candidate row ``(..., d)`` to the span."""
+        x = candidates.detach().double()
+        projected = (x @ self.basis) @ self.basis.T
+        return (x - projected).norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-30)
+
+    @property
+    def full(self) -> bool:
+        """Whether the span is the whole space: the test then says nothing (too many tokens for the width)."""
+        return self.rank >= self.basis.shape[0]

@@ -1,0 +1,91 @@
+"""Language models from ``transformers`` configs (no download), and a local pre-training cache.
+
+Named sizes: ``gpt2-tiny`` (2 layers, width 64: tests), ``gpt2-small`` (GPT-2 small's shape: 12 layers, width
+768, 12 heads), ``bert-tiny`` and ``bert-base`` (BERT base's shape). Vocabulary and padding come from the
+tokenizer. ``pretrain`` trains a decoder on the bundled records with AdamW for a fixed number of steps and caches
+the weights (safetensors, keyed by config, tokenizer, steps and seed), so attacks can be measured on a trained
+model as well as a random one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradleak.errors import ConfigError
+from gradleak.model_spec import ModelSpec
+
+#: name -> (model_type, config settings)
+TEXT_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "gpt2-tiny": ("gpt2", {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 128}),
+    "gpt2-mini": ("gpt2", {"n_layer": 4, "n_embd": 256, "n_head": 4, "n_positions": 256}),
+    "gpt2-small": ("gpt2", {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024}),
+    "bert-tiny": ("bert", {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                           "intermediate_size": 256, "max_position_embeddings": 128}),
+    "bert-base": ("bert", {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                           "intermediate_size": 3072, "max_position_embeddings": 512}),
+}
+
+
+def text_model_spec(name: str, vocab_size: int, pad_id: int, *, eos_id: int | None = None, head: str | None = None,
+                    num_labels: int = 2, **overrides: Any) -> ModelSpec:
+    """The ``ModelSpec`` of a named text model for a tokenizer's vocabulary; decoders default to causal LM,
+    encoders to sequence classification with ``num_labels``."""
+    if name not in TEXT_MODELS:
+        raise ConfigError(f"unknown text model {name!r}; known: {', '.join(TEXT_MODELS)}")
+    model_type, settings = TEXT_MODELS[name]
+    config: dict[str, Any] = {**settings, "vocab_size": vocab_size, "pad_token_id": pad_id, **overrides}
+    if model_type == "gpt2":
+        end = pad_id if eos_id is None else eos_id
+        config.update({"bos_token_id": end, "eos_token_id": end, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
+                       "attn_pdrop": 0.0})
+        head = head or "causal_lm"
+    else:
+        config.update({"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+        head = head or "sequence_classification"
+        if head == "sequence_classification":
+            config["num_labels"] = num_labels
+    return ModelSpec(model_type, {"config": config, "head": head}, source="huggingface")
+
+
+def pretrain(spec: ModelSpec, batches: Callable[[int], torch.Tensor], *, steps: int = 200, lr: float = 1e-3,
+             seed: int = 0, key: str = "", progress: bool = False) -> dict[str, torch.Tensor]:
+    """Weights of ``spec`` after ``steps`` AdamW steps of causal-LM training on ``batches(step)`` (token ids,
+    padding ignored), cached under ``$GRADLEAK_CACHE/text-models``; ``key`` names the data for the cache."""
+    from safetensors.torch import load_file, save_file
+
+    from gradleak.tasks import Task
+    from gradleak.text.tokenizer import cache_dir
+
+    ident = json.dumps({"spec": spec.to_json(), "steps": steps, "lr": lr, "seed": seed, "key": key, "v": 1},
+                       sort_keys=True)
+    path = cache_dir() / "text-models" / f"{hashlib.sha256(ident.encode()).hexdigest()[:16]}.safetensors"
+    if path.is_file():
+        return load_file(str(path))
+    torch.manual_seed(seed)
+    model: nn.Module = spec.build()
+    model.train()
+    pad = spec.kwargs["config"].get("pad_token_id")
+    task = Task.causal_lm()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    for step in range(steps):
+        ids = batches(step)
+        mask = None if pad is None else (ids != pad).long()
+        loss = task.loss(model, ids, None, mask)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if progress and step % 20 == 0:
+            print(f"pretrain step {step}: loss {loss.item():.3f}")
+    weights = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    save_file(weights, str(tmp))
+    os.replace(tmp, path)
+    return weights
