@@ -146,15 +146,17 @@ def architecture(model: nn.Module, update: dict[str, torch.Tensor]) -> _Architec
 class DAGER(Attack):
     """Exact recovery of token sequences from a transformer's gradient (Petrov et al. 2024).
 
-    ``threshold``: largest relative distance to a span that counts as inside (true inputs sit near 1e-6, others
-    near 0.5 on the models measured here); ``rtol``: singular values below this share of the largest are noise."""
+    ``threshold``/``threshold2``: largest relative distance to the layer-1/2 span that counts as inside (true inputs
+    sit below 1e-5, wrong layer-2 candidates above 5e-3 on the random and trained GPT-2-small measured here);
+    ``rtol``: singular values below this share of the largest are numerical noise (float32 gradients leave a gap
+    between about 1e-8 and 1e-10; a trained model's true directions reach down to 1e-7, so 1e-5 would miss them)."""
 
     name: ClassVar[str] = "dager"
     input_kinds: ClassVar[frozenset[str]] = frozenset({"tokens"})
     tasks: ClassVar[frozenset[str]] = frozenset({"causal_lm", "masked_lm", "classification"})
-    threshold: float = 0.01
-    threshold2: float = 0.01
-    rtol: float = 1e-5
+    threshold: float = 1e-3
+    threshold2: float = 1e-3
+    rtol: float = 1e-8
     max_candidates: int = 500_000
 
     def settings(self) -> dict[str, Any]:

@@ -1,0 +1,74 @@
+"""A simulated fine-tuning client on text: a batch of private records, a language model, one shared update.
+
+``text_victim`` tokenises records (each ends with the end-of-sequence token, as fine-tuning sets are prepared),
+pads them on the right, builds the named model from its config (random, or pre-trained here on other records),
+and runs the client's step through ``gradleak.victim.simulate``: the same code path as images, with token inputs
+and a causal-LM (decoders) or sequence-classification (encoders) loss. An update defense applies as for images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from gradleak.inputs import TokenInput
+from gradleak.observation import GroundTruth, Observation
+from gradleak.tasks import Task
+from gradleak.text.corpus import Record, private_records
+from gradleak.text.models import TEXT_MODELS, pretrain, text_model_spec
+from gradleak.text.tokenizer import Tokenizer, load_tokenizer
+from gradleak.victim import simulate
+
+
+@dataclass
+class TextCase:
+    """What a text experiment needs: the observation, the truth, the records behind it and the tokenizer."""
+
+    observation: Observation
+    truth: GroundTruth
+    records: list[Record]
+    tokenizer: Tokenizer
+
+
+def encode_records(tokenizer: Tokenizer, records: list[Record], seq_len: int | None = None) -> torch.Tensor:
+    """Token ids ``(B, L)``: each record followed by the end-of-sequence token, right-padded."""
+    rows = [tokenizer.encode(r.text) + [tokenizer.eos_id] for r in records]
+    length = seq_len or max(len(r) for r in rows)
+    return torch.tensor([(r + [tokenizer.pad_id] * length)[:length] for r in rows], dtype=torch.long)
+
+
+def text_victim(model: str = "gpt2-small", batch_size: int = 8, *, seed: int = 0, vocab_size: int = 2048,
+                pretrain_steps: int = 0, lora_rank: int | None = None, defense: Any = None,
+                records: list[Record] | None = None) -> TextCase:
+    """One client's update on ``batch_size`` bundled records (drawn by ``seed``) or the given ``records``."""
+    tokenizer = load_tokenizer("bpe", vocab_size)
+    records = records if records is not None else private_records(batch_size, seed=1000 + seed)
+    ids = encode_records(tokenizer, records)
+    encoder = TEXT_MODELS[model][0] == "bert"
+    spec = text_model_spec(model, tokenizer.vocab_size, tokenizer.pad_id, eos_id=tokenizer.eos_id,
+                           num_labels=4)
+    torch.manual_seed(seed)
+    net = spec.build()
+    if pretrain_steps:
+        other = encode_records(tokenizer, private_records(512, seed=777), ids.shape[1] + 8)
+        g = torch.Generator().manual_seed(seed)
+        weights = pretrain(spec, lambda step: other[torch.randint(0, len(other), (16,), generator=g)],
+                           steps=pretrain_steps, seed=seed, key=f"records-512-777-{tokenizer.name}")
+        net.load_state_dict(weights)
+    if lora_rank is not None:
+        from peft import LoraConfig, get_peft_model
+
+        targets = ["query", "value"] if encoder else ["c_attn"]
+        net = get_peft_model(net, LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=targets,
+                                             lora_dropout=0.0))
+        from gradleak.record import spec_of
+
+        spec = spec_of(net)
+    labels = torch.tensor([r.label for r in records]) if encoder else None
+    task = Task.classification(4) if encoder else Task.causal_lm()
+    obs, truth = simulate(spec, ids, labels, input_spec=TokenInput(ids.shape[1], tokenizer.vocab_size,
+                                                                    tokenizer.pad_id, tokenizer.name),
+                          task=task, model=net, seed=seed, defense=defense)
+    return TextCase(obs, truth, records, tokenizer)

@@ -1,0 +1,74 @@
+"""DAGER on a GPT-2-small-shaped decoder: a batch of 8 private records recovered exactly, random and trained."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gradleak.attacks import ATTACKS
+from gradleak.attacks.text import token_bag
+from gradleak.attacks.text.dager import architecture
+from gradleak.errors import ConfigError
+from gradleak.text.metrics import score_text
+from gradleak.text.victim import text_victim
+
+pytest.importorskip("transformers")
+
+
+def _score(case, recon):
+    tok = case.tokenizer
+    return score_text(recon.inputs, case.truth.inputs, tok.decode, pad_id=tok.pad_id, ignore_ids=(tok.eos_id,),
+                      records=case.records)
+
+
+@pytest.fixture(scope="module")
+def random_case():
+    return text_victim("gpt2-small", 8, seed=0)
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_dager_recovers_a_batch_of_8_records_exactly(random_case, trained: bool) -> None:
+    """Trained: 3 AdamW steps on 512 other records here (a pre-trained model in ~40 s of the suite's time);
+    benchmarks/bench_text.py runs the 200-step model."""
+    case = text_victim("gpt2-small", 8, seed=0, pretrain_steps=3) if trained else random_case
+    recon = ATTACKS.build("dager").reconstruct(case.observation)
+    means = _score(case, recon).means()
+    assert means["rouge1"] >= 0.99 and means["rouge2"] >= 0.99, means
+    assert means["exact"] >= 0.9, means
+    assert means["secrets_recovered"] >= 0.9, means
+    assert not recon.details["layer1_full"] and recon.details["sequences_found"] == 8
+
+
+def test_token_bag_of_8_records_is_exact(random_case) -> None:
+    """GPT-2 ties its embedding to the output layer, so the bag comes from the first layer's span. The last token
+    of each record (the end-of-sequence marker) feeds no loss term in causal LM and is invisible; the records'
+    own tokens are the bag, exactly."""
+    case = random_case
+    ids = case.truth.inputs
+    tok = case.tokenizer
+    expected = set(ids[(ids != tok.pad_id) & (ids != tok.eos_id)].tolist())
+    assert token_bag(case.observation) == expected
+
+
+def test_token_bag_of_an_untied_encoder_is_its_nonzero_embedding_rows() -> None:
+    case = text_victim("bert-tiny", 8, seed=1)
+    ids = case.truth.inputs
+    # every id that entered the model, padding included, and no other
+    assert token_bag(case.observation) == set(ids.flatten().tolist())
+
+
+def test_layer2_shortcut_equals_full_forwards(random_case) -> None:
+    obs = random_case.observation
+    arch = architecture(obs.build_model().eval(), obs.gradient_estimate())
+    prefixes = [[5, 9, 11], [7, 7, 2]]
+    tokens = [3, 100, 1999]
+    fast = arch.second_inputs_extending(prefixes, tokens)
+    for a, prefix in enumerate(prefixes):
+        slow = arch.second_inputs(torch.tensor([prefix + [v] for v in tokens]))
+        torch.testing.assert_close(fast[a], slow, rtol=1e-4, atol=1e-5)
+
+
+def test_dager_refuses_images(face_observation) -> None:
+    obs, _ = face_observation
+    with pytest.raises(ConfigError, match="handles tokens inputs, not image"):
+        ATTACKS.build("dager").reconstruct(obs)
