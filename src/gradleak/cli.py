@@ -66,6 +66,8 @@ def _victim_args(p: argparse.ArgumentParser, dataset: str, num_classes: int | No
     p.add_argument("--leak-labels", action="store_true", help="the labels are part of what the server sees")
     p.add_argument("--clients", type=int, default=1,
                    help="split the batch into N equal clients; the server sees the sum of their updates (fedsgd)")
+    p.add_argument("--allow-large", action="store_true",
+                   help="lift the bounds on image size, dataset size and labels read from files")
 
 
 def _attack_args(p: argparse.ArgumentParser, attack: str) -> None:
@@ -191,8 +193,55 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     print(f"report: {out / 'grid.png'}, {out / 'metrics.json'}")
 
 
+def cmd_demo_text(args: argparse.Namespace) -> int:
+    """A fine-tuning client's update on bundled private records, attacked (DAGER by default) and scored."""
+    from gradleak.attacks import ATTACKS
+    from gradleak.defenses import build_defense
+    from gradleak.report.files import write_report
+    from gradleak.report.text import write_text_report
+    from gradleak.text.metrics import score_text
+    from gradleak.text.victim import text_victim
+
+    attack_name = "dager" if args.attack == "idlg" else args.attack
+    defense = build_defense(args.defense, **parse_assignments(args.defense_arg, "--defense-arg")) \
+        if args.defense else None
+    case = text_victim(args.text_model, args.records, seed=args.seed, pretrain_steps=args.pretrain_steps,
+                       defense=defense)
+    attack = ATTACKS.build(attack_name, **parse_assignments(args.attack_arg, "--attack-arg"))
+    recon = attack.reconstruct(case.observation, device=args.device, seed=args.seed, progress=not args.quiet)
+    tok = case.tokenizer
+    scores = score_text(recon.inputs, case.truth.inputs, tok.decode, pad_id=tok.pad_id, ignore_ids=(tok.eos_id,),
+                        records=case.records)
+    out = Path(args.out)
+    means = scores.means()
+    write_report(out, case.observation, recon, None, None, seed=args.seed, device=args.device,
+                 extra={"text": {"mean": means, "recovered": scores.recovered_text, "truth": scores.true_text,
+                                 "exact": scores.exact, "secrets_found": scores.secrets_found,
+                                 "secrets_total": scores.secrets_total, "assignment": scores.assignment,
+                                 "tokenizer": tok.name, "model": args.text_model}})
+    strip = {tok.pad_id, tok.eos_id}
+    truth_ids = [[t for t in row if t not in strip] for row in case.truth.inputs.tolist()]
+    rec_rows = recon.inputs.tolist()
+    matched = [[t for t in rec_rows[j] if t not in strip] if j >= 0 else [] for j in scores.assignment]
+    html = write_text_report(out / "sentences.html", case.records, truth_ids, matched, scores, tok,
+                             f"{attack_name} on {args.text_model}, {args.records} private records")
+    for i, (truth, got) in enumerate(zip(scores.true_text, scores.recovered_text)):
+        mark = "exact" if scores.exact[i] else f"ROUGE-1 {scores.rouge1[i]:.2f}"
+        print(f"[{i}] truth:     {truth}\n    recovered: {got}\n    ({mark}, secrets {scores.secrets_found[i]}/"
+              f"{scores.secrets_total[i]})")
+    secrets = means["secrets_recovered"]
+    print(f"{attack_name}: ROUGE-1 {means['rouge1']:.3f}  ROUGE-2 {means['rouge2']:.3f}  exact "
+          f"{means['exact']:.2f}  secrets recovered {'-' if secrets is None else f'{secrets:.2f}'}  "
+          f"({recon.wall_time_s:.1f} s)")
+    print(f"report: {html}, {out / 'metrics.json'}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gradleak.experiment import run_experiment
+
+    if args.text:
+        return cmd_demo_text(args)
 
     if args.indices is None and args.batch_size == 1:
         args.indices = "0"  # the first bundled image (a face by default), so the demo is the same everywhere
@@ -501,6 +550,14 @@ def build_parser() -> argparse.ArgumentParser:
     _defense_args(demo)
     _attack_args(demo, attack="idlg")
     _common(demo, out_default="out/demo")
+    txt = demo.add_argument_group("text (--text)")
+    txt.add_argument("--text", action="store_true",
+                     help="a language-model fine-tuning update on bundled private records, attacked by DAGER")
+    txt.add_argument("--text-model", default="gpt2-small",
+                     choices=("gpt2-tiny", "gpt2-mini", "gpt2-small", "bert-tiny", "bert-base"))
+    txt.add_argument("--records", type=int, default=8, help="private records in the batch (text)")
+    txt.add_argument("--pretrain-steps", type=int, default=0,
+                     help="train the text model here first for this many steps (cached)")
     demo.set_defaults(func=cmd_demo)
 
     cap = sub.add_parser("capture", help="simulate a victim and write a capture file",
@@ -531,6 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     dfd.add_argument("--defense-arg", action="append", metavar="KEY=VALUE", help="defense setting, repeatable")
     dfd.add_argument("--dataset", default="digits", help="bundled dataset to train on (default digits)")
     dfd.add_argument("--image-size", type=int, default=32)
+    dfd.add_argument("--allow-large", action="store_true", help="lift the bounds on image and dataset size")
     dfd.add_argument("--model", default="lenet")
     dfd.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="model setting, repeatable")
     _utility_args(dfd)
@@ -630,6 +688,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _check_paths_and_device(args)
+        if getattr(args, "allow_large", False):  # lifts the bounds for the whole command
+            from gradleak.limits import allow_large
+
+            with allow_large():
+                return int(args.func(args))
         return int(args.func(args))
     except GradleakError as exc:
         print(f"gradleak: error: {exc}", file=sys.stderr)
