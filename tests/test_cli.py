@@ -167,3 +167,12 @@ def test_fl_audit_settings_checked_before_the_federation_runs(tmp_path: Path, ca
     assert main(["fl-audit", str(config), "--out", str(tmp_path / "a")]) == 2
     assert "[audit] attack_kwargs: attack 'idlg' setting 'iterations' must be an integer" in capsys.readouterr().err
     assert time.perf_counter() - start < 10 and not (tmp_path / "a").exists()  # no Flower, no Ray started
+
+
+def test_allow_large_lifts_the_image_size_bound(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "missing.npz"
+    argv = ["demo", "--image-size", "1100", "--dataset", f"npz:{missing}", "--quiet", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "image_size 1100 makes 3630000 elements per image, above the limit" in capsys.readouterr().err
+    assert main([*argv, "--allow-large"]) == 2  # the bound is lifted: the next check is the missing file
+    assert f"{missing}: file not found" in capsys.readouterr().err
