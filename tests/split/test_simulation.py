@@ -1,0 +1,37 @@
+import dataclasses
+
+import pytest
+import torch
+
+from gradleak.errors import ConfigError
+from gradleak.split import SplitDefense, train_split
+
+
+def test_returned_gradients_are_the_servers_true_gradients(digits16):
+    run = train_split(digits16, cut=2, steps=5, observe=4, seed=1)
+    obs = run.observation
+    assert "images" not in {f.name for f in dataclasses.fields(obs)} and "inputs" not in {f.name for f in dataclasses.fields(obs)}
+    server = obs.architecture().server(obs.cut)
+    server.load_state_dict(obs.server_state)
+    z = obs.smashed.clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(server(z), run.truth.labels, reduction="sum").backward()
+    torch.testing.assert_close(obs.returned, z.grad)
+    client = obs.white_box_client()
+    torch.testing.assert_close(client(run.truth.inputs), obs.smashed)
+
+
+def test_training_learns_and_is_reproducible(digits16):
+    a = train_split(digits16, cut=1, steps=40, observe=4, seed=3)
+    b = train_split(digits16, cut=1, steps=40, observe=4, seed=3)
+    assert a.test_accuracy == b.test_accuracy
+    assert a.test_accuracy > 0.5  # 10 classes: chance is 0.1
+    torch.testing.assert_close(a.observation.smashed, b.observation.smashed)
+
+
+def test_hostile_configuration(digits16):
+    with pytest.raises(ConfigError, match="block 1, 2 or 3"):
+        train_split(digits16, cut=0)
+    with pytest.raises(ConfigError, match="steps"):
+        train_split(digits16, steps=-1)
+    with pytest.raises(ConfigError, match="smashed_noise"):
+        SplitDefense(smashed_noise=-1.0)
