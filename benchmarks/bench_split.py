@@ -23,7 +23,7 @@ from gradleak.split import (SplitDefense, cosine_attack_scores, leakage_auc, nor
                             unsplit_inversion, white_box_inversion)
 
 DEFENSES = [SplitDefense(), SplitDefense(smashed_noise=0.1), SplitDefense(smashed_noise=0.3),
-            SplitDefense(nopeek=0.5), SplitDefense(nopeek=2.0), SplitDefense(gradient_noise=0.5),
+            SplitDefense(nopeek=0.1), SplitDefense(nopeek=0.2), SplitDefense(nopeek=1.0), SplitDefense(gradient_noise=0.5),
             SplitDefense(gradient_noise=1.0)]
 
 
