@@ -45,6 +45,14 @@ class ClientSetup:
     seed: int = 0
     dp_noise_multiplier: float = 1.0
     dp_max_grad_norm: float = 1.0
+    #: per-partition examples per round (overrides ``examples_per_round`` for the partitions it lists), to mix
+    #: small- and large-batch clients in one federation (update filtering, ``gradleak.fl.filtering``)
+    examples_by_partition: tuple[int, ...] = ()
+
+    def examples(self, partition_id: int) -> int:
+        if partition_id < len(self.examples_by_partition):
+            return self.examples_by_partition[partition_id]
+        return self.examples_per_round
 
     def load(self) -> ImageDataset:
         return _dataset(self.dataset, self.image_size, self.channels)
@@ -58,8 +66,9 @@ class ClientSetup:
     def batch_indices(self, partition_id: int, server_round: int) -> list[int]:
         """The private batch of one client in one round: the next ``examples_per_round`` images of its shard."""
         shard = self.partition(partition_id)
-        start = (server_round - 1) * self.examples_per_round
-        return [shard[(start + j) % len(shard)] for j in range(self.examples_per_round)]
+        n = self.examples(partition_id)
+        start = (server_round - 1) * n
+        return [shard[(start + j) % len(shard)] for j in range(n)]
 
 
 @lru_cache(maxsize=4)

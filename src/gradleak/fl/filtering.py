@@ -1,0 +1,129 @@
+"""Update filtering for a Flower server: score each client's update for leakage risk before aggregation.
+
+``FilteringStrategy`` wraps a Message-API strategy (as ``RecordingStrategy`` does) and, in ``aggregate_train``,
+turns each reply into a weight delta (``returned - sent``), scores it with ``gradleak.risk`` (predicted attack PSNR,
+dB, from the delta, the model and the ``batch-size`` the client reports) and drops, clips (scales the delta by
+``clip_factor``) or flags the replies above ``threshold`` before the wrapped strategy aggregates. What it did each
+round is kept in ``.rounds``. The same rule for non-Flower loops is ``gradleak.risk.filter_updates``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from flwr.app import ArrayRecord
+from flwr.serverapp.strategy import Strategy
+from torch import nn
+
+from gradleak.errors import ConfigError
+from gradleak.fl.recording import _pick, _scalars, _tensors
+from gradleak.risk import RiskModel, indicators
+
+
+@dataclass
+class RoundFilterReport:
+    """One round: per client node ``(score, action)`` with action 'keep', 'drop', 'clip' or 'flag'."""
+
+    round: int
+    decisions: dict[int, tuple[float, str]] = field(default_factory=dict)
+
+    def count(self, action: str) -> int:
+        return sum(1 for _, a in self.decisions.values() if a == action)
+
+
+class FilteringStrategy(Strategy):
+    """Wrap a Flower strategy; score every client update and act on those predicted to leak above ``threshold`` dB.
+
+    ``model_factory`` builds the model (architecture only: the indicators need parameter names and the classifier
+    layer); ``num_classes`` picks the classifier. Clients must reply with an ``ArrayRecord`` keyed by parameter name
+    and a ``batch-size`` metric (gradleak's clients do); a reply without one counts as batch size 1 (the riskiest).
+    """
+
+    def __init__(
+        self,
+        strategy: Any,
+        model_factory: Callable[[], nn.Module],
+        num_classes: int | None = None,
+        threshold: float = 15.0,
+        action: Literal["drop", "clip", "flag"] = "drop",
+        clip_factor: float = 0.1,
+        risk_model: RiskModel | None = None,
+        arrayrecord_key: str | None = None,
+    ) -> None:
+        if not isinstance(strategy, Strategy):
+            raise TypeError(f"FilteringStrategy wraps a flwr.serverapp.strategy.Strategy, got {type(strategy).__name__}")
+        if action not in ("drop", "clip", "flag"):
+            raise ConfigError(f"filter action must be 'drop', 'clip' or 'flag', got {action!r}")
+        if not 0.0 <= clip_factor <= 1.0:
+            raise ConfigError(f"filter clip_factor must be in [0, 1], got {clip_factor}")
+        self.strategy = strategy
+        self.model = model_factory()
+        self.num_classes = num_classes
+        self.threshold = float(threshold)
+        self.action = action
+        self.clip_factor = float(clip_factor)
+        self.risk_model = risk_model or RiskModel.load()
+        self.arrayrecord_key = arrayrecord_key or getattr(strategy, "arrayrecord_key", "arrays")
+        self.rounds: list[RoundFilterReport] = []
+        self._sent: dict[int, dict[str, torch.Tensor]] = {}
+
+    def configure_train(self, server_round: int, arrays: Any, config: Any, grid: Any) -> Iterable[Any]:
+        self._sent[server_round] = _tensors(arrays)
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Any]) -> tuple[Any, Any]:
+        sent = self._sent.pop(server_round, None)
+        report = RoundFilterReport(server_round)
+        passed = []
+        for msg in replies:
+            if msg.has_error() or not msg.has_content() or sent is None:
+                passed.append(msg)
+                continue
+            record = _pick(msg.content.array_records, self.arrayrecord_key, "array")
+            if record is None:
+                passed.append(msg)
+                continue
+            returned = _tensors(record)
+            metrics: dict[str, Any] = {}
+            for m in msg.content.metric_records.values():
+                metrics.update(_scalars(m))
+            batch = int(metrics.get("batch-size", metrics.get("num-examples", 1)) or 1)
+            delta = {k: returned[k].float() - sent[k].float() for k in returned if k in sent and returned[k].is_floating_point()}
+            score = self.risk_model.predict(indicators(delta, self.model, batch, self.num_classes, "delta"))
+            node = msg.metadata.src_node_id
+            if score <= self.threshold:
+                report.decisions[node] = (score, "keep")
+                passed.append(msg)
+            elif self.action == "drop":
+                report.decisions[node] = (score, "drop")
+            elif self.action == "flag":
+                report.decisions[node] = (score, "flag")
+                passed.append(msg)
+            else:
+                report.decisions[node] = (score, "clip")
+                clipped = {k: (sent[k] + self.clip_factor * delta[k]).to(v.dtype) if k in delta else v
+                           for k, v in returned.items()}
+                key = next(k for k, r in msg.content.array_records.items() if r is record)
+                msg.content[key] = ArrayRecord(clipped)
+                passed.append(msg)
+        self.rounds.append(report)
+        if not passed:  # every update dropped: keep the global model as it is
+            return None, None
+        return self.strategy.aggregate_train(server_round, passed)
+
+    def configure_evaluate(self, server_round: int, arrays: Any, config: Any, grid: Any) -> Iterable[Any]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Any]) -> Any:
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.strategy.summary()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "strategy":
+            raise AttributeError(name)
+        return getattr(self.strategy, name)
