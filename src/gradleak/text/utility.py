@@ -1,0 +1,94 @@
+"""The price of an update defense on text: held-out accuracy (BERT-style classifier of a record's locale) or
+perplexity (GPT-2-style decoder) of a tiny model fine-tuned here with every step's update defended, beside the
+same run undefended. Same seed, same records, same initial weights and batch draws for every defense.
+
+Defenses that only transform the shared update (Gaussian/Laplacian noise, clipping, pruning, quantization,
+secure aggregation) apply as they do to images. Defenses that change the training step itself (DP-SGD's
+per-example clipping through Opacus) are refused here with a ``ConfigError``: Opacus's grad samplers cover
+``nn.Linear``, ``nn.Embedding`` and ``nn.LayerNorm`` (BERT's layers) but not GPT-2's ``Conv1D``, and wiring the
+Hugging Face keyword forward through ``GradSampleModule`` is not done yet.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from gradleak.defenses.base import ClientContext, Defense, Update
+from gradleak.errors import ConfigError
+from gradleak.tasks import Task
+from gradleak.text.corpus import private_records
+from gradleak.text.models import TEXT_MODELS, text_model_spec
+from gradleak.text.tokenizer import load_tokenizer
+from gradleak.text.victim import encode_records
+
+
+@dataclass(frozen=True)
+class TextUtility:
+    """``metric`` is ``"accuracy"`` (encoders, higher is better) or ``"perplexity"`` (decoders, lower is better)."""
+
+    model: str
+    defense: str
+    metric: str
+    value: float
+    steps: int
+
+
+def text_defense_cost(defense: Defense | None = None, *, model: str = "bert-tiny", steps: int = 60,
+                      batch_size: int = 16, lr: float = 3e-3, vocab_size: int = 512, train_records: int = 256,
+                      test_records: int = 128, seq_len: int = 64, seed: int = 0) -> TextUtility:
+    """Fine-tune ``model`` from random init for ``steps`` Adam steps on defended updates; score held-out records."""
+    if defense is not None and type(defense).step_gradient is not Defense.step_gradient:
+        raise ConfigError(f"defense {defense.name!r} changes the training step (per-example gradients); "
+                          "text models take update transforms only (noise, clipping, pruning, quantization, "
+                          "secure aggregation)")
+    if steps < 1 or batch_size < 1 or train_records < batch_size or test_records < 1:
+        raise ConfigError(f"need steps >= 1, 1 <= batch_size <= train_records, test_records >= 1; got "
+                          f"steps={steps}, batch_size={batch_size}, train_records={train_records}, "
+                          f"test_records={test_records}")
+    tokenizer = load_tokenizer("bpe", vocab_size)
+    encoder = TEXT_MODELS[model][0] == "bert"
+    records = private_records(train_records + test_records, seed=4242 + seed)
+    ids = encode_records(tokenizer, records, seq_len)
+    labels = torch.tensor([r.label for r in records])
+    mask = (ids != tokenizer.pad_id).long()
+    task = Task.classification(4) if encoder else Task.causal_lm()
+    spec = text_model_spec(model, tokenizer.vocab_size, tokenizer.pad_id, eos_id=tokenizer.eos_id, num_labels=4)
+    torch.manual_seed(seed)
+    net = spec.build()
+    params = {n: p for n, p in net.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.Adam(params.values(), lr=lr)
+    draws = torch.Generator().manual_seed(seed)
+    noise = torch.Generator().manual_seed(seed + 1)
+
+    def gradient(x: torch.Tensor, y: torch.Tensor) -> Update:
+        net.zero_grad()
+        m = (x != tokenizer.pad_id).long()
+        task.loss(net, x, y if encoder else None, m).backward()
+        return {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+                for n, p in params.items()}
+
+    net.train()
+    for _ in range(steps):
+        pick = torch.randint(0, train_records, (batch_size,), generator=draws)
+        update = gradient(ids[pick], labels[pick])
+        if defense is not None:
+            update = defense.transform(update, ClientContext(net, ids[pick], labels[pick], noise, gradient))
+        optimizer.zero_grad()
+        for n, p in params.items():
+            p.grad = update[n].to(p.dtype)
+        optimizer.step()
+    net.eval()
+    test_ids, test_labels, test_mask = ids[train_records:], labels[train_records:], mask[train_records:]
+    with torch.no_grad():
+        if encoder:
+            from gradleak.tasks import forward
+
+            logits = forward(net, test_ids, test_mask)
+            value = float((logits.argmax(-1) == test_labels).float().mean())
+        else:
+            value = math.exp(float(task.loss(net, test_ids, None, test_mask)))
+    return TextUtility(model, "none" if defense is None else defense.name,
+                       "accuracy" if encoder else "perplexity", value, steps)
