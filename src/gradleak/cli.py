@@ -540,6 +540,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_split(args: argparse.Namespace) -> int:
+    from gradleak.split.defenses import SplitDefense
+    from gradleak.split.run import run_split
+
+    defense = SplitDefense(args.smashed_noise, args.nopeek, args.gradient_noise)
+    metrics = run_split(args.out, args.dataset, args.image_size, args.cut, args.steps, args.observe,
+                        args.positive_class, defense, args.seed)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gradleak", description="Gradient inversion: attacks, defenses, audits.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -666,11 +677,25 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default=None, help="HTML file (default: report.html beside the source)")
     rep.add_argument("--config", default=None, help="config file to include in the report")
     rep.set_defaults(func=cmd_report)
+
+    spl = sub.add_parser("split", help="split learning: smashed-data inversion and label leakage, with defenses")
+    spl.add_argument("--dataset", default="digits", help="bundled dataset [digits]")
+    spl.add_argument("--image-size", type=int, default=16, help="image side, multiple of 4 [16]")
+    spl.add_argument("--cut", type=int, default=2, help="cut after block 1, 2 or 3 [2]")
+    spl.add_argument("--steps", type=int, default=60, help="training steps [60]")
+    spl.add_argument("--observe", type=int, default=8, help="images the server sees as smashed data [8]")
+    spl.add_argument("--positive-class", type=int, default=0, help="positive class of the label-leakage task [0]")
+    spl.add_argument("--smashed-noise", type=float, default=0.0, help="defense: noise std on smashed data")
+    spl.add_argument("--nopeek", type=float, default=0.0, help="defense: NoPeek distance-correlation weight")
+    spl.add_argument("--gradient-noise", type=float, default=0.0, help="defense: returned-gradient perturbation")
+    spl.add_argument("--seed", type=int, default=0)
+    spl.add_argument("--out", default="split-run", help="report folder [split-run]")
+    spl.set_defaults(func=cmd_split)
     return parser
 
 
 #: commands whose --out is a folder (capture writes a file, report an HTML file)
-_FOLDER_OUT = ("demo", "attack", "tradeoff", "defend", "fl-audit", "audit", "sweep")
+_FOLDER_OUT = ("demo", "attack", "tradeoff", "defend", "fl-audit", "audit", "sweep", "split")
 
 
 def _check_paths_and_device(args: argparse.Namespace) -> None:
