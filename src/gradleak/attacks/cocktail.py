@@ -3,10 +3,9 @@
 The weight gradient of a fully connected input layer is ``G = dL/dZ^T X``: each of its ``m`` rows is a linear
 mixture of the ``B`` flattened inputs. Images are non-Gaussian and mutually independent, so independent component
 analysis (scikit-learn's FastICA, whitened to ``B`` components) unmixes the rows back into the inputs, up to a
-sign and a scale per component. Following the paper, the sign is chosen by the prior that natural images are
-smooth (the sign whose pixels, after mapping to [0, 1], has lower total variation does not distinguish, so we use
-the correlation with the bias-gradient-weighted mean row, then the skew of the pixels); the scale is fixed by
-matching each component's mean and spread to the dataset normalisation. Recovered images are matched to the truth
+sign and a scale per component. Each component is standardised and mapped to pixels as 0.5 + 0.25 z; the sign is
+the one with the lower total variation after clipping to [0, 1] (smooth-image prior), ties broken by lower skew.
+This first version does not yet separate crops of the bundled photos (see benchmarks/bench_exact.py). Recovered images are matched to the truth
 only when scored, outside the attack.
 """
 
@@ -80,9 +79,8 @@ class CocktailPartyAttack(Attack):
         x = torch.from_numpy(np.ascontiguousarray(sources)).float()
         mean, std = obs.normalization()
         x = x.reshape(b, *obs.input_shape)
-        # Each component is a normalised image times an unknown scale; natural images are positively skewed
-        # less often than their negatives are... use the prior the paper uses: pick the sign whose image,
-        # rescaled to the dataset's spread, has the lower total variation after clipping to [0, 1].
+        # Each component is an image up to sign and scale: standardise it, then keep the sign with the lower
+        # total variation after clipping to [0, 1].
         candidates = []
         for sign in (1.0, -1.0):
             z = sign * x
