@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import os
 import pickle
 from pathlib import Path
@@ -177,11 +179,11 @@ def test_npz_header_claiming_a_huge_array_is_refused_before_allocating(tmp_path:
 
     header = np.lib.format.header_data_from_array_1_0(np.zeros((1,), np.uint8))
     header["shape"] = (10**6, 1000, 1000)  # 10^12 pixels claimed by a file of a few hundred bytes
-    buf = __import__("io").BytesIO()
+    buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, header)
     with zipfile.ZipFile(tmp_path / "bomb.npz", "w") as zf:
         zf.writestr("images.npy", buf.getvalue() + b"\x00" * 16)
-        labels = __import__("io").BytesIO()
+        labels = io.BytesIO()
         np.save(labels, np.zeros(10**6, np.int64)[:2])
         zf.writestr("labels.npy", labels.getvalue())
     with pytest.raises(DataError, match=r"bomb\.npz: 'images' of shape \(1000000, 1000, 1000\) hold 1000000000000 "
