@@ -471,7 +471,9 @@ def cmd_fl_audit(args: argparse.Namespace) -> int:
     if args.model and ":" in args.model:
         trust_model(args.model.rsplit(":", 1)[0])  # named on the command line: the user trusts it
     fed_over = {k: v for k, v in {"num_clients": args.clients, "rounds": args.rounds, "protocol": args.protocol,
-                                  "dataset": args.dataset, "model": args.model}.items() if v is not None}
+                                  "dataset": args.dataset, "model": args.model,
+                                  "filter_threshold": args.filter_threshold,
+                                  "filter_action": args.filter_action}.items() if v is not None}
     if args.secure_aggregation:
         fed_over["secure_aggregation"] = True
     fed = dataclasses.replace(fed, **fed_over)
@@ -491,6 +493,9 @@ def cmd_fl_audit(args: argparse.Namespace) -> int:
     print(f"federation: {fed.num_clients} {fed.protocol} clients on {fed.dataset}, {fed.rounds} rounds, "
           f"secure aggregation {'on (SecAgg+)' if fed.secure_aggregation else 'off'}")
     run = run_federation(fed, verbose=not args.quiet and args.verbose)
+    for r in run.filter_rounds:
+        shown = ", ".join(f"node {node}: {score:.1f} dB {action}" for node, (score, action) in r.decisions.items())
+        print(f"round {r.round} filter (threshold {fed.filter_threshold:g} dB): {shown}")
     report = audit(run.updates, run.target, settings.attack, settings.attack_kwargs, truth=run.truth,
                    aggregate_as=settings.aggregate_as, leak_threshold_db=settings.leak_threshold_db,
                    rounds=settings.rounds or None, device=settings.device, seed=settings.seed, out=settings.out,
@@ -647,6 +652,10 @@ def build_parser() -> argparse.ArgumentParser:
     fla.add_argument("--trust-model", action="append", default=[], metavar="MODULE",
                      help="allow the config's model module to be imported; repeatable")
     fla.add_argument("--secure-aggregation", action="store_true", help="Flower SecAgg+: the server sees sums only")
+    fla.add_argument("--filter-threshold", type=float, default=None, metavar="DB",
+                     help="filter updates whose predicted attack PSNR (gradleak.risk) is above DB before FedAvg")
+    fla.add_argument("--filter-action", choices=("drop", "clip", "flag"), default=None,
+                     help="what the filter does with a risky update (default: drop)")
     fla.add_argument("--attack", default=None)
     fla.add_argument("--iterations", type=int, default=None)
     fla.add_argument("--aggregate-as", choices=("client", "batch"), default=None,

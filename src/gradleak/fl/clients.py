@@ -94,7 +94,7 @@ def client_update(
     model.load_state_dict(weights)
     model.train()
     n = len(indices)
-    batch = batch_size or n
+    batch = min(batch_size or n, n)  # a client with fewer examples than the mini-batch trains on all it has
     metrics: dict[str, Any] = {"num-examples": n, "batch-size": batch, "partition-id": partition_id}
     if setup.protocol == "fedsgd":
         local_sgd(model, x, labels, LocalTraining(1, lr, n))

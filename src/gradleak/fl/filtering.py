@@ -15,11 +15,10 @@ from typing import Any, Literal
 
 import torch
 from flwr.app import ArrayRecord
-from flwr.serverapp.strategy import Strategy
 from torch import nn
 
 from gradleak.errors import ConfigError
-from gradleak.fl.recording import _pick, _scalars, _tensors
+from gradleak.fl.recording import StrategyWrapper, _pick, _reply_metrics, _tensors
 from gradleak.risk import RiskModel, indicators
 
 
@@ -34,12 +33,13 @@ class RoundFilterReport:
         return sum(1 for _, a in self.decisions.values() if a == action)
 
 
-class FilteringStrategy(Strategy):
+class FilteringStrategy(StrategyWrapper):
     """Wrap a Flower strategy; score every client update and act on those predicted to leak above ``threshold`` dB.
 
     ``model_factory`` builds the model (architecture only: the indicators need parameter names and the classifier
     layer); ``num_classes`` picks the classifier. Clients must reply with an ``ArrayRecord`` keyed by parameter name
-    and a ``batch-size`` metric (gradleak's clients do); a reply without one counts as batch size 1 (the riskiest).
+    and a ``num-examples`` (or ``batch-size``) metric, as gradleak's clients do; a reply without one counts as one
+    example (the riskiest).
     """
 
     def __init__(
@@ -53,20 +53,17 @@ class FilteringStrategy(Strategy):
         risk_model: RiskModel | None = None,
         arrayrecord_key: str | None = None,
     ) -> None:
-        if not isinstance(strategy, Strategy):
-            raise TypeError(f"FilteringStrategy wraps a flwr.serverapp.strategy.Strategy, got {type(strategy).__name__}")
         if action not in ("drop", "clip", "flag"):
             raise ConfigError(f"filter action must be 'drop', 'clip' or 'flag', got {action!r}")
         if not 0.0 <= clip_factor <= 1.0:
             raise ConfigError(f"filter clip_factor must be in [0, 1], got {clip_factor}")
-        self.strategy = strategy
+        super().__init__(strategy, arrayrecord_key)
         self.model = model_factory()
         self.num_classes = num_classes
         self.threshold = float(threshold)
         self.action = action
         self.clip_factor = float(clip_factor)
         self.risk_model = risk_model or RiskModel.load()
-        self.arrayrecord_key = arrayrecord_key or getattr(strategy, "arrayrecord_key", "arrays")
         self.rounds: list[RoundFilterReport] = []
         self._sent: dict[int, dict[str, torch.Tensor]] = {}
 
@@ -87,10 +84,9 @@ class FilteringStrategy(Strategy):
                 passed.append(msg)
                 continue
             returned = _tensors(record)
-            metrics: dict[str, Any] = {}
-            for m in msg.content.metric_records.values():
-                metrics.update(_scalars(m))
-            batch = int(metrics.get("batch-size", metrics.get("num-examples", 1)) or 1)
+            metrics = _reply_metrics(msg)
+            # the examples behind the update (FedAvg's mini-batches all mix into one delta), not the mini-batch size
+            batch = int(metrics.get("num-examples", metrics.get("batch-size", 1)) or 1)
             delta = {k: returned[k].float() - sent[k].float() for k in returned if k in sent and returned[k].is_floating_point()}
             score = self.risk_model.predict(indicators(delta, self.model, batch, self.num_classes, "delta"))
             node = msg.metadata.src_node_id
@@ -113,17 +109,3 @@ class FilteringStrategy(Strategy):
         if not passed:  # every update dropped: keep the global model as it is
             return None, None
         return self.strategy.aggregate_train(server_round, passed)
-
-    def configure_evaluate(self, server_round: int, arrays: Any, config: Any, grid: Any) -> Iterable[Any]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Any]) -> Any:
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.strategy.summary()
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "strategy":
-            raise AttributeError(name)
-        return getattr(self.strategy, name)

@@ -89,7 +89,49 @@ def _scalars(record: Any) -> dict[str, Any]:
     return out
 
 
-class RecordingStrategy(Strategy):
+def _reply_metrics(msg: Any) -> dict[str, Any]:
+    """Every scalar metric of a client's reply, all metric records merged."""
+    metrics: dict[str, Any] = {}
+    for m in msg.content.metric_records.values():
+        metrics.update(_scalars(m))
+    return metrics
+
+
+class StrategyWrapper(Strategy):
+    """A Message-API Flower strategy that wraps another: everything is delegated to ``strategy`` unless a subclass
+    overrides it (Flower's way of extending a server: wrap the strategy, do not fork it). ``arrayrecord_key`` is
+    where the client replies hold their arrays (the wrapped strategy's, by default)."""
+
+    def __init__(self, strategy: Any, arrayrecord_key: str | None = None) -> None:
+        if not isinstance(strategy, Strategy):
+            raise TypeError(
+                f"{type(self).__name__} wraps a flwr.serverapp.strategy.Strategy, got {type(strategy).__name__}"
+            )
+        self.strategy = strategy
+        self.arrayrecord_key = arrayrecord_key or getattr(strategy, "arrayrecord_key", "arrays")
+
+    def configure_train(self, server_round: int, arrays: Any, config: Any, grid: Any) -> Iterable[Any]:
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Any]) -> tuple[Any, Any]:
+        return self.strategy.aggregate_train(server_round, replies)
+
+    def configure_evaluate(self, server_round: int, arrays: Any, config: Any, grid: Any) -> Iterable[Any]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Any]) -> Any:
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        self.strategy.summary()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "strategy":
+            raise AttributeError(name)
+        return getattr(self.strategy, name)
+
+
+class RecordingStrategy(StrategyWrapper):
     """Wrap a Message-API Flower strategy and record every client's update per round.
 
     Everything is delegated to ``strategy``; the wrapper only reads the messages going out in
@@ -107,13 +149,8 @@ class RecordingStrategy(Strategy):
         arrayrecord_key: str | None = None,
         configrecord_key: str | None = None,
     ) -> None:
-        if not isinstance(strategy, Strategy):
-            raise TypeError(
-                f"RecordingStrategy wraps a flwr.serverapp.strategy.Strategy, got {type(strategy).__name__}"
-            )
-        self.strategy = strategy
+        super().__init__(strategy, arrayrecord_key)
         self.recorder = recorder if recorder is not None else UpdateRecorder()
-        self.arrayrecord_key = arrayrecord_key or getattr(strategy, "arrayrecord_key", "arrays")
         self.configrecord_key = configrecord_key or getattr(strategy, "configrecord_key", "config")
         self._sent: dict[tuple[int, int], tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
 
@@ -140,28 +177,9 @@ class RecordingStrategy(Strategy):
             sent = self._sent.pop((server_round, node), None)
             if record is None or sent is None:
                 continue
-            metrics: dict[str, Any] = {}
-            for m in msg.content.metric_records.values():
-                metrics.update(_scalars(m))
-            self.recorder.add(
-                RecordedUpdate(server_round, f"node-{node}", sent[0], _tensors(record), dict(sent[1]), metrics)
-            )
+            self.recorder.add(RecordedUpdate(server_round, f"node-{node}", sent[0], _tensors(record), dict(sent[1]),
+                                             _reply_metrics(msg)))
         return self.strategy.aggregate_train(server_round, replies)
-
-    # -- plain delegation ----------------------------------------------------------------------------
-    def configure_evaluate(self, server_round: int, arrays: Any, config: Any, grid: Any) -> Iterable[Any]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Any]) -> Any:
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def summary(self) -> None:
-        self.strategy.summary()
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "strategy":
-            raise AttributeError(name)
-        return getattr(self.strategy, name)
 
 
 class RecordingLegacyStrategy(LegacyStrategy):

@@ -9,6 +9,7 @@ the server unmask.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import torch
 from gradleak.errors import ConfigError
 from gradleak.fl.audit import AuditTarget
 from gradleak.fl.clients import ClientSetup, make_client_app, make_secagg_client_app
+from gradleak.fl.filtering import RoundFilterReport
 from gradleak.fl.recording import RecordedUpdate, RecordingLegacyStrategy, RecordingStrategy, UpdateRecorder
 from gradleak.model_spec import is_trusted, split_import_path
 from gradleak.observation import GroundTruth, ModelSpec
@@ -28,7 +30,10 @@ from gradleak.observation import GroundTruth, ModelSpec
 @dataclass(frozen=True)
 class FederationConfig:
     """A federation to simulate. ``examples_per_round`` is each client's private batch per round;
-    ``local_batch_size`` (FedAvg/DP) defaults to it. ``client_cpus`` is the Ray CPU share of one client."""
+    ``local_batch_size`` (FedAvg/DP) defaults to it. ``client_cpus`` is the Ray CPU share of one client.
+    ``examples_by_client`` overrides ``examples_per_round`` for the first clients (mixed small and large batches).
+    ``filter_threshold`` (dB) puts ``FilteringStrategy`` in front of FedAvg: updates whose predicted attack PSNR
+    is above it are dropped, clipped or flagged (``filter_action``); the recorder sees what FedAvg aggregates."""
 
     dataset: str = "digits"
     image_size: int = 32
@@ -49,6 +54,9 @@ class FederationConfig:
     seed: int = 0
     client_cpus: float = 1.0
     ray_num_cpus: int | None = 2
+    examples_by_client: tuple[int, ...] = ()
+    filter_threshold: float | None = None
+    filter_action: Literal["drop", "clip", "flag"] = "drop"
 
     def __post_init__(self) -> None:
         if self.num_clients < 2:
@@ -61,6 +69,16 @@ class FederationConfig:
             raise ConfigError(f"protocol must be 'fedsgd', 'fedavg' or 'dp', got {self.protocol!r}")
         if not self.local_lr > 0:
             raise ConfigError(f"local_lr must be positive, got {self.local_lr}")
+        if len(self.examples_by_client) > self.num_clients or any(n < 1 for n in self.examples_by_client):
+            raise ConfigError(f"examples_by_client must hold at most num_clients = {self.num_clients} positive "
+                              f"integers, got {list(self.examples_by_client)}")
+        if self.filter_action not in ("drop", "clip", "flag"):
+            raise ConfigError(f"filter_action must be 'drop', 'clip' or 'flag', got {self.filter_action!r}")
+        if self.filter_threshold is not None and not math.isfinite(self.filter_threshold):
+            raise ConfigError(f"filter_threshold must be a finite number of dB, got {self.filter_threshold}")
+        if self.filter_threshold is not None and self.secure_aggregation:
+            raise ConfigError("filter_threshold needs each client's update; under secure aggregation the server "
+                              "sees only their sum")
 
 
 @dataclass
@@ -71,6 +89,10 @@ class FederationRun:
     setup: ClientSetup
     target: AuditTarget
     updates: list[RecordedUpdate]
+    #: the global model after the last round (``None`` under secure aggregation)
+    final_weights: dict[str, torch.Tensor] | None = None
+    #: what the update filter did each round (empty without ``filter_threshold``)
+    filter_rounds: list[RoundFilterReport] = field(default_factory=list)
 
     def truth(self, update: RecordedUpdate) -> GroundTruth | None:
         """The private batch behind ``update``: the client's (found by the ``partition-id`` the simulated
@@ -111,6 +133,7 @@ def _setup(config: FederationConfig) -> tuple[ClientSetup, AuditTarget]:
         dataset=config.dataset, image_size=config.image_size, channels=config.channels, model_spec=spec,
         num_clients=config.num_clients, examples_per_round=config.examples_per_round, protocol=config.protocol,
         seed=config.seed, dp_noise_multiplier=config.dp_noise_multiplier, dp_max_grad_norm=config.dp_max_grad_norm,
+        examples_by_partition=config.examples_by_client,
     )
     target = AuditTarget(spec, ds.input_shape, num_classes, ds.mean, ds.std)
     return setup, target
@@ -123,7 +146,8 @@ def _train_config(config: FederationConfig) -> dict[str, Any]:
     return {"lr": float(config.local_lr), "local-steps": int(config.local_steps), "batch-size": int(batch)}
 
 
-def _server_app(config: FederationConfig, initial: dict[str, torch.Tensor], recorder: UpdateRecorder) -> Any:
+def _server_app(config: FederationConfig, setup: ClientSetup, initial: dict[str, torch.Tensor],
+                recorder: UpdateRecorder, out: dict[str, Any]) -> Any:
     from flwr.app import ArrayRecord, ConfigRecord, Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.serverapp.strategy import FedAvg
@@ -133,11 +157,19 @@ def _server_app(config: FederationConfig, initial: dict[str, torch.Tensor], reco
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        strategy = RecordingStrategy(
+        strategy: Any = RecordingStrategy(
             FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n), recorder
         )
-        strategy.start(grid=grid, initial_arrays=ArrayRecord(initial), num_rounds=config.rounds,
-                       train_config=ConfigRecord(_train_config(config)))
+        if config.filter_threshold is not None:
+            from gradleak.fl.filtering import FilteringStrategy
+
+            # the recorder sits inside the filter: it records exactly the updates FedAvg aggregates
+            strategy = FilteringStrategy(strategy, setup.model_spec.build, num_classes=setup.model_spec.kwargs.get(
+                "num_classes"), threshold=config.filter_threshold, action=config.filter_action)
+            out["filter_rounds"] = strategy.rounds
+        result = strategy.start(grid=grid, initial_arrays=ArrayRecord(initial), num_rounds=config.rounds,
+                                train_config=ConfigRecord(_train_config(config)))
+        out["final_weights"] = result.arrays.to_torch_state_dict()
 
     return app
 
@@ -184,10 +216,11 @@ def run_federation(config: FederationConfig, verbose: bool = False) -> Federatio
     torch.manual_seed(config.seed)
     initial = {k: v.detach().clone() for k, v in setup.model_spec.build().state_dict().items()}
     recorder = UpdateRecorder()
+    out: dict[str, Any] = {}
     if config.secure_aggregation:
         server, client = _secagg_server_app(config, initial, recorder), make_secagg_client_app(setup)
     else:
-        server, client = _server_app(config, initial, recorder), make_client_app(setup)
+        server, client = _server_app(config, setup, initial, recorder, out), make_client_app(setup)
     backend: dict[str, Any] = {"client_resources": {"num_cpus": config.client_cpus, "num_gpus": 0.0}}
     if config.ray_num_cpus is not None:
         backend["init_args"] = {"num_cpus": config.ray_num_cpus, "include_dashboard": False, "log_to_driver": verbose}
@@ -201,10 +234,12 @@ def run_federation(config: FederationConfig, verbose: bool = False) -> Federatio
     finally:
         flwr_logger.setLevel(level)
     updates = recorder.updates
-    expected = config.rounds * (1 if config.secure_aggregation else config.num_clients)
+    filter_rounds = out.get("filter_rounds", [])
+    dropped = sum(r.count("drop") for r in filter_rounds)
+    expected = config.rounds * (1 if config.secure_aggregation else config.num_clients) - dropped
     if len(updates) != expected:
         raise RuntimeError(f"the federation recorded {len(updates)} updates, expected {expected}: see Flower's log")
-    return FederationRun(config, setup, target, updates)
+    return FederationRun(config, setup, target, updates, out.get("final_weights"), filter_rounds)
 
 
 @dataclass(frozen=True)
