@@ -157,7 +157,7 @@ class CocktailPartyAttack(Attack):
             raise ConfigError(f"cocktail: only {g.shape[0]} units of {name!r} received gradient, fewer than batch {b}")
         u, s, vh = torch.linalg.svd(g, full_matrices=False)
         rank_gap = float(s[b - 1] / s[0])
-        if rank_gap < 1e-12:
+        if rank_gap < 1e-6:  # float32 gradients put a dependent direction near 1e-8
             raise ConfigError(f"cocktail: the gradient of {name!r} has rank below the batch size {b} "
                               "(repeated or linearly dependent inputs)")
         basis = s[:b, None] * vh[:b]  # R = U_B^T G: B mixtures spanning the inputs' row space
