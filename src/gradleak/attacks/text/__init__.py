@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gradleak.attacks.text import dager, subspace  # noqa: F401  (registers)
+from gradleak.attacks.text import dager, lamp, subspace, tag  # noqa: F401  (registers)
 from gradleak.attacks.text.token_bag import token_bag
 
 __all__ = ["token_bag"]
