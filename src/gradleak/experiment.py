@@ -113,9 +113,10 @@ def make_victim(config: ExperimentConfig) -> tuple[Observation, GroundTruth]:
     torch.manual_seed(config.seed)
     model = spec.build()
     if config.pretrain_steps > 0:
-        from gradleak.training import train
+        from gradleak.training import pretrained
 
-        train(model, ds, rest, steps=config.pretrain_steps, seed=config.seed, device=config.device)
+        model.load_state_dict(pretrained(spec, ds, rest, steps=config.pretrain_steps, seed=config.seed,
+                                         device=config.device))
     local = None
     if config.protocol == "fedavg":
         local = LocalTraining(config.local_steps, config.local_lr, config.local_batch_size or len(indices))

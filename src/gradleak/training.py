@@ -3,12 +3,15 @@ against which defended training is measured. Kept deliberately small: SGD with m
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from gradleak.data.dataset import ImageDataset
+from gradleak.model_spec import ModelSpec
 from gradleak.defenses.base import Defense, defended_update
 from gradleak.victim import normalize
 
@@ -74,6 +77,39 @@ def train(
             params[name].grad = g.to(params[name].dtype)
         opt.step()
     return model
+
+
+def pretrained(
+    spec: ModelSpec,
+    data: ImageDataset,
+    indices: Sequence[int],
+    *,
+    steps: int,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> dict[str, torch.Tensor]:
+    """The state dict of ``spec`` initialised under ``seed`` and trained ``steps`` steps by ``train`` on
+    ``indices`` of ``data``: the trained victim of an attack (Geiping et al. 2020 attack trained networks).
+    Trained once per recipe and cached (``gradleak.cache``); the global random state is left as it was, so a
+    cached and a fresh run go on identically."""
+    from gradleak.cache import cached_weights
+
+    pool = list(indices)
+    recipe = {"model": spec.to_json(), "data": [data.name, list(data.input_shape), len(data)],
+              "indices": hashlib.sha256(json.dumps(pool).encode()).hexdigest(), "steps": steps, "seed": seed,
+              "recipe": "sgd lr 0.05 momentum 0.9 batch 32", "v": 1}
+
+    def fit() -> dict[str, torch.Tensor]:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = spec.build()
+            train(model, data, pool, steps=steps, seed=seed, device=device)
+        return model.state_dict()
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        expected = spec.build().state_dict()
+    return cached_weights("image-models", recipe, fit, expected)
 
 
 @torch.no_grad()

@@ -37,7 +37,7 @@ from gradleak.attacks.base import Attack, Callback, Reconstruction
 from gradleak.attacks.checkpoint import Checkpointer
 from gradleak.attacks.lbfgs import CompactLBFGS
 from gradleak.attacks.labels import default_rule, infer_labels
-from gradleak.attacks.objectives import OBJECTIVES
+from gradleak.attacks.objectives import CLOSED_FORMS, OBJECTIVES
 from gradleak.attacks.priors import PRIORS, BatchNormStatistics, prior_kind
 from gradleak.attacks.stacking import NotStackable, fold, stack_model, stacked_loss
 from gradleak.errors import ConfigError
@@ -158,6 +158,11 @@ class UpdateMatcher:
         # what objectives compare: each observation's update as one flat vector (N, P), and per-entry weights
         self.flat_targets = torch.cat([v.reshape(len(observations), -1) for v in self.targets.values()], dim=1)
         self.entry_weights = self._entry_weights(config.layer_weights)
+        # the same, part by part (one per observed parameter), for distances with a closed-form gradient
+        self.closed_form = CLOSED_FORMS.get(config.objective)
+        self.part_targets = [v.reshape(len(observations), -1) for v in self.targets.values()]
+        self.part_weights = (None if config.layer_weights is None else
+                             [float(config.layer_weights.get(k, 1.0)) for k in self.targets])
 
     def _entry_weights(self, layer_weights: Mapping[str, float] | None) -> torch.Tensor | None:
         """``layer_weights`` (by parameter name, default 1) expanded to one weight per entry of the flat update."""
@@ -224,6 +229,11 @@ class UpdateMatcher:
         """Distance of a simulated update, flat ``(..., P)``, to the observed one, plus the priors on ``x``.
         Leading dimensions (copies of a stacked model) are kept: one value per copy."""
         value = self.config.objective_scale * self.distance(update, target, self.entry_weights)
+        return value + self.prior_value(bn_stats, x)
+
+    def prior_value(self, bn_stats: dict[str, tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor) -> torch.Tensor:
+        """The weighted image and BatchNorm priors of the candidate (0 when there are none)."""
+        value: Any = torch.zeros((), device=x.device)
         for prior, weight in self.image_priors:
             value = value + weight * prior(x)
         if self.bn_priors:
@@ -329,10 +339,29 @@ class UpdateMatcher:
             logits = model(model_input(x))
             bn_log, self._bn_log = self._bn_log, {}
             grads = torch.autograd.grad(stacked_loss(logits, y, soft), free, create_graph=True)
-            update = torch.cat([g.reshape(copies, -1) for g in grads], dim=1)
             stats = {name: (m.view(copies, -1), v.view(copies, -1)) for name, (m, v) in bn_log.items()}
-            value = self.score_update(update, stats, x, targets)
-            grad = torch.autograd.grad(value.sum(), [x, y] if soft else [x])
+            inputs = [x, y] if soft else [x]
+            if self.closed_form is None:
+                update = torch.cat([g.reshape(copies, -1) for g in grads], dim=1)
+                value = self.score_update(update, stats, x, targets)
+                grad = torch.autograd.grad(value.sum(), inputs)
+            else:
+                # the distance and its gradient in closed form, outside autograd; then one vector-Jacobian
+                # product of the simulated update (and the priors) back to the candidate
+                parts = [g.reshape(copies, -1) for g in grads]
+                with torch.no_grad():
+                    tparts = [t[0] if n == 1 else t.repeat_interleave(r, dim=0) for t in self.part_targets]
+                    dist, dparts = self.closed_form([p.detach() for p in parts], tparts, self.part_weights)
+                    scale = self.config.objective_scale
+                    dparts = [d.mul_(scale) for d in dparts]
+                prior = self.prior_value(stats, x)
+                value = (scale * dist + prior.detach()).expand(copies)
+                outputs, seeds = list(parts), list(dparts)
+                if prior.requires_grad:
+                    outputs.append(prior.sum())
+                    seeds.append(torch.ones((), device=prior.device))
+                grad = torch.autograd.grad(outputs, inputs, grad_outputs=seeds, allow_unused=True)
+                grad = tuple(torch.zeros_like(i) if g is None else g for g, i in zip(grad, inputs))
         gy = grad[1].view_as(ys) if soft else None
         return value.detach().view(n, r), grad[0].view_as(xs), gy
 
@@ -576,10 +605,9 @@ _CONV_BACKEND_CHOICES: dict[str, bool] = {}
 
 def backend_record_path() -> Path:
     """Where timed convolution-backend choices are recorded, so that later runs reuse them (same numbers)."""
-    import os
+    from gradleak.cache import cache_dir
 
-    root = os.environ.get("GRADLEAK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "gradleak")
-    return Path(root) / "conv_backend.json"
+    return cache_dir() / "conv_backend.json"
 
 
 def _recorded_choices() -> dict[str, bool]:

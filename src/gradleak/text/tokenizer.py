@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
+from gradleak.cache import cache_dir
 from gradleak.errors import ConfigError
 
 VERSION = 1
@@ -20,9 +20,6 @@ PAD = "<pad>"
 EOS = "<eos>"
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("GRADLEAK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "gradleak")
-    return Path(root)
 
 
 @dataclass
