@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import pytest
 import torch
 
@@ -13,8 +15,15 @@ from gradleak.observation import ModelSpec
 from gradleak.victim import simulate
 
 
+@lru_cache(maxsize=1)
+def _photos():
+    return load_dataset("photos", size=32)
+
+
+@lru_cache(maxsize=None)
 def _observe(batch: int = 64, hidden: int = 512, repeat_first: bool = False, model: str = "mlp"):
-    ds = load_dataset("photos", size=32)
+    """A seeded FedSGD observation of a random batch of bundled photos (cached: observations are immutable)."""
+    ds = _photos()
     idx = torch.randperm(len(ds.images), generator=torch.Generator().manual_seed(0))[:batch].tolist()
     if repeat_first:
         idx[1] = idx[0]
