@@ -40,9 +40,13 @@ def encode_records(tokenizer: Tokenizer, records: list[Record], seq_len: int | N
 
 
 def text_victim(model: str = "gpt2-small", batch_size: int = 8, *, seed: int = 0, vocab_size: int = 2048,
-                pretrain_steps: int = 0, lora_rank: int | None = None, defense: Any = None,
+                pretrain_steps: int = 0, lora_rank: int | None = None, lora_steps: int = 0, defense: Any = None,
                 records: list[Record] | None = None) -> TextCase:
-    """One client's update on ``batch_size`` bundled records (drawn by ``seed``) or the given ``records``."""
+    """One client's update on ``batch_size`` bundled records (drawn by ``seed``) or the given ``records``.
+
+    ``lora_rank``: only a LoRA adapter on the attention projections trains and is shared (Hu et al. 2021);
+    ``lora_steps``: Adam steps the adapter took on other records before this round (``B != 0``; at 0 the
+    adapter is fresh, ``B = 0``, and only ``B``'s gradient is nonzero)."""
     tokenizer = load_tokenizer("bpe", vocab_size)
     records = records if records is not None else private_records(batch_size, seed=1000 + seed)
     ids = encode_records(tokenizer, records)
@@ -66,9 +70,33 @@ def text_victim(model: str = "gpt2-small", batch_size: int = 8, *, seed: int = 0
         from gradleak.record import spec_of
 
         spec = spec_of(net)
+        if lora_steps:
+            adapt_lora(net, tokenizer, ids.shape[1], lora_steps, seed=seed, encoder=encoder)
     labels = torch.tensor([r.label for r in records]) if encoder else None
     task = Task.classification(4) if encoder else Task.causal_lm()
     obs, truth = simulate(spec, ids, labels, input_spec=TokenInput(ids.shape[1], tokenizer.vocab_size,
                                                                     tokenizer.pad_id, tokenizer.name),
                           task=task, model=net, seed=seed, defense=defense)
     return TextCase(obs, truth, records, tokenizer)
+
+
+def adapt_lora(net: torch.nn.Module, tokenizer: Tokenizer, seq_len: int, steps: int, *, seed: int = 0,
+               encoder: bool = False, lr: float = 1e-3, batch_size: int = 16) -> None:
+    """Train ``net``'s trainable (adapter) parameters in place for ``steps`` Adam steps on other records (seeded),
+    so the adapter the server sends is one mid-way through fine-tuning."""
+    other_records = private_records(256, seed=778)
+    other = encode_records(tokenizer, other_records, seq_len + 8)
+    labels = torch.tensor([r.label for r in other_records])
+    task = Task.classification(4) if encoder else Task.causal_lm()
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    net.train()
+    for _ in range(steps):
+        pick = torch.randint(0, len(other), (batch_size,), generator=g)
+        x = other[pick]
+        loss = task.loss(net, x, labels[pick] if encoder else None, (x != tokenizer.pad_id).long())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)

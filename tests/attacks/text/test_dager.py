@@ -72,3 +72,28 @@ def test_dager_refuses_images(face_observation) -> None:
     obs, _ = face_observation
     with pytest.raises(ConfigError, match="handles tokens inputs, not image"):
         ATTACKS.build("dager").reconstruct(obs)
+
+
+@pytest.mark.parametrize("lora_steps", [0, 3])
+def test_dager_recovers_a_record_from_a_lora_only_update(lora_steps: int) -> None:
+    """LoRA rank 64 on gpt2-mini (width 256), one record of ~47 tokens: fewer tokens than the rank. Fresh adapter
+    (B = 0, dL/dA = 0): the B test through A; after 3 steps (B != 0): dL/dA spans the inputs."""
+    case = text_victim("gpt2-mini", 1, seed=0, lora_rank=64, lora_steps=lora_steps)
+    grads = case.observation.update
+    assert all("lora_" in k for k in grads)  # only the adapter is shared
+    a_grad = next(v for k, v in grads.items() if "h.0.attn.c_attn.lora_A" in k)
+    assert (float(a_grad.abs().max()) == 0.0) == (lora_steps == 0)
+    recon = ATTACKS.build("dager").reconstruct(case.observation)
+    means = _score(case, recon).means()
+    assert means["rouge1"] >= 0.99 and means["exact"] == 1.0 and means["secrets_recovered"] == 1.0, means
+    assert recon.details["layer1_test"] == ("adapter B through A" if lora_steps == 0 else "weight gradient")
+
+
+def test_lora_rank_below_the_token_count_leaves_the_span_full() -> None:
+    """Rank 16 < ~47 tokens: the adapter's gradient spans all 16 directions and the test says nothing."""
+    case = text_victim("gpt2-mini", 1, seed=0, lora_rank=16, lora_steps=3)
+    tokens = int((case.truth.inputs != case.tokenizer.pad_id).sum())
+    assert tokens > 16
+    obs = case.observation
+    span = architecture(obs.build_model().eval(), obs.gradient_estimate()).span(0, 1e-8)
+    assert span.full and span.rank == 16

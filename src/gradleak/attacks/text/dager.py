@@ -36,6 +36,58 @@ def _find(update: dict[str, torch.Tensor], suffixes: tuple[str, ...]) -> str | N
     return None
 
 
+class AdapterSpan(Span):
+    """The span test through a LoRA adapter's down-projection ``A`` (Hu et al. 2021): the span lives in the
+    adapter's ``r``-dim space and a candidate ``x`` is tested as ``A x`` (``A`` is known: the server sent it)."""
+
+    def __init__(self, span: Span, down: torch.Tensor) -> None:
+        super().__init__(span.basis, span.singular_values)
+        self.down = down.detach().double()
+
+    def distance(self, candidates: torch.Tensor) -> torch.Tensor:
+        return super().distance(candidates.detach().double() @ self.down.T)
+
+
+def gap_span(grad: torch.Tensor, inputs_on: str, rtol: float, min_gap: float = 1e3) -> Span:
+    """``Span.of_gradient``, with the rank cut at the largest drop between consecutive singular values when that
+    drop exceeds ``min_gap`` (a small adapter gradient's noise floor sits near 3e-8 of the largest value, above
+    the 1e-8 ``rtol`` that suits full-width gradients)."""
+    g = grad.detach().double()
+    g = g if inputs_on == "columns" else g.T
+    u, s, _ = torch.linalg.svd(g, full_matrices=False)
+    rank = int((s > rtol * s[0]).sum()) if s.numel() and s[0] > 0 else 0
+    if rank > 1:
+        ratios = s[: rank - 1] / s[1:rank]
+        if float(ratios.max()) > min_gap:
+            rank = int(torch.argmax(ratios)) + 1
+    return Span(u[:, :rank], s)
+
+
+def lora_span(model: nn.Module, update: dict[str, torch.Tensor], module: str, rtol: float) -> Span | None:
+    """The inputs' span from a LoRA update of ``module`` (``W x + s B A x``, ``A``: (r, d), ``B``: (out, r)).
+
+    ``dL/dA = s sum_t (B^T g_t) x_t^T`` spans the inputs ``x_t`` in R^d when the batch holds fewer than ``r``
+    tokens and ``B != 0`` (an adapter after some fine-tuning); ``dL/dB = s sum_t g_t (A x_t)^T`` spans
+    ``A x_t`` in R^r whenever it is nonzero, also at initialisation where ``B = 0`` and ``dL/dA = 0``.
+    The ``A`` test is used when its rank is below ``r`` (a proper subspace of the inputs), else the ``B`` test
+    through ``A``; both say nothing once the batch holds ``r`` tokens or more (the span is then full)."""
+    a_name = _find(update, (f"{module}.lora_A.default.weight", f"{module}.lora_A.weight"))
+    b_name = _find(update, (f"{module}.lora_B.default.weight", f"{module}.lora_B.weight"))
+    if a_name is None and b_name is None:
+        return None
+    r = int(update[a_name or b_name].shape[0 if a_name else 1])
+    if a_name is not None:
+        span_a = gap_span(update[a_name], "rows", rtol)  # A: (r, in), inputs on the rows
+        if 0 < span_a.rank < r or b_name is None:
+            return span_a
+    assert b_name is not None
+    weights = dict(model.named_parameters())
+    down = _find(weights, (f"{module}.lora_A.default.weight", f"{module}.lora_A.weight"))  # type: ignore[arg-type]
+    if down is None:
+        raise ConfigError(f"the update holds {b_name} but the model has no LoRA A matrix for {module}")
+    return AdapterSpan(gap_span(update[b_name], "rows", rtol), weights[down])  # B: (out, r)
+
+
 class _Architecture:
     """What DAGER needs from a transformer: the layer-1/2 gradients and the inputs those layers would see."""
 
@@ -63,9 +115,9 @@ class _GPT2(_Architecture):
         full = _find(self.update, (f"h.{layer}.attn.c_attn.weight",))
         if full is not None:
             return Span.of_gradient(self.update[full], "columns", rtol)  # Conv1D (in, out)
-        lora = _find(self.update, (f"h.{layer}.attn.c_attn.lora_A.default.weight", f"h.{layer}.attn.c_attn.lora_A.weight"))
+        lora = lora_span(self.model, self.update, f"h.{layer}.attn.c_attn", rtol)
         if lora is not None:
-            return Span.of_gradient(self.update[lora], "rows", rtol)  # LoRA A (r, in)
+            return lora
         raise ConfigError(f"DAGER needs the gradient of layer {layer}'s attention projection (c_attn); the update "
                           f"holds none")
 
@@ -120,9 +172,9 @@ class _BERT(_Architecture):
         full = _find(self.update, (f"{base}.weight",))
         if full is not None:
             return Span.of_gradient(self.update[full], "rows", rtol)  # nn.Linear (out, in)
-        lora = _find(self.update, (f"{base}.lora_A.default.weight", f"{base}.lora_A.weight"))
+        lora = lora_span(self.model, self.update, base, rtol)
         if lora is not None:
-            return Span.of_gradient(self.update[lora], "rows", rtol)
+            return lora
         raise ConfigError(f"DAGER needs the gradient of layer {layer}'s query projection; the update holds none")
 
     @torch.no_grad()
@@ -176,6 +228,8 @@ class DAGER(Attack):
             dist = span1.distance(arch.first_inputs(p))
             per_position.append([int(v) for v in torch.nonzero(dist < self.threshold).flatten()])
         details: dict[str, Any] = {"layer1_rank": span1.rank, "layer1_full": span1.full,
+                                   "layer1_test": "adapter B through A" if isinstance(span1, AdapterSpan) else
+                                   "weight gradient",
                                    "candidates_per_position": [len(c) for c in per_position]}
         if arch.decoder:
             sequences = self._decode(arch, per_position, obs, details)
