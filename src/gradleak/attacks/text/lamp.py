@@ -12,7 +12,8 @@ Continuous optimisation of the input embeddings (known lengths), alternated with
 - discrete, every ``swap_every`` steps after a burn-in: for each sequence, ``candidates`` transformations of its
   current tokens (swap two tokens, move a token, move a span, move a prefix to the end) are scored by
   ``distance + coeff_perplexity * NLL`` under a language-model prior, and the best one (or none) is applied to
-  the embeddings; with batch > 1 the label-to-row assignment is also searched here (LAMP knows the labels; we infer
+  the embeddings (in the ``bag`` space the norm is bounded by construction, and the regulariser, which there
+  only favours the bag's largest-norm tokens, is off); with batch > 1 the label-to-row assignment is also searched here (LAMP knows the labels; we infer
   the multiset from the classifier bias);
 - the prior is a small GPT-2 (``gpt2-tiny``) trained here on *other* records with the same tokenizer
   (``gradleak.text.models.pretrain``, cached); it stands in for the paper's GPT-2 trained on WikiText-103.
@@ -42,9 +43,10 @@ from gradleak.observation import Observation
 _PRIORS: dict[tuple[str, int, int], nn.Module] = {}
 
 
-def language_prior(tokenizer_name: str, vocab_size: int, steps: int = 300, seed: int = 0) -> nn.Module:
-    """A ``gpt2-tiny`` causal LM over the observation's tokenizer, trained ``steps`` AdamW steps on 512 bundled
-    records drawn with another seed than any victim's (public text of the same kind; cached on disk)."""
+def language_prior(tokenizer_name: str, vocab_size: int, steps: int = 300, seed: int = 0,
+                   lr: float = 3e-3) -> nn.Module:
+    """A ``gpt2-tiny`` causal LM over the observation's tokenizer, trained ``steps`` AdamW steps (rate ``lr``) on
+    512 bundled records drawn with another seed than any victim's (public text of the same kind; cached on disk)."""
     key = (tokenizer_name, vocab_size, steps)
     if key in _PRIORS:
         return _PRIORS[key]
@@ -61,7 +63,7 @@ def language_prior(tokenizer_name: str, vocab_size: int, steps: int = 300, seed:
     data = encode_records(tok, private_records(512, seed=4242))
     gen = torch.Generator().manual_seed(seed)
     weights = pretrain(spec, lambda step: data[torch.randint(0, len(data), (16,), generator=gen)], steps=steps,
-                       seed=seed, key=f"lamp-prior-records-512-4242-{tok.name}")
+                       lr=lr, seed=seed, key=f"lamp-prior-records-512-4242-{tok.name}")
     model = spec.build()
     model.load_state_dict(weights)
     model.eval()
@@ -223,7 +225,8 @@ class LAMP(Attack):
 
         lr = self.lr if self.space == "bag" else self.lr_free * problem.embedding_norm()
         best_x, best_labels, best, trace = optimise(problem, x0, y0, steps=self.steps, lr=lr, kind=self.loss,
-                                                    space=self.space, alpha=self.alpha, reg=self.coeff_reg,
+                                                    space=self.space, alpha=self.alpha,
+                                                    reg=self.coeff_reg if self.space == "free" else 0.0,
                                                     decay=self.lr_decay, hook=hook)
         ids, y, r, projected = final_choice(problem, best_x, best_labels, self.loss, self.alpha)
         return Reconstruction(inputs=ids, labels=y, attack=self.name, settings=self.settings(),
