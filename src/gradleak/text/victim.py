@@ -3,16 +3,21 @@
 ``text_victim`` tokenises records (each ends with the end-of-sequence token, as fine-tuning sets are prepared),
 pads them on the right, builds the named model from its config (random, or pre-trained here on other records),
 and runs the client's step through ``gradleak.victim.simulate``: the same code path as images, with token inputs
-and a causal-LM (decoders) or sequence-classification (encoders) loss. An update defense applies as for images.
+and a causal-LM (decoders) or sequence-classification (encoders) loss. An update defense applies as for images;
+DP-SGD (Opacus, per-record clipping and noise) runs through ``gradleak.text.dp``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from gradleak.defenses.base import Defense
+from gradleak.defenses.dp import DPSGD
+from gradleak.errors import ConfigError
 from gradleak.inputs import TokenInput
 from gradleak.observation import GroundTruth, Observation
 from gradleak.tasks import Task
@@ -74,9 +79,21 @@ def text_victim(model: str = "gpt2-small", batch_size: int = 8, *, seed: int = 0
             adapt_lora(net, tokenizer, ids.shape[1], lora_steps, seed=seed, encoder=encoder)
     labels = torch.tensor([r.label for r in records]) if encoder else None
     task = Task.classification(4) if encoder else Task.causal_lm()
-    obs, truth = simulate(spec, ids, labels, input_spec=TokenInput(ids.shape[1], tokenizer.vocab_size,
-                                                                    tokenizer.pad_id, tokenizer.name),
-                          task=task, model=net, seed=seed, defense=defense)
+    steps_defense = defense is not None and type(defense).step_gradient is not Defense.step_gradient
+    if steps_defense and not isinstance(defense, DPSGD):
+        raise ConfigError(f"defense {defense.name!r} changes the training step; on text only Opacus DP-SGD "
+                          "('dpsgd') does (gradleak.text.dp)")
+    input_spec = TokenInput(ids.shape[1], tokenizer.vocab_size, tokenizer.pad_id, tokenizer.name)
+    obs, truth = simulate(spec, ids, labels, input_spec=input_spec, task=task, model=net, seed=seed,
+                          defense=None if steps_defense else defense)
+    if steps_defense:  # simulate's step for token inputs is the plain gradient: DP-SGD is computed here
+        from gradleak.text.dp import dp_text_gradient
+
+        update = dp_text_gradient(net, ids, labels, task, defense, mask=(ids != tokenizer.pad_id).long(),
+                                  generator=torch.Generator().manual_seed(seed))
+        obs = dataclasses.replace(obs, update={k: v.cpu() for k, v in update.items()},
+                                  info={**obs.info, "defense": {"name": defense.name,
+                                                                "settings": defense.settings()}})
     return TextCase(obs, truth, records, tokenizer)
 
 
