@@ -61,13 +61,15 @@ def whitening(data: torch.Tensor) -> torch.Tensor:
     return (evecs / evals.clamp_min(1e-300).sqrt()).T * math.sqrt(data.shape[1])
 
 
-def fastica(z: torch.Tensor, fun: str, max_iter: int, tol: float, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+def fastica(
+    z: torch.Tensor, fun: str, max_iter: int, tol: float, generator: torch.Generator
+) -> tuple[torch.Tensor, int]:
     """Symmetric FastICA on whitened ``z`` (``B x n``): orthogonal ``W`` maximising non-Gaussianity of ``W z``.
 
     Fixed point ``W <- E[g(Wz) z^T] - diag(E[g'(Wz)]) W`` then ``W <- (W W^T)^{-1/2} W`` (Hyvarinen 1999), from a
     seeded random rotation; stops when every row turns by less than ``tol``. Returns ``(W, iterations)``."""
     b, n = z.shape
-    w = torch.linalg.qr(torch.randn(b, b, generator=generator, dtype=z.dtype))[0]
+    w = torch.linalg.qr(torch.randn(b, b, generator=generator, dtype=torch.float64))[0].to(z)
     it = 0
     for it in range(1, max_iter + 1):
         y = w @ z
@@ -166,7 +168,8 @@ class CocktailPartyAttack(Attack):
             raise ConfigError(f"cocktail: the gradient of {name!r} has rank below the batch size {b} "
                               "(repeated or linearly dependent inputs)")
         basis = u[:, :b].T @ g  # R = U_B^T G: B mixtures spanning the inputs' row space
-        filtered = finite_differences(basis, shape) if self.domain == "gradient" else basis - basis.mean(1, keepdim=True)
+        centred = basis - basis.mean(1, keepdim=True)
+        filtered = finite_differences(basis, shape) if self.domain == "gradient" else centred
         k = whitening(filtered)
         generator = torch.Generator().manual_seed(0 if seed is None else seed)
         w_ica, ica_iterations = fastica(k @ filtered, self.fun, self.ica_iters, self.ica_tol, generator)
@@ -192,7 +195,9 @@ class CocktailPartyAttack(Attack):
             iterations=ica_iterations + self.iters, wall_time_s=time.perf_counter() - start, details=details,
         )
 
-    def _refine(self, w0: torch.Tensor, white: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _refine(
+        self, w0: torch.Tensor, white: torch.Tensor, shape: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Adam on the paper's objective over row-normalised unmixing rows; ``white`` = whitening @ R."""
         b = w0.shape[0]
         basis = white.float()
