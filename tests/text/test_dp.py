@@ -118,3 +118,17 @@ def test_text_victim_refuses_microbatch_dp() -> None:
 
     with pytest.raises(ConfigError, match="only Opacus DP-SGD"):
         text_victim("gpt2-tiny", 1, seed=0, defense=build_defense("microbatch_dpsgd"))
+
+
+def test_dp_sgd_trains_a_tiny_decoder_at_a_stated_epsilon_and_costs_perplexity() -> None:
+    """Opacus DP-SGD at every step: epsilon from the RDP accountant (finite, larger with less noise) and a
+    perplexity above the undefended run's."""
+    from gradleak.text.utility import text_defense_cost
+
+    kw = dict(model="gpt2-tiny", steps=8, batch_size=4, train_records=32, test_records=16, seq_len=32)
+    clean = text_defense_cost(None, **kw)
+    strong = text_defense_cost(build_defense("dpsgd", noise_multiplier=1.0, max_grad_norm=0.5), **kw)
+    weak = text_defense_cost(build_defense("dpsgd", noise_multiplier=0.5, max_grad_norm=0.5), **kw)
+    assert clean.epsilon is None and strong.metric == "perplexity"
+    assert 0 < strong.epsilon < weak.epsilon < float("inf")
+    assert strong.value > clean.value

@@ -13,6 +13,7 @@ def test_noise_raises_perplexity_of_a_tiny_decoder():
     assert noisy.value > 1.5 * clean.value
 
 
-def test_dp_sgd_is_refused_with_a_config_error():
+def test_microbatch_dp_is_refused_with_a_config_error():
+    """DP-SGD runs on text through Opacus (tests/text/test_dp.py); TF-Privacy microbatch clipping does not."""
     with pytest.raises(ConfigError, match="per-example"):
-        text_defense_cost(build_defense("dpsgd"), model="bert-tiny", steps=1)
+        text_defense_cost(build_defense("microbatch_dpsgd"), model="bert-tiny", steps=1)

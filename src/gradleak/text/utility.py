@@ -3,10 +3,11 @@ perplexity (GPT-2-style decoder) of a tiny model fine-tuned here with every step
 same run undefended. Same seed, same records, same initial weights and batch draws for every defense.
 
 Defenses that only transform the shared update (Gaussian/Laplacian noise, clipping, pruning, quantization,
-secure aggregation) apply as they do to images. Defenses that change the training step itself (DP-SGD's
-per-example clipping through Opacus) are refused here with a ``ConfigError``: Opacus's grad samplers cover
-``nn.Linear``, ``nn.Embedding`` and ``nn.LayerNorm`` (BERT's layers) but not GPT-2's ``Conv1D``, and wiring the
-Hugging Face keyword forward through ``GradSampleModule`` is not done yet.
+secure aggregation) apply as they do to images. DP-SGD (Abadi et al. 2016) runs through Opacus
+(``gradleak.text.dp``: per-record clipping and noise at every step, uniform batches of ``batch_size``) and
+reports epsilon from Opacus's RDP accountant for the run's schedule (``steps`` steps at sample rate
+``batch_size / train_records``, delta 1e-5). Other step defenses (microbatch clipping) are refused with a
+``ConfigError``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from gradleak.defenses.base import ClientContext, Defense, Update
+from gradleak.defenses.base import ClientContext, Defense, Schedule, Update
+from gradleak.defenses.dp import DPSGD
 from gradleak.errors import ConfigError
 from gradleak.tasks import Task
 from gradleak.text.corpus import private_records
@@ -34,16 +36,19 @@ class TextUtility:
     metric: str
     value: float
     steps: int
+    #: (epsilon, delta)-DP of the run for DP-SGD (Opacus RDP accountant); ``None`` for other defenses
+    epsilon: float | None = None
 
 
 def text_defense_cost(defense: Defense | None = None, *, model: str = "bert-tiny", steps: int = 60,
                       batch_size: int = 16, lr: float = 3e-3, vocab_size: int = 512, train_records: int = 256,
                       test_records: int = 128, seq_len: int = 64, seed: int = 0) -> TextUtility:
     """Fine-tune ``model`` from random init for ``steps`` Adam steps on defended updates; score held-out records."""
-    if defense is not None and type(defense).step_gradient is not Defense.step_gradient:
-        raise ConfigError(f"defense {defense.name!r} changes the training step (per-example gradients); "
-                          "text models take update transforms only (noise, clipping, pruning, quantization, "
-                          "secure aggregation)")
+    dp = defense is not None and type(defense).step_gradient is not Defense.step_gradient
+    if dp and not isinstance(defense, DPSGD):
+        raise ConfigError(f"defense {defense.name!r} changes the training step (per-example gradients); on text "
+                          "only Opacus DP-SGD ('dpsgd') does, beside the update transforms (noise, clipping, "
+                          "pruning, quantization, secure aggregation)")
     if steps < 1 or batch_size < 1 or train_records < batch_size or test_records < 1:
         raise ConfigError(f"need steps >= 1, 1 <= batch_size <= train_records, test_records >= 1; got "
                           f"steps={steps}, batch_size={batch_size}, train_records={train_records}, "
@@ -64,6 +69,11 @@ def text_defense_cost(defense: Defense | None = None, *, model: str = "bert-tiny
     noise = torch.Generator().manual_seed(seed + 1)
 
     def gradient(x: torch.Tensor, y: torch.Tensor) -> Update:
+        if dp:
+            from gradleak.text.dp import dp_text_gradient
+
+            return dp_text_gradient(net, x, y if encoder else None, task, defense,  # type: ignore[arg-type]
+                                    mask=(x != tokenizer.pad_id).long(), generator=noise)
         net.zero_grad()
         m = (x != tokenizer.pad_id).long()
         task.loss(net, x, y if encoder else None, m).backward()
@@ -90,5 +100,9 @@ def text_defense_cost(defense: Defense | None = None, *, model: str = "bert-tiny
             value = float((logits.argmax(-1) == test_labels).float().mean())
         else:
             value = math.exp(float(task.loss(net, test_ids, None, test_mask)))
+    epsilon = None
+    if dp:
+        privacy = defense.privacy(Schedule(train_records, batch_size, steps))  # type: ignore[union-attr]
+        epsilon = None if privacy is None else privacy.epsilon
     return TextUtility(model, "none" if defense is None else defense.name,
-                       "accuracy" if encoder else "perplexity", value, steps)
+                       "accuracy" if encoder else "perplexity", value, steps, epsilon)
