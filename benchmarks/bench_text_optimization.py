@@ -101,7 +101,8 @@ def main() -> None:
                     s = _means(case, recon.inputs)
                     note = f"{tokens} tokens / width 64" if name == "dager" else ""
                     if name != "dager" and recon.labels is not None:
-                        note = f"labels {'right' if sorted(recon.labels.tolist()) == sorted(case.truth.labels.tolist()) else 'wrong'}"
+                        right = sorted(recon.labels.tolist()) == sorted(case.truth.labels.tolist())
+                        note = f"labels {'right' if right else 'wrong'}"
                 except Exception as exc:  # a failing attack is a row of the table, not the end of the benchmark
                     s, note = None, f"{type(exc).__name__}: {str(exc)[:70]}"
                 s = _row(batch, seed, name, s, time.perf_counter() - t0, note)

@@ -7,10 +7,26 @@ import torch
 
 from gradleak.attacks import ATTACKS
 from gradleak.attacks.text.lamp import _moves, language_prior, sequence_nll
+from gradleak.text.metrics import score_text
 
 pytest.importorskip("transformers")
 
-from tests.attacks.text.test_tag import _scores, random_tokens  # noqa: E402
+def _scores(case, ids: torch.Tensor) -> dict:
+    tok = case.tokenizer
+    return score_text(ids, case.truth.inputs, tok.decode, pad_id=tok.pad_id, ignore_ids=(tok.eos_id,),
+                      records=case.records).means()
+
+
+def random_tokens(case, draws: int, *, bag: bool) -> list[torch.Tensor]:
+    """Baselines with the true lengths: tokens drawn uniformly from the vocabulary, or from the batch's own bag."""
+    truth, tok = case.truth.inputs, case.tokenizer
+    pool = torch.tensor(sorted(set(truth.flatten().tolist()) - {tok.pad_id, tok.eos_id})) if bag else \
+        torch.arange(2, tok.vocab_size)
+    gen = torch.Generator().manual_seed(123)
+    keep = (truth == tok.pad_id) | (truth == tok.eos_id)
+    return [torch.where(keep, truth, pool[torch.randint(0, len(pool), truth.shape, generator=gen)])
+            for _ in range(draws)]
+
 
 FAST = {"steps": 60, "init_candidates": 16, "candidates": 16, "swap_every": 20, "prior_steps": 60}
 

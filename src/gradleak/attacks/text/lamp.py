@@ -3,24 +3,26 @@
 Continuous optimisation of the input embeddings (known lengths), alternated with discrete moves:
 
 - continuous: Adam on ``1 - cos(g(x), g*)`` averaged over parameter tensors (LAMP_Cos; ``loss="l2l1"`` gives
-  LAMP_L1+L2 with TAG's distance) plus ``reg (mean ||x_p|| / init_size - 1)^2``, the embedding-norm regulariser
-  that keeps vectors at the embeddings' scale, learning rate decayed by 0.89 every 50 steps;
+  LAMP_L1+L2 with TAG's distance), learning rate decayed by 0.89 every 50 steps, plus (``space="free"`` only)
+  ``reg (mean ||x_p|| / init_size - 1)^2``, the embedding-norm regulariser that keeps vectors at the embeddings'
+  scale;
 - search space: by default (``space="bag"``) convex combinations of the bag's embeddings (softmax logits at
-  every position), as for TAG here; ``space="free"`` is the paper's unconstrained embedding;
-- initialisation: the best of ``init_candidates`` Gaussian starts by gradient distance, then the best of as many
+  every position), as for TAG here; ``space="free"`` is the paper's unconstrained embedding. In the bag space the
+  norm is bounded by construction and the regulariser, which there only favours the largest-norm tokens, is off;
+- initialisation: the best of ``init_candidates`` random starts by gradient distance, then the best of as many
   random orders of it;
 - discrete, every ``swap_every`` steps after a burn-in: for each sequence, ``candidates`` transformations of its
   current tokens (swap two tokens, move a token, move a span, move a prefix to the end) are scored by
   ``distance + coeff_perplexity * NLL`` under a language-model prior, and the best one (or none) is applied to
-  the embeddings (in the ``bag`` space the norm is bounded by construction, and the regulariser, which there
-  only favours the bag's largest-norm tokens, is off); with batch > 1 the label-to-row assignment is also searched here (LAMP knows the labels; we infer
-  the multiset from the classifier bias);
+  the search variable; with batch > 1 the label-to-row assignment is also searched here (LAMP knows the labels;
+  we infer the multiset from the classifier bias);
 - the prior is a small GPT-2 (``gpt2-tiny``) trained here on *other* records with the same tokenizer
   (``gradleak.text.models.pretrain``, cached); it stands in for the paper's GPT-2 trained on WikiText-103.
 
-Defaults are the paper's LAMP_Cos settings from its reference code (2000 steps, lr 0.01 at BERT base's embedding
-norm 1.4, coefficients 1 and 0.2, 500 initial candidates, 200 moves every 75 steps after 10 %), rates expressed
-relative to the bag's mean embedding norm. Every candidate set is scored in one batched call (``torch.func.vmap``).
+Defaults are the paper's LAMP_Cos settings from its reference code (2000 steps, coefficients 1 and 0.2, 500
+initial candidates, 200 moves every 75 steps after 10 %, lr 0.01 at BERT base's embedding norm 1.4, i.e.
+``lr_free=0.007`` in units of the bag's mean norm); the bag space's rate (0.1 on the logits) is ours. Every
+candidate set is scored in one batched call (``torch.func.vmap``).
 """
 
 from __future__ import annotations
@@ -145,7 +147,8 @@ class LAMP(Attack):
     lengths: tuple[int, ...] | None = None
 
     def settings(self) -> dict[str, Any]:
-        return {"loss": self.loss, "space": self.space, "steps": self.steps, "lr": self.lr, "lr_free": self.lr_free, "lr_decay": self.lr_decay,
+        return {"loss": self.loss, "space": self.space, "steps": self.steps, "lr": self.lr, "lr_free": self.lr_free,
+                "lr_decay": self.lr_decay,
                 "coeff_reg": self.coeff_reg, "coeff_perplexity": self.coeff_perplexity, "alpha": self.alpha,
                 "init_candidates": self.init_candidates, "candidates": self.candidates,
                 "swap_every": self.swap_every, "swap_burnin": self.swap_burnin, "prior_steps": self.prior_steps,
@@ -183,7 +186,8 @@ class LAMP(Attack):
         gen = torch.Generator().manual_seed(0 if seed is None else seed)
         prior = None
         if self.coeff_perplexity:
-            prior = language_prior(str(obs.inputs.tokenizer), obs.inputs.vocab_size, self.prior_steps)  # type: ignore[union-attr]
+            vocab = obs.inputs.vocab_size  # type: ignore[union-attr]
+            prior = language_prior(str(obs.inputs.tokenizer), vocab, self.prior_steps)  # type: ignore[union-attr]
         x0, y0 = self._initial(problem, gen)
         burnin = int(self.swap_burnin * self.steps)
         moves = {"applied": 0, "label_swaps": 0}

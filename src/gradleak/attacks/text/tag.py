@@ -5,7 +5,8 @@ Continuous optimisation of the input embeddings ``x`` (known lengths) with Adam 
 then each position projected to the nearest token of the bag by cosine. By default (``space="bag"``) the
 embeddings are searched as convex combinations of the bag's embeddings (a softmax over the bag at every
 position): on the randomly initialised and briefly trained BERTs measured here the paper's unconstrained search
-(``space="free"``) matches the gradient far from any token and projects to random-level text. Settings follow the TAG baseline of the
+(``space="free"``) matches the gradient far from any token and projects to random-level text. Settings follow
+the TAG baseline of the
 LAMP reference code (Balunovic et al. 2022): ``alpha = 0.01``, 2500 Adam steps, constant learning rate, one start.
 The paper's rate (0.1 on BERT base, whose embeddings have norm ~1.4) is given here relative to the bag's mean
 embedding norm, so the same setting fits a randomly initialised BERT whose embeddings are ~10x smaller.
@@ -22,7 +23,8 @@ from typing import Any, ClassVar
 import torch
 
 from gradleak.attacks.base import ATTACKS, Attack, Callback, Reconstruction
-from gradleak.attacks.text.embedding_search import Space, final_choice, label_orders, optimise, random_start, text_problem
+from gradleak.attacks.text.embedding_search import (Space, final_choice, label_orders, optimise, random_start,
+                                                    text_problem)
 from gradleak.observation import Observation
 
 
@@ -48,7 +50,8 @@ class TAG(Attack):
     lengths: tuple[int, ...] | None = None
 
     def settings(self) -> dict[str, Any]:
-        return {"steps": self.steps, "space": self.space, "lr": self.lr, "lr_free": self.lr_free, "alpha": self.alpha, "restarts": self.restarts,
+        return {"steps": self.steps, "space": self.space, "lr": self.lr, "lr_free": self.lr_free,
+                "alpha": self.alpha, "restarts": self.restarts,
                 "lengths": None if self.lengths is None else list(self.lengths)}
 
     def reconstruct(self, obs: Observation, *, device: torch.device | str = "cpu", seed: int | None = None,
