@@ -13,7 +13,8 @@ reproduces them beside its own. Those numbers are NOT printed here: the tables c
 offline machine and are not copied from memory; see the papers.
 
     python benchmarks/bench_text_optimization.py                      # batch 1 and 4, 2 cases each
-    python benchmarks/bench_text_optimization.py --batches 1 --cases 1 --tag-steps 2500 --lamp-steps 2000
+    python benchmarks/bench_text_optimization.py --batches 1 --cases 1 --attacks lamp --lamp-steps 2000 \
+        --lamp-init 500 --lamp-candidates 200 --lamp-every 75         # LAMP with the paper's budget
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ def main() -> None:
     parser.add_argument("--lamp-candidates", type=int, default=64, help="discrete moves per sequence (paper: 200)")
     parser.add_argument("--lamp-every", type=int, default=30, help="steps between discrete steps (paper: 75)")
     parser.add_argument("--space", choices=("bag", "free"), default="bag")
+    parser.add_argument("--attacks", nargs="+", default=["tag", "lamp", "dager"], choices=["tag", "lamp", "dager"])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -95,6 +97,8 @@ def main() -> None:
                 s = _row(batch, seed, name, _baseline(case, bag=name.endswith("bag tokens")), 0.0)
                 totals.setdefault(name, []).append(s)
             for name, kwargs in attacks.items():
+                if name not in args.attacks:
+                    continue
                 t0 = time.perf_counter()
                 try:
                     recon = ATTACKS.build(name, **kwargs).reconstruct(obs, seed=0)
