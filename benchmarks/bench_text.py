@@ -1,12 +1,21 @@
-"""Text leakage: DAGER on a GPT-2-small-shaped decoder fine-tuned on bundled private records.
+"""Text leakage: DAGER and the subspace attack on a GPT-2-small-shaped decoder fine-tuned on bundled private records.
 
 Prints, per case: batch size, model state, update (full / LoRA rank / defense), tokens in the batch against the
-width of the first layer (the span test needs fewer), ROUGE-1/2, exact sequences, secrets recovered and wall time,
-beside DAGER's published figure (Petrov et al. 2024, NeurIPS: full batches of up to 128 sequences recovered from
-LLaMa-2 and GPT-2 with ROUGE-1/2 above 0.99).
+dimension the span test works in (model width 768, or the LoRA rank r), ROUGE-1/2, exact sequences, secrets
+recovered and wall time. Groups:
 
-    python benchmarks/bench_text.py                      # every case below (about 10-15 minutes on 2 cores)
-    python benchmarks/bench_text.py --only batch         # one group: batch, trained, lora, noise
+- ``batch``: random init, full fine-tuning, batch 8-64. DAGER's test needs fewer tokens in the batch than the
+  width; past it the span is the whole space (the same limit DAGER states: its reference code zeroes the score
+  of every run with more batch tokens than the embedding dimension).
+- ``trained``: the same on a model pre-trained here.
+- ``lora``: only a LoRA adapter (rank r on c_attn) is shared; fresh (B = 0: the B test through A) and after
+  ``--lora-steps`` adapter steps (B != 0: dL/dA spans the inputs); both need fewer tokens than r.
+- ``defense``: one table per defense setting (none, Gaussian noise, pruning, fp16, int8, DP-SGD through Opacus
+  with epsilon), DAGER and the subspace attack on the same update, and the utility price (perplexity of a
+  gpt2-tiny decoder fine-tuned 30 steps with the defense, ``text_defense_cost``).
+
+    python benchmarks/bench_text.py                      # every group (about 30 minutes on 2 shared cores)
+    python benchmarks/bench_text.py --only defense       # one group: batch, trained, lora, defense
 """
 
 from __future__ import annotations
@@ -21,56 +30,107 @@ from gradleak.defenses import build_defense
 from gradleak.text.metrics import score_text
 from gradleak.text.victim import text_victim
 
-PUBLISHED = "DAGER (Petrov et al. 2024): batches up to 128, ROUGE-1/2 > 0.99 (LLaMa-2 7B, width 4096)"
+PUBLISHED = """Published (Petrov et al. 2024, DAGER, NeurIPS; abstract and reference code insait-institute/dager-gradient-inversion):
+  full batches up to 128 recovered with ROUGE-1/2 > 0.99 on LLaMa-2 7B (width 4096); GPT-2 (width 768) on CoLA, SST-2
+  and Rotten Tomatoes, short sentences, so that batch x length stays below 768 at the batch sizes it reports; runs with
+  more batch tokens than the embedding dimension are scored 0 in its ablation; LoRA shown at r = 256 on a fine-tuned
+  (B != 0) LLaMa-3.1-8B adapter. Our records are longer (about 47 tokens), so batch 32 (~1500 tokens) and 64 exceed
+  GPT-2's 768: the same limit, not a weaker attack."""
 
 
-def run(label: str, group: str, batch: int, *, pretrain: int = 0, lora: int | None = None, defense=None,
-        attack: str = "dager") -> None:
-    t0 = time.perf_counter()
-    case = text_victim("gpt2-small", batch, seed=0, pretrain_steps=pretrain, lora_rank=lora, defense=defense)
-    setup = time.perf_counter() - t0
+def score(case, recon) -> dict:
     tok = case.tokenizer
-    tokens = int((case.truth.inputs != tok.pad_id).sum())
+    return score_text(recon.inputs, case.truth.inputs, tok.decode, pad_id=tok.pad_id, ignore_ids=(tok.eos_id,),
+                      records=case.records).means()
+
+
+def attack_row(case, attack: str) -> tuple[str, str, float]:
     t1 = time.perf_counter()
     try:
         recon = ATTACKS.build(attack).reconstruct(case.observation)
-        s = score_text(recon.inputs, case.truth.inputs, tok.decode, pad_id=tok.pad_id, ignore_ids=(tok.eos_id,),
-                       records=case.records).means()
-        note = "span covers the whole space" if recon.details.get("layer1_full") else ""
-        row = (f"{s['rouge1']:.3f} | {s['rouge2']:.3f} | {s['exact']:.2f} | "
-               f"{s['secrets_recovered']:.2f}")
-    except Exception as exc:  # a failing case is a row of the table, not the end of the benchmark
-        row, note = "- | - | - | -", f"{type(exc).__name__}: {str(exc)[:80]}"
-    wall = time.perf_counter() - t1
-    print(f"| {group} | {label} | {batch} | {tokens} / 768 | {row} | {wall:.1f} | {setup:.1f} | {note} |",
-          flush=True)
+        s = score(case, recon)
+        note = "span is the whole space" if recon.details.get("layer1_full") else ""
+        if recon.details.get("layer1_test", "weight gradient") != "weight gradient":
+            note = (note + "; " if note else "") + recon.details["layer1_test"]
+        row = f"{s['rouge1']:.3f} | {s['rouge2']:.3f} | {s['exact']:.2f} | {s['secrets_recovered']:.2f}"
+    except Exception as exc:  # a failing case is a row of the table (nothing recovered), not the end of the run
+        row, note = "0 | 0 | 0 | 0", f"{type(exc).__name__}: {str(exc)[:70]}"
+    return row, note, time.perf_counter() - t1
+
+
+def run(label: str, group: str, batch: int, *, pretrain: int = 0, lora: int | None = None, lora_steps: int = 0,
+        defense=None, attacks: tuple[str, ...] = ("dager",), extra: str = "") -> None:
+    t0 = time.perf_counter()
+    case = text_victim("gpt2-small", batch, seed=0, pretrain_steps=pretrain, lora_rank=lora, lora_steps=lora_steps,
+                       defense=defense)
+    setup = time.perf_counter() - t0
+    tokens = int((case.truth.inputs != case.tokenizer.pad_id).sum())
+    dim = lora if lora is not None else 768
+    for attack in attacks:
+        row, note, wall = attack_row(case, attack)
+        print(f"| {group} | {label} | {attack} | {batch} | {tokens} / {dim} | {row} |{extra} {wall:.1f} | "
+              f"{setup:.1f} | {note} |", flush=True)
+
+
+DEFENSES = (
+    ("none", None, {}),
+    ("gaussian", "gaussian", {"std": 1e-7}),
+    ("gaussian", "gaussian", {"std": 1e-6}),
+    ("gaussian", "gaussian", {"std": 1e-5}),
+    ("pruning", "pruning", {"ratio": 0.5}),
+    ("pruning", "pruning", {"ratio": 0.9}),
+    ("fp16", "quantization", {"kind": "fp16"}),
+    ("int8", "quantization", {"kind": "int8"}),
+    ("dpsgd clip only", "dpsgd", {"noise_multiplier": 0.0, "max_grad_norm": 1.0}),
+    ("dpsgd", "dpsgd", {"noise_multiplier": 0.01, "max_grad_norm": 1.0}),
+    ("dpsgd", "dpsgd", {"noise_multiplier": 1.0, "max_grad_norm": 1.0}),
+)
+
+
+def utility(name: str | None, kwargs: dict) -> str:
+    """Perplexity of gpt2-tiny after 30 defended steps (batch 8 of 256 records) and DP-SGD's epsilon for that run."""
+    from gradleak.text.utility import text_defense_cost
+
+    u = text_defense_cost(build_defense(name, **kwargs), model="gpt2-tiny", steps=30, batch_size=8, seq_len=64)
+    eps = "-" if u.epsilon is None else f"{u.epsilon:.3g}"
+    return f" {u.value:.1f} | {eps} |"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("batch", "trained", "lora", "noise"), default=None)
+    parser.add_argument("--only", choices=("batch", "trained", "lora", "defense"), default=None)
     parser.add_argument("--pretrain-steps", type=int, default=30, help="steps of the trained model (cached)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--lora-steps", type=int, default=10, help="adapter steps before the round (B != 0)")
+    parser.add_argument("--no-utility", action="store_true", help="defense table without the perplexity column")
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(PUBLISHED)
-    print("| group | case | batch | tokens / width | ROUGE-1 | ROUGE-2 | exact | secrets | attack s | setup s | note |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    head = "| group | case | attack | batch | tokens / dim | ROUGE-1 | ROUGE-2 | exact | secrets |"
+    if args.only in (None, "batch", "trained", "lora"):
+        print(head + " attack s | setup s | note |")
+        print("|" + " --- |" * 12)
     if args.only in (None, "batch"):
         for batch in (8, 16, 32, 64):
             run("random init, full fine-tuning", "batch", batch)
     if args.only in (None, "trained"):
         run(f"trained {args.pretrain_steps} steps, full fine-tuning", "trained", 8, pretrain=args.pretrain_steps)
     if args.only in (None, "lora"):
-        for rank, batch in ((8, 8), (256, 2), (256, 8)):
-            run(f"LoRA r={rank} on c_attn (adapter update only)", "lora", batch, lora=rank)
-    if args.only in (None, "noise"):
-        for name, kwargs in (("quantization", {"kind": "fp16"}), ("quantization", {"kind": "int8"}),
-                             ("gaussian", {"std": 1e-7}), ("gaussian", {"std": 1e-6}), ("gaussian", {"std": 1e-5}),
-                             ("pruning", {"ratio": 0.5})):
-            label = f"{name} {kwargs}"
-            for attack in ("dager", "subspace") if "subspace" in ATTACKS else ("dager",):
-                run(f"{label}, {attack}", "noise", 8, defense=build_defense(name, **kwargs), attack=attack)
+        for rank, batch, steps in ((256, 2, 0), (256, 2, args.lora_steps), (256, 4, args.lora_steps),
+                                   (256, 8, args.lora_steps), (32, 1, args.lora_steps), (32, 1, 0)):
+            state = "fresh adapter (B = 0)" if steps == 0 else f"adapter after {steps} steps (B != 0)"
+            run(f"LoRA r={rank} on c_attn, {state}", "lora", batch, lora=rank, lora_steps=steps)
+    if args.only in (None, "defense"):
+        print("\nDefense table: GPT-2-small shape, batch 8, the same update for both attacks; perplexity: gpt2-tiny "
+              "fine-tuned 30 steps with the defense (lower is better); epsilon: DP-SGD's (RDP, delta 1e-5) for "
+              "those 30 steps at sample rate 8/256")
+        print(head + " perplexity | epsilon | attack s | setup s | note |")
+        print("|" + " --- |" * 14)
+        for label, name, kwargs in DEFENSES:
+            extra = " - | - |" if args.no_utility else utility(name, kwargs)
+            text = label if not kwargs else f"{label} {kwargs}"
+            run(text, "defense", 8, defense=build_defense(name, **kwargs), attacks=("dager", "subspace"),
+                extra=extra)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ layer-2 input is closest to the layer-2 subspace (every unfinished true prefix h
 distance is as small as the accepted ones. No threshold on absolute distances, so the scale of the noise does not
 matter, only that the true directions still dominate the gradient.
 
+Measured on gpt2-mini, batch 4 (171 tokens): the gap-chosen rank and the stopping rule raise ROUGE-1 from 0.67 to
+0.89 (fp16) and 0.68 to 0.83 (Gaussian 1e-6); int8 (no gap in the spectrum) stays at 0.34.
 This is a ranking search, not (yet) the continuous optimisation of embeddings toward the span that TIGER describes.
 """
 
@@ -45,26 +47,44 @@ class SubspaceAttack(Attack):
 
     ``extra``: layer-1 candidates kept per position beyond the gap cut (layer 2 decides among them);
     ``branch_ratio``: a second continuation of a prefix is kept when its layer-2 distance is within this factor
-    of the largest distance already accepted at that position."""
+    of the largest distance already accepted at that position; ``gap``: the subspace keeps the singular directions
+    above the largest drop ``s_k / s_{k+1} > gap`` (the true tokens over the noise floor; else ``batch * seq_len``;
+    0: always that); ``stop_ratio``: a sequence ends when its best continuation lies farther than this times the
+    median accepted distance (past a record's end no token is in the span; 0: never)."""
 
     name: ClassVar[str] = "subspace"
     input_kinds: ClassVar[frozenset[str]] = frozenset({"tokens"})
     tasks: ClassVar[frozenset[str]] = frozenset({"causal_lm"})
     extra: int = 4
     branch_ratio: float = 1.0
+    gap: float = 3.0
+    stop_ratio: float = 4.0
 
     def settings(self) -> dict[str, Any]:
-        return {"extra": self.extra, "branch_ratio": self.branch_ratio}
+        return {"extra": self.extra, "branch_ratio": self.branch_ratio, "gap": self.gap,
+                "stop_ratio": self.stop_ratio}
 
     def _span(self, arch: _GPT2, layer: int, rank: int) -> Span:
         name = _find(arch.update, (f"h.{layer}.attn.c_attn.weight",))
         if name is not None:
-            return Span.of_gradient(arch.update[name], "columns", 0.0, max_rank=rank)
+            return self._cut(arch.update[name], "columns", rank)
         lora = _find(arch.update, (f"h.{layer}.attn.c_attn.lora_A.default.weight",
                                    f"h.{layer}.attn.c_attn.lora_A.weight"))
         if lora is not None:
-            return Span.of_gradient(arch.update[lora], "rows", 0.0, max_rank=rank)
+            return self._cut(arch.update[lora], "rows", rank)
         raise ConfigError(f"subspace attack needs layer {layer}'s c_attn gradient; the update holds none")
+
+    def _cut(self, grad: torch.Tensor, inputs_on: str, most: int) -> Span:
+        """The top singular directions: up to the largest drop ``s_k / s_{k+1}`` among the first ``most`` when that
+        drop exceeds ``gap`` (the true tokens' directions stand above a noise floor), else all ``most``."""
+        span = Span.of_gradient(grad, inputs_on, 0.0, max_rank=most)
+        s = span.singular_values
+        if self.gap > 0 and span.rank > 1:
+            ratios = s[: span.rank - 1] / s[1: span.rank].clamp_min(1e-300)
+            k = int(torch.argmax(ratios))
+            if float(ratios[k]) > self.gap:
+                return Span(span.basis[:, : k + 1], s)
+        return span
 
     def reconstruct(self, obs: Observation, *, device: torch.device | str = "cpu", seed: int | None = None,
                     callback: Callback | None = None, progress: bool = False) -> Reconstruction:
@@ -92,6 +112,7 @@ class SubspaceAttack(Attack):
         order = torch.argsort(d0)
         active = [[per_position[0][int(i)]] for i in order[: _largest_gap(d0[order], batch)]]
         finished: list[list[int]] = []
+        accepted: list[float] = []
         for p in range(1, length):
             extendable = [a for a in active if a[-1] not in ends]
             finished += [a for a in active if a[-1] in ends]
@@ -102,12 +123,25 @@ class SubspaceAttack(Attack):
             dist = torch.cat([span2.distance(arch.second_inputs_extending(extendable[i:i + 64], tokens))
                               for i in range(0, len(extendable), 64)])
             best = dist.argmin(dim=1)
-            chosen = {(a, int(best[a])) for a in range(len(extendable))}
-            bar = float(dist[torch.arange(len(extendable)), best].max()) * self.branch_ratio
+            best_d = dist[torch.arange(len(extendable)), best]
+            going = list(range(len(extendable)))
+            if self.stop_ratio > 0 and len(accepted) >= 3:
+                # past its end a record has no true continuation (its last token, end-of-sequence, feeds no loss,
+                # so it is not in the span): the best distance jumps well above the accepted ones
+                limit = self.stop_ratio * float(torch.tensor(accepted).median())
+                going = [a for a in going if float(best_d[a]) <= limit]
+                finished += [extendable[a] for a in range(len(extendable)) if a not in going]
+                if not going:
+                    active = []
+                    break
+            accepted += [float(best_d[a]) for a in going]
+            chosen = {(a, int(best[a])) for a in going}
+            bar = float(best_d[going].max()) * self.branch_ratio
             room = batch - len(finished) - len(chosen)
             if room > 0:
                 flat = dist.clone()
                 flat[torch.arange(len(extendable)), best] = float("inf")
+                flat[[a for a in range(len(extendable)) if a not in going]] = float("inf")
                 values, idx = torch.sort(flat.flatten())
                 for v, i in zip(values[:room].tolist(), idx[:room].tolist()):
                     if v <= bar:
@@ -118,7 +152,7 @@ class SubspaceAttack(Attack):
         rows = [(s + [pad] * length)[:length] for s in finished][:batch]
         while len(rows) < batch:
             rows.append([pad] * length)
-        details = {"rank": rank, "candidates_per_position": [len(c) for c in per_position],
+        details = {"rank": [span1.rank, span2.rank], "candidates_per_position": [len(c) for c in per_position],
                    "sequences_found": len(finished)}
         return Reconstruction(inputs=torch.tensor(rows, dtype=torch.long), labels=None, attack=self.name,
                               settings=self.settings(), iterations=1, wall_time_s=time.perf_counter() - start,
