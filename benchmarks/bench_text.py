@@ -30,8 +30,8 @@ from gradleak.defenses import build_defense
 from gradleak.text.metrics import score_text
 from gradleak.text.victim import text_victim
 
-PUBLISHED = """Published (Petrov et al. 2024, DAGER, NeurIPS; abstract and reference code insait-institute/dager-gradient-inversion):
-  full batches up to 128 recovered with ROUGE-1/2 > 0.99 on LLaMa-2 7B (width 4096); GPT-2 (width 768) on CoLA, SST-2
+PUBLISHED = """Published (Petrov et al. 2024, DAGER, NeurIPS; abstract and reference code
+  github.com/insait-institute/dager-gradient-inversion): full batches up to 128 recovered with ROUGE-1/2 > 0.99 on LLaMa-2 7B (width 4096); GPT-2 (width 768) on CoLA, SST-2
   and Rotten Tomatoes, short sentences, so that batch x length stays below 768 at the batch sizes it reports; runs with
   more batch tokens than the embedding dimension are scored 0 in its ablation; LoRA shown at r = 256 on a fine-tuned
   (B != 0) LLaMa-3.1-8B adapter. Our records are longer (about 47 tokens), so batch 32 (~1500 tokens) and 64 exceed
