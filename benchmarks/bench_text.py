@@ -30,12 +30,12 @@ from gradleak.defenses import build_defense
 from gradleak.text.metrics import score_text
 from gradleak.text.victim import text_victim
 
-PUBLISHED = """Published (Petrov et al. 2024, DAGER, NeurIPS; abstract and reference code
-  github.com/insait-institute/dager-gradient-inversion): full batches up to 128 recovered with ROUGE-1/2 > 0.99 on LLaMa-2 7B (width 4096); GPT-2 (width 768) on CoLA, SST-2
-  and Rotten Tomatoes, short sentences, so that batch x length stays below 768 at the batch sizes it reports; runs with
-  more batch tokens than the embedding dimension are scored 0 in its ablation; LoRA shown at r = 256 on a fine-tuned
-  (B != 0) LLaMa-3.1-8B adapter. Our records are longer (about 47 tokens), so batch 32 (~1500 tokens) and 64 exceed
-  GPT-2's 768: the same limit, not a weaker attack."""
+PUBLISHED = """Published (Petrov et al. 2024, DAGER, NeurIPS): full batches up to 128 recovered with ROUGE-1/2 > 0.99
+  (abstract; LLaMa-2 7B, width 4096). Its reference code (github.com/insait-institute/dager-gradient-inversion) runs
+  GPT-2 (width 768) on CoLA, SST-2 and Rotten Tomatoes sentences; runs with more batch tokens than the embedding
+  dimension get a best-effort rank cut-off, and its ablation scores them 0 without it; LoRA runs at r = 256 on a
+  fine-tuned (B != 0) LLaMa-3.1-8B adapter. Per-batch GPT-2 figures (paper, Table 1) are not reproduced here.
+  Our records are about 47 tokens: batch 32 (~1500 tokens) and 64 exceed GPT-2's 768, the limit DAGER has too."""
 
 
 def score(case, recon) -> dict:
