@@ -31,10 +31,11 @@ def test_subspace_beats_dager_on_an_int8_update() -> None:
 
 
 def test_gap_rank_and_end_of_record_stop_beat_the_plain_ranking_on_fp16() -> None:
-    """Without the stop, every sequence runs on past its record's end (the end-of-sequence token is not in the
+    """Options off by default (they hurt on GPT-2-small batch 8 under Gaussian noise, see the module docstring).
+    Without the stop, every sequence runs on past its record's end (the end-of-sequence token is not in the
     span); without the gap the subspace keeps batch * seq_len directions, noise included."""
     case = text_victim("gpt2-mini", 2, seed=0, defense=build_defense("quantization", kind="fp16"))
-    ours = ATTACKS.build("subspace").reconstruct(case.observation)
-    plain = ATTACKS.build("subspace", gap=0.0, stop_ratio=0.0).reconstruct(case.observation)
+    ours = ATTACKS.build("subspace", gap=3.0, stop_ratio=4.0).reconstruct(case.observation)
+    plain = ATTACKS.build("subspace").reconstruct(case.observation)
     assert ours.details["rank"][0] < plain.details["rank"][0] == 2 * case.observation.inputs.seq_len
     assert _rouge1(case, ours) >= _rouge1(case, plain) + 0.1, (_rouge1(case, ours), _rouge1(case, plain))

@@ -11,8 +11,10 @@ layer-2 input is closest to the layer-2 subspace (every unfinished true prefix h
 distance is as small as the accepted ones. No threshold on absolute distances, so the scale of the noise does not
 matter, only that the true directions still dominate the gradient.
 
-Measured on gpt2-mini, batch 4 (171 tokens): the gap-chosen rank and the stopping rule raise ROUGE-1 from 0.67 to
-0.89 (fp16) and 0.68 to 0.83 (Gaussian 1e-6); int8 (no gap in the spectrum) stays at 0.34.
+Options, off by default: ``gap`` (rank from the singular-value gap) and ``stop_ratio`` (end a record when its best
+continuation jumps). On gpt2-mini, batch 4 (171 tokens) together they raise ROUGE-1 from 0.67 to 0.89 (fp16) and
+0.68 to 0.83 (Gaussian 1e-6); int8 (no gap in the spectrum) stays at 0.34. On GPT-2-small, batch 8, Gaussian 1e-6
+the layer-2 gap falls at rank 1 and ROUGE-1 drops from 0.31 to 0.10, so neither is the default.
 This is a ranking search, not (yet) the continuous optimisation of embeddings toward the span that TIGER describes.
 """
 
@@ -57,8 +59,8 @@ class SubspaceAttack(Attack):
     tasks: ClassVar[frozenset[str]] = frozenset({"causal_lm"})
     extra: int = 4
     branch_ratio: float = 1.0
-    gap: float = 3.0
-    stop_ratio: float = 4.0
+    gap: float = 0.0
+    stop_ratio: float = 0.0
 
     def settings(self) -> dict[str, Any]:
         return {"extra": self.extra, "branch_ratio": self.branch_ratio, "gap": self.gap,
