@@ -3,21 +3,30 @@
 For a fully connected input layer ``Z = X W^T + b`` the weight gradient is ``G = dL/dZ^T X``: a product of an
 ``m x B`` and a ``B x n`` matrix, so ``rank G <= B``. With ``G = U S V^T`` truncated to rank ``B``, every
 column ``c_i`` of ``dL/dZ`` (one per sample) lies in ``span(U_B)``: ``c_i = U_B q_i``. Behind a ReLU about half of
-each ``c_i`` is zero (inactive units). Sampling ``B - 1`` rows of ``U_B`` and taking the null vector ``q`` of
-that submatrix gives ``U_B q`` with those rows zero; when all of them were zero for one sample, ``U_B q`` is that
-sample's column and is far sparser than a random direction. Sparse candidates are de-duplicated and filtered
-greedily (sparsest, linearly independent first). With ``C`` known up to a scale per column, ``X = C^+ G`` up to
-the same scales, which the bias gradient ``dL/db = C 1`` fixes. A sample is *certified* when the ReLU pattern of
-its recovered input reproduces the zero pattern of its column. Labels follow from the recovered inputs: the label
-whose first-layer gradient direction matches ``c_i``.
+each ``c_i`` is exactly zero (inactive units), and the ``c_i`` are the sparsest vectors of that span. With ``C``
+known up to a scale per column, ``X = C^+ G`` up to the same scales, which the bias gradient ``dL/db = C 1`` fixes.
+A sample is *certified* when the ReLU pattern of its recovered input reproduces the zero pattern of its column.
+Labels follow from the recovered inputs: the label whose first-layer output gradient points like ``c_i``.
 
-The random search needs about ``2^(B-1)`` trials per sample, so it is practical up to batch ~20-25 on a CPU
-(the paper reports the same scaling, with GPU-hours for larger batches); ``max_trials`` bounds the work and
-unrecovered slots are filled with the mean colour and reported in ``details``.
+Candidate directions ``q`` come from two searches, then the paper's greedy filter keeps the sparsest linearly
+independent ones:
+
+- the paper's sampling: the null vector of ``B - 1`` random rows of ``U_B`` is exact when all those rows lie in
+  one sample's zero set, which happens with probability about ``2^-(B-1)`` (practical up to batch ~20);
+- ours, beyond the paper: reweighted-l1 descent on the sphere, ``min_q sum_j |u_j . q| / max(|u_j . q|, eps)``
+  with ``eps`` shrinking (the IRLS form of Dual Principal Component Pursuit, Tsakiris & Vidal 2018), from random
+  starts. It lands on exact sparse vectors that mix a few columns (``c_a - t c_b``). The sparsest vector of a
+  2-D span ``{cos(a) v + sin(a) w}`` is found exactly: row ``j`` vanishes at one angle ``a_j``, so the most
+  frequent angle wins. Taking that vector for every pair of candidates, then the null vector of its zero set
+  (polish), and repeating on what is new, turns mixtures into single columns.
+
+The search is bounded (``max_trials``, ``irls_starts``, ``irls_rounds``); unrecovered slots are filled with the
+mean colour and reported in ``details``. Every step is seeded, so the same seed gives the same numbers.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -31,10 +40,17 @@ from gradleak.errors import ConfigError
 from gradleak.observation import Observation
 
 
+def zero_count(v: torch.Tensor, zero_tol: float) -> torch.Tensor:
+    """Entries of each column of ``v`` (m, k) under ``zero_tol`` times the column's norm."""
+    a = v.abs()
+    return (a <= zero_tol * a.norm(dim=0, keepdim=True).clamp_min(1e-300)).sum(0)
+
+
 def sparse_directions(
-    basis: torch.Tensor, trials: int, chunk: int, generator: torch.Generator, zero_tol: float, min_extra: int
+    basis: torch.Tensor, trials: int, chunk: int, generator: torch.Generator, zero_tol: float, need: int
 ) -> torch.Tensor:
-    """Directions ``q`` (k, r) whose ``basis @ q`` has at least ``r - 1 + min_extra`` near-zero entries."""
+    """The paper's sampling: null vectors ``q`` (r, k) of ``r - 1`` random rows whose ``basis @ q`` has at least
+    ``need`` zeros."""
     m, r = basis.shape
     found: list[torch.Tensor] = []
     done = 0
@@ -42,30 +58,99 @@ def sparse_directions(
         t = min(chunk, trials - done)
         done += t
         rows = torch.rand(t, m, generator=generator).argsort(dim=1)[:, : r - 1]
-        sub = basis[rows]  # (t, r-1, r)
-        q = torch.linalg.svd(sub).Vh[:, -1, :]  # null vector of each submatrix
-        v = q @ basis.T  # (t, m)
-        zeros = (v.abs() <= zero_tol * v.abs().amax(1, keepdim=True)).sum(1)
-        keep = zeros >= r - 1 + min_extra
+        q = torch.linalg.svd(basis[rows]).Vh[:, -1, :]  # null vector of each (r-1, r) submatrix
+        keep = zero_count(basis @ q.T, zero_tol) >= need
         if keep.any():
-            found.append(q[keep])
-    return torch.cat(found) if found else basis.new_zeros(0, r)
+            found.append(q[keep].T)
+    return torch.cat(found, 1) if found else basis.new_zeros(r, 0)
+
+
+def reweighted_l1(basis: torch.Tensor, q: torch.Tensor, iters: int, decay: float = 0.8) -> torch.Tensor:
+    """Reweighted-l1 descent on the sphere from the columns of ``q`` (r, k): each step takes the smallest
+    eigenvector of ``U^T diag(1 / max(|U q|, eps)) U`` while ``eps`` shrinks geometrically (IRLS for Dual
+    Principal Component Pursuit, Tsakiris & Vidal 2018)."""
+    for it in range(iters):
+        a = (basis @ q).abs()
+        top = a.amax(0, keepdim=True).clamp_min(1e-300)
+        eps = torch.quantile(a / top, 0.25, dim=0, keepdim=True) * top * decay**it + 1e-12 * top
+        w = 1.0 / torch.maximum(a, eps)
+        q = torch.linalg.eigh(torch.einsum("mk,mb,mc->kbc", w, basis, basis)).eigenvectors[:, :, 0].T
+    return q / q.norm(dim=0)
+
+
+def pair_sparsest(basis: torch.Tensor, qa: torch.Tensor, qb: torch.Tensor, zero_tol: float,
+                  chunk: int = 1000) -> torch.Tensor:
+    """For every pair (column of ``qa``, column of ``qb``) the sparsest direction of their 2-D span, exactly:
+    ``cos(t) va_j + sin(t) vb_j`` vanishes at one angle ``t_j`` per row, so the most frequent angle wins (ours)."""
+    va, vb = basis @ qa, basis @ qb
+    va, vb = va / va.norm(dim=0), vb / vb.norm(dim=0)
+    ii, jj = torch.meshgrid(torch.arange(qa.shape[1]), torch.arange(qb.shape[1]), indexing="ij")
+    ii, jj = ii.flatten(), jj.flatten()
+    out = []
+    for s in range(0, len(ii), chunk):
+        a, b = ii[s : s + chunk], jj[s : s + chunk]
+        v1, v2 = va[:, a], vb[:, b]
+        angle = torch.remainder(torch.atan2(-v1, v2), math.pi)
+        angle[(v1.abs() <= zero_tol) & (v2.abs() <= zero_tol)] = float("nan")  # zero for every angle
+        angle = angle.sort(0).values  # NaN last
+        same = (angle[1:] - angle[:-1]).abs() < 1e-6
+        idx = torch.arange(1, same.shape[0] + 1)[:, None].expand_as(same)
+        run = idx - torch.where(same, torch.zeros_like(idx), idx).cummax(0).values
+        best = angle.gather(0, run.argmax(0)[None] + 1).flatten()
+        out.append(torch.cos(best) * qa[:, a] + torch.sin(best) * qb[:, b])
+    return torch.cat(out, 1) if out else qa.new_zeros(qa.shape[0], 0)
+
+
+def polish(basis: torch.Tensor, q: torch.Tensor, zero_tol: float, need: int) -> torch.Tensor:
+    """Candidates with at least ``need`` near-zeros, each replaced by the null vector of its zero set."""
+    v = basis @ q
+    zeros = v.abs() <= 10 * zero_tol * v.norm(dim=0, keepdim=True)
+    keep = zeros.sum(0) >= need
+    q, zeros = q[:, keep].clone(), zeros[:, keep]
+    for k in range(q.shape[1]):
+        q[:, k] = torch.linalg.svd(basis[zeros[:, k]]).Vh[-1]
+    return q[:, zero_count(basis @ q, zero_tol) >= need]
+
+
+def new_directions(basis: torch.Tensor, q: torch.Tensor, pool: torch.Tensor, zero_tol: float, cap: int) -> torch.Tensor:
+    """The sparsest (at most ``cap``) columns of ``q`` not already in ``pool`` nor duplicated (up to sign)."""
+    q = q / q.norm(dim=0)
+    q = q[:, zero_count(basis @ q, zero_tol).argsort(descending=True)]
+    keep: list[torch.Tensor] = []
+    for i in range(q.shape[1]):
+        c = q[:, i]
+        if pool.shape[1] and (pool.T @ c).abs().max() > 1 - 1e-6:
+            continue
+        if keep and (torch.stack(keep) @ c).abs().max() > 1 - 1e-6:
+            continue
+        keep.append(c)
+        if len(keep) == cap:
+            break
+    return torch.stack(keep, 1) if keep else q[:, :0]
+
+
+def close_under_pairs(basis: torch.Tensor, pool: torch.Tensor, new: torch.Tensor, zero_tol: float, need: int,
+                      cap: int) -> torch.Tensor:
+    """Add ``new`` to ``pool`` and the polished sparsest directions of every pair, until nothing new appears."""
+    new = new_directions(basis, new, pool, zero_tol, cap)
+    while new.shape[1]:
+        pool = torch.cat([pool, new], 1)
+        new = new_directions(basis, polish(basis, pair_sparsest(basis, new, pool, zero_tol), zero_tol, need),
+                             pool, zero_tol, cap)
+    return pool
 
 
 def greedy_filter(basis: torch.Tensor, q: torch.Tensor, zero_tol: float, want: int) -> torch.Tensor:
-    """Unique sparse directions, sparsest first, each linearly independent of those kept (at most ``want``)."""
-    if len(q) == 0:
-        return q
-    v = q @ basis.T
-    sparsity = (v.abs() <= zero_tol * v.abs().amax(1, keepdim=True)).sum(1)
-    order = sparsity.argsort(descending=True)
+    """The paper's greedy selection: sparsest first, each linearly independent of those kept (at most ``want``).
+    ``q`` is (r, k); returns (kept, r)."""
+    if q.shape[1] == 0:
+        return q.T
+    order = zero_count(basis @ q, zero_tol).argsort(descending=True)
     kept: list[torch.Tensor] = []
     for i in order.tolist():
-        cand = q[i] / q[i].norm()
+        cand = q[:, i] / q[:, i].norm()
         if kept:
             stack = torch.stack(kept)
-            if (stack @ cand).abs().max() > 1 - 1e-6:  # duplicate (up to sign)
-                continue
             resid = cand - stack.T @ torch.linalg.lstsq(stack.T, cand[:, None]).solution.flatten()
             if resid.norm() < 1e-6:
                 continue
@@ -79,17 +164,24 @@ def greedy_filter(basis: torch.Tensor, q: torch.Tensor, zero_tol: float, want: i
 class SpearAttack(Attack):
     """Exact recovery of a batch through a ReLU-followed fully connected input layer (Dimitrov et al. 2024).
 
-    ``max_trials``: submatrices sampled at most; ``chunk``: sampled per batched SVD; ``zero_tol``: relative size
-    under which a gradient entry counts as zero; ``min_extra_zeros``: zeros beyond ``B - 1`` a candidate needs;
-    ``rank_tol``: singular values under ``rank_tol * s_max`` are dropped.
+    ``max_trials``: the paper's sampled submatrices (0: none); ``chunk``: sampled per batched SVD;
+    ``irls_starts``/``irls_rounds``/``irls_iters``: random starts per round, rounds at most, and steps of the
+    reweighted-l1 search (ours; 0 rounds: the paper's sampling alone); ``pool_cap``: new candidates kept per
+    pairing step; ``zero_tol``: size relative to a column's norm under which an entry counts as zero;
+    ``min_extra_zeros``: zeros beyond ``B - 1`` a candidate needs; ``rank_tol``: singular values under
+    ``rank_tol * s_max`` are dropped.
     """
 
     name: ClassVar[str] = "spear"
     input_kinds: ClassVar[frozenset[str]] = frozenset({"image", "features"})
     layer: str | None = None
-    max_trials: int = 200_000
-    chunk: int = 20_000
-    zero_tol: float = 1e-5
+    max_trials: int = 20_000
+    chunk: int = 10_000
+    irls_starts: int = 50
+    irls_rounds: int = 6
+    irls_iters: int = 60
+    pool_cap: int = 40
+    zero_tol: float = 1e-7
     min_extra_zeros: int = 4
     rank_tol: float = 1e-5
 
@@ -103,8 +195,8 @@ class SpearAttack(Attack):
         progress: bool = False,
     ) -> Reconstruction:
         del progress
-        if self.max_trials < 1 or self.chunk < 1:
-            raise ConfigError("spear: max_trials and chunk must be positive")
+        if self.max_trials < 0 or self.chunk < 1 or self.irls_starts < 1 or self.irls_rounds < 0:
+            raise ConfigError("spear: max_trials and irls_rounds must be >= 0, chunk and irls_starts positive")
         start = time.perf_counter()
         model = obs.build_model()
         name, module = input_linear_layer(model, obs.num_pixels, self.layer)
@@ -123,10 +215,24 @@ class SpearAttack(Attack):
         if rank >= module.out_features:
             raise ConfigError(f"spear: layer {name!r} has {module.out_features} units, needs more than batch {b}")
         basis = u[:, :rank]
+        norms = basis.norm(dim=1)
+        live = basis[norms > 1e-9 * norms.max()].cpu()  # units no sample reached are zero for every q
+        need = rank - 1 + self.min_extra_zeros
         gen = torch.Generator().manual_seed(0 if seed is None else seed)
-        q = sparse_directions(basis.cpu(), self.max_trials, self.chunk, gen, self.zero_tol, self.min_extra_zeros)
-        q = greedy_filter(basis.cpu(), q, self.zero_tol, rank).to(basis)
-        details: dict[str, Any] = {"layer": name, "rank": rank, "directions": len(q)}
+        pool = live.new_zeros(rank, 0)
+        if self.max_trials:
+            found = sparse_directions(live, self.max_trials, self.chunk, gen, self.zero_tol, need)
+            pool = close_under_pairs(live, pool, found, self.zero_tol, need, self.pool_cap)
+        rounds = 0
+        while rounds < self.irls_rounds and len(greedy_filter(live, pool, self.zero_tol, rank)) < rank:
+            rounds += 1
+            q0 = torch.randn(rank, self.irls_starts, generator=gen, dtype=live.dtype)
+            found = reweighted_l1(live, q0, self.irls_iters)
+            found = found[:, zero_count(live @ found, self.zero_tol) >= need]
+            pool = close_under_pairs(live, pool, found, self.zero_tol, need, self.pool_cap)
+        q = greedy_filter(live, pool, self.zero_tol, rank).to(basis)
+        details: dict[str, Any] = {"layer": name, "rank": rank, "directions": len(q), "candidates": pool.shape[1],
+                                   "irls_rounds": rounds}
         recovered_x: list[torch.Tensor] = []
         labels = None
         certified: list[bool] = []
@@ -138,7 +244,7 @@ class SpearAttack(Attack):
             w = module.weight.detach().double().to(xs)
             bias = module.bias.detach().double().to(xs)
             active = (xs @ w.T + bias) > 0  # (rank, m)
-            nonzero = (cols.abs() > self.zero_tol * cols.abs().amax(0, keepdim=True)).T
+            nonzero = (cols.abs() > self.zero_tol * cols.norm(dim=0, keepdim=True)).T
             certified = (active == nonzero).all(1).tolist()
             recovered_x = [xs[i] for i in range(rank)]
             labels = _labels(obs, model, xs.float(), (cols / d).T.float(), name)
