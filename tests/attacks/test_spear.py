@@ -21,9 +21,10 @@ def _observe(batch: int, hidden: tuple[int, ...] = (200,)):
     return simulate(spec, x, y, num_classes=ds.num_classes, mean=ds.mean, std=ds.std)
 
 
-def test_batch_8_recovered_exactly_with_labels() -> None:
+@pytest.mark.parametrize("settings", [{"irls_rounds": 0}, {"max_trials": 0}], ids=["paper-sampling", "irls-pairs"])
+def test_batch_8_recovered_exactly_with_labels(settings: dict) -> None:
     obs, truth = _observe(8)
-    recon = ATTACKS.build("spear", max_trials=20_000).reconstruct(obs, seed=0)
+    recon = ATTACKS.build("spear", **settings).reconstruct(obs, seed=0)
     scores = score(recon.inputs, recon.labels, truth)
     assert recon.details["rank"] == 8
     assert all(recon.details["certified"])
@@ -31,9 +32,28 @@ def test_batch_8_recovered_exactly_with_labels() -> None:
     assert all(scores.label_correct)
 
 
-def test_too_few_trials_fill_and_do_not_certify() -> None:
+def test_same_seed_same_numbers() -> None:
+    obs, _ = _observe(8)
+    a = ATTACKS.build("spear", max_trials=0).reconstruct(obs, seed=3)
+    b = ATTACKS.build("spear", max_trials=0).reconstruct(obs, seed=3)
+    assert torch.equal(a.inputs, b.inputs)
+    assert a.details["candidates"] == b.details["candidates"]
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="not yet met: batch 16 finds sparse directions but not all 16 single "
+                   "columns (measured 0/16 certified, benchmarks/bench_exact.py)")
+def test_batch_16_at_60_db_with_labels() -> None:
+    obs, truth = _observe(16, hidden=(1024,))
+    recon = ATTACKS.build("spear").reconstruct(obs, seed=0)
+    scores = score(recon.inputs, recon.labels, truth)
+    assert sum(p >= 60.0 for p in scores.psnr) >= 0.99 * 16
+    assert all(scores.label_correct)
+
+
+def test_too_little_search_fills_and_does_not_certify() -> None:
     obs, truth = _observe(8)
-    recon = ATTACKS.build("spear", max_trials=10).reconstruct(obs, seed=0)
+    recon = ATTACKS.build("spear", max_trials=10, irls_rounds=0).reconstruct(obs, seed=0)
     assert recon.inputs.shape == truth.inputs.shape
     assert not any(recon.details["certified"])
     assert recon.details["not_separated"] == 8
