@@ -7,26 +7,8 @@ import torch
 
 from gradleak.attacks import ATTACKS
 from gradleak.attacks.text.lamp import _moves, language_prior, sequence_nll
-from gradleak.text.metrics import score_text
 
 pytest.importorskip("transformers")
-
-def _scores(case, ids: torch.Tensor) -> dict:
-    tok = case.tokenizer
-    return score_text(ids, case.truth.inputs, tok.decode, pad_id=tok.pad_id, ignore_ids=(tok.eos_id,),
-                      records=case.records).means()
-
-
-def random_tokens(case, draws: int, *, bag: bool) -> list[torch.Tensor]:
-    """Baselines with the true lengths: tokens drawn uniformly from the vocabulary, or from the batch's own bag."""
-    truth, tok = case.truth.inputs, case.tokenizer
-    pool = torch.tensor(sorted(set(truth.flatten().tolist()) - {tok.pad_id, tok.eos_id})) if bag else \
-        torch.arange(2, tok.vocab_size)
-    gen = torch.Generator().manual_seed(123)
-    keep = (truth == tok.pad_id) | (truth == tok.eos_id)
-    return [torch.where(keep, truth, pool[torch.randint(0, len(pool), truth.shape, generator=gen)])
-            for _ in range(draws)]
-
 
 FAST = {"steps": 60, "init_candidates": 16, "candidates": 16, "swap_every": 20, "prior_steps": 60}
 
@@ -42,14 +24,14 @@ def record_case():
     return case, case.observation.with_update(case.observation.update, lengths=lengths)
 
 
-def test_lamp_beats_random_tokens(record_case) -> None:
+def test_lamp_beats_random_tokens(record_case, text_scores, random_tokens) -> None:
     """ROUGE-1 well above random vocabulary tokens, and more tokens in place than random draws from the batch's
     own bag (which already hold the right unigrams)."""
     case, obs = record_case
     recon = ATTACKS.build("lamp", **FAST).reconstruct(obs, seed=0)
-    ours = _scores(case, recon.inputs)
-    vocab = [_scores(case, ids) for ids in random_tokens(case, 10, bag=False)]
-    bag = [_scores(case, ids) for ids in random_tokens(case, 10, bag=True)]
+    ours = text_scores(case, recon.inputs)
+    vocab = [text_scores(case, ids) for ids in random_tokens(case, 10, bag=False)]
+    bag = [text_scores(case, ids) for ids in random_tokens(case, 10, bag=True)]
     vocab_r1 = sum(s["rouge1"] for s in vocab) / len(vocab)
     bag_acc = sum(s["token_accuracy"] for s in bag) / len(bag)
     assert ours["rouge1"] >= vocab_r1 + 0.08, (ours, vocab_r1)

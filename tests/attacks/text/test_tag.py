@@ -8,7 +8,6 @@ import torch
 from gradleak.attacks import ATTACKS
 from gradleak.attacks.text.embedding_search import candidate_gradients, embed, gradient_distance, text_problem
 from gradleak.errors import ConfigError
-from gradleak.text.metrics import score_text
 from gradleak.text.victim import text_victim
 
 pytest.importorskip("transformers")
@@ -23,34 +22,14 @@ def record_case():
     return case, case.observation.with_update(case.observation.update, lengths=lengths)
 
 
-def _scores(case, ids: torch.Tensor) -> dict:
-    tok = case.tokenizer
-    return score_text(ids, case.truth.inputs, tok.decode, pad_id=tok.pad_id, ignore_ids=(tok.eos_id,),
-                      records=case.records).means()
-
-
-def random_tokens(case, draws: int, *, bag: bool) -> list[torch.Tensor]:
-    """Baselines with the true lengths: tokens drawn uniformly from the vocabulary, or from the batch's own bag."""
-    truth, tok = case.truth.inputs, case.tokenizer
-    pool = torch.tensor(sorted(set(truth.flatten().tolist()) - {tok.pad_id, tok.eos_id})) if bag else \
-        torch.arange(2, tok.vocab_size)
-    gen = torch.Generator().manual_seed(123)
-    out = []
-    for _ in range(draws):
-        ids = pool[torch.randint(0, len(pool), truth.shape, generator=gen)]
-        keep = (truth == tok.pad_id) | (truth == tok.eos_id)
-        out.append(torch.where(keep, truth, ids))
-    return out
-
-
-def test_tag_beats_random_tokens(record_case) -> None:
+def test_tag_beats_random_tokens(record_case, text_scores, random_tokens) -> None:
     """ROUGE-1 well above random vocabulary tokens of the same length, and a closer gradient match than random
     tokens from the batch's own bag. Measured here: TAG puts barely more tokens in place than those bag draws
     (3.4 % against 2.7 % after 60 steps), so that is not asserted; LAMP's test asserts it."""
     case, obs = record_case
     recon = ATTACKS.build("tag", steps=60).reconstruct(obs, seed=0)
-    ours = _scores(case, recon.inputs)
-    vocab = [_scores(case, ids) for ids in random_tokens(case, 10, bag=False)]
+    ours = text_scores(case, recon.inputs)
+    vocab = [text_scores(case, ids) for ids in random_tokens(case, 10, bag=False)]
     vocab_r1 = sum(s["rouge1"] for s in vocab) / len(vocab)
     assert ours["rouge1"] >= vocab_r1 + 0.08, (ours, vocab_r1)
     problem = text_problem(obs)
