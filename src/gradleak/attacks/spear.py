@@ -227,7 +227,9 @@ class SpearAttack(Attack):
         while rounds < self.irls_rounds and len(greedy_filter(live, pool, self.zero_tol, rank)) < rank:
             rounds += 1
             q0 = torch.randn(rank, self.irls_starts, generator=gen, dtype=live.dtype)
-            found = reweighted_l1(live, q0, self.irls_iters)
+            # odd rounds see every row scaled to unit norm (zeros unchanged, other attractors; as in DPCP)
+            search = live if rounds % 2 else live / live.norm(dim=1, keepdim=True)
+            found = reweighted_l1(search, q0, self.irls_iters)
             found = found[:, zero_count(live @ found, self.zero_tol) >= need]
             pool = close_under_pairs(live, pool, found, self.zero_tol, need, self.pool_cap)
         q = greedy_filter(live, pool, self.zero_tol, rank).to(basis)
