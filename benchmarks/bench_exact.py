@@ -39,6 +39,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batches", type=int, nargs="*", default=[16, 32, 64])
     p.add_argument("--width-per-sample", type=int, default=64, help="ReLU layer width = this x batch")
+    p.add_argument("--width", type=int, default=0, help="fixed ReLU layer width (overrides --width-per-sample)")
     p.add_argument("--trials", type=int, default=20_000, help="the paper's sampled submatrices")
     p.add_argument("--rounds", type=int, default=2, help="rounds of reweighted-l1 starts (ours)")
     p.add_argument("--starts", type=int, default=50, help="random starts per round")
@@ -47,10 +48,10 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     print(PAPER)
-    print(f"settings: trials {args.trials}, rounds {args.rounds} x {args.starts} starts, width {args.width_per_sample}"
-          f" x batch, photos {args.size}x{args.size}, seed {args.seed}")
+    print(f"settings: trials {args.trials}, rounds {args.rounds} x {args.starts} starts, width "
+          f"{args.width or str(args.width_per_sample) + ' x batch'}, photos {args.size}x{args.size}, seed {args.seed}")
     for b in args.batches:
-        width = args.width_per_sample * b
+        width = args.width or args.width_per_sample * b
         obs, truth = observe(b, args.size, width, args.seed)
         t = time.perf_counter()
         rec = ATTACKS.build("spear", max_trials=args.trials, irls_rounds=args.rounds,
