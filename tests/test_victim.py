@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.nn import functional as F
 
@@ -56,3 +57,24 @@ def test_leaked_labels_and_seeded_init(faces) -> None:
     assert torch.equal(a.labels, y)
     assert all(torch.equal(a.weights[k], b.weights[k]) for k in a.weights)
     assert not torch.equal(a.weights["classifier.weight"], c.weights["classifier.weight"])
+
+
+def test_a_step_defense_on_token_inputs_is_refused_not_ignored() -> None:
+    """DP-SGD's own step is written for image classification: on a language model simulate refuses it rather
+    than sharing the plain gradient under the defense's name."""
+    pytest.importorskip("transformers")
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from gradleak.defenses import build_defense
+    from gradleak.errors import ConfigError
+    from gradleak.inputs import TokenInput
+    from gradleak.record import spec_of
+    from gradleak.tasks import Task
+
+    torch.manual_seed(0)
+    net = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=16))
+    ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(1))
+    spec = spec_of(net)
+    with pytest.raises(ConfigError, match="changes the training step"):
+        simulate(spec, ids, None, input_spec=TokenInput(8, 64, None), task=Task.causal_lm(), model=net,
+                 defense=build_defense("dpsgd"))

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from gradleak.errors import ConfigError
 from gradleak.inputs import FeatureInput, ImageInput, InputSpec, TokenInput
 from gradleak.tasks import Task
 from gradleak.observation import GroundTruth, LocalTraining, ModelSpec, Observation
@@ -133,9 +134,14 @@ def simulate(
         raise ValueError(f"protocol must be 'fedsgd' or 'fedavg', got {protocol!r}")
     if protocol == "fedavg" and local_training is None:
         raise ValueError("protocol 'fedavg' needs local_training (steps, lr, batch_size)")
-    from gradleak.defenses.base import defended_update
+    from gradleak.defenses.base import Defense, defended_update
 
     generator = torch.Generator(device=torch.device(device)).manual_seed(0 if seed is None else seed)
+    if defense is not None and not plain_ce and type(defense).step_gradient is not Defense.step_gradient:
+        # its own training step (DP-SGD) is written for image classification; silently sharing the plain
+        # gradient under its name would report a defense that did not run
+        raise ConfigError(f"defense {defense.name!r} changes the training step, which simulate runs only for "
+                          f"image classification; for text use gradleak.text.victim.text_victim (Opacus DP-SGD)")
 
     def step_gradient(m: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> dict[str, torch.Tensor]:
         if defense is None or not plain_ce:
