@@ -36,3 +36,15 @@ def random_tokens() -> Callable[..., list[torch.Tensor]]:
                 for _ in range(draws)]
 
     return draw
+
+
+@pytest.fixture(scope="module")
+def record_case():
+    """One bundled record classified by a random bert-tiny (TAG, LAMP), with its length known to the attacker."""
+    from gradleak.text.victim import text_victim
+
+    torch.set_num_threads(1)
+    case = text_victim("bert-tiny", 1, seed=0)
+    ids = case.truth.inputs
+    lengths = (ids != case.tokenizer.pad_id).sum(1).tolist()
+    return case, case.observation.with_update(case.observation.update, lengths=lengths)

@@ -13,17 +13,6 @@ pytest.importorskip("transformers")
 FAST = {"steps": 60, "init_candidates": 16, "candidates": 16, "swap_every": 20, "prior_steps": 60}
 
 
-@pytest.fixture(scope="module")
-def record_case():
-    from gradleak.text.victim import text_victim
-
-    torch.set_num_threads(1)
-    case = text_victim("bert-tiny", 1, seed=0)
-    ids = case.truth.inputs
-    lengths = (ids != case.tokenizer.pad_id).sum(1).tolist()
-    return case, case.observation.with_update(case.observation.update, lengths=lengths)
-
-
 def test_lamp_beats_random_tokens(record_case, text_scores, random_tokens) -> None:
     """ROUGE-1 well above random vocabulary tokens, and more tokens in place than random draws from the batch's
     own bag (which already hold the right unigrams)."""

@@ -13,15 +13,6 @@ from gradleak.text.victim import text_victim
 pytest.importorskip("transformers")
 
 
-@pytest.fixture(scope="module")
-def record_case():
-    torch.set_num_threads(1)
-    case = text_victim("bert-tiny", 1, seed=0)
-    ids = case.truth.inputs
-    lengths = (ids != case.tokenizer.pad_id).sum(1).tolist()
-    return case, case.observation.with_update(case.observation.update, lengths=lengths)
-
-
 def test_tag_beats_random_tokens(record_case, text_scores, random_tokens) -> None:
     """ROUGE-1 well above random vocabulary tokens of the same length, and a closer gradient match than random
     tokens from the batch's own bag. Measured here: TAG puts barely more tokens in place than those bag draws
