@@ -79,6 +79,10 @@ def train(
     return model
 
 
+#: the optimiser settings of ``pretrained``, part of its cache key
+PRETRAIN: dict[str, float] = {"batch_size": 32, "lr": 0.05, "momentum": 0.9}
+
+
 def pretrained(
     spec: ModelSpec,
     data: ImageDataset,
@@ -97,13 +101,13 @@ def pretrained(
     pool = list(indices)
     recipe = {"model": spec.to_json(), "data": [data.name, list(data.input_shape), len(data)],
               "indices": hashlib.sha256(json.dumps(pool).encode()).hexdigest(), "steps": steps, "seed": seed,
-              "recipe": "sgd lr 0.05 momentum 0.9 batch 32", "v": 1}
+              "recipe": PRETRAIN, "v": 1}
 
     def fit() -> dict[str, torch.Tensor]:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = spec.build()
-            train(model, data, pool, steps=steps, seed=seed, device=device)
+            train(model, data, pool, steps=steps, seed=seed, device=device, **PRETRAIN)
         return model.state_dict()
 
     with torch.random.fork_rng(devices=[]):

@@ -9,9 +9,6 @@ model as well as a random one.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -58,21 +55,20 @@ def pretrain(spec: ModelSpec, batches: Callable[[int], torch.Tensor], *, steps: 
              seed: int = 0, key: str = "", progress: bool = False) -> dict[str, torch.Tensor]:
     """Weights of ``spec`` after ``steps`` AdamW steps of causal-LM training on ``batches(step)`` (token ids,
     padding ignored), cached under ``$GRADLEAK_CACHE/text-models``; ``key`` names the data for the cache."""
-    from safetensors.torch import load_file, save_file
-
+    from gradleak.cache import cached_weights
     from gradleak.tasks import Task
-    from gradleak.text.tokenizer import cache_dir
 
-    ident = json.dumps({"spec": spec.to_json(), "steps": steps, "lr": lr, "seed": seed, "key": key, "v": 1},
-                       sort_keys=True)
-    path = cache_dir() / "text-models" / f"{hashlib.sha256(ident.encode()).hexdigest()[:16]}.safetensors"
-    if path.is_file():
-        return load_file(str(path))
+    recipe = {"spec": spec.to_json(), "steps": steps, "lr": lr, "seed": seed, "key": key, "v": 1}
+    return cached_weights("text-models", recipe, lambda: _train_causal_lm(spec, batches, steps, lr, seed, progress,
+                                                                          Task.causal_lm()))
+
+
+def _train_causal_lm(spec: ModelSpec, batches: Callable[[int], torch.Tensor], steps: int, lr: float, seed: int,
+                     progress: bool, task: Any) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     model: nn.Module = spec.build()
     model.train()
     pad = spec.kwargs["config"].get("pad_token_id")
-    task = Task.causal_lm()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     for step in range(steps):
         ids = batches(step)
@@ -83,9 +79,4 @@ def pretrain(spec: ModelSpec, batches: Callable[[int], torch.Tensor], *, steps: 
         optimizer.step()
         if progress and step % 20 == 0:
             print(f"pretrain step {step}: loss {loss.item():.3f}")
-    weights = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    save_file(weights, str(tmp))
-    os.replace(tmp, path)
-    return weights
+    return model.state_dict()
