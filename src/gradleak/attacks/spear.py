@@ -115,7 +115,7 @@ def polish(basis: torch.Tensor, q: torch.Tensor, zero_tol: float, need: int) -> 
 def new_directions(basis: torch.Tensor, q: torch.Tensor, pool: torch.Tensor, zero_tol: float, cap: int) -> torch.Tensor:
     """The sparsest (at most ``cap``) columns of ``q`` not already in ``pool`` nor duplicated (up to sign)."""
     q = q / q.norm(dim=0)
-    q = q[:, zero_count(basis @ q, zero_tol).argsort(descending=True)]
+    q = q[:, zero_count(basis @ q, zero_tol).argsort(descending=True, stable=True)]
     keep: list[torch.Tensor] = []
     for i in range(q.shape[1]):
         c = q[:, i]
@@ -145,7 +145,7 @@ def greedy_filter(basis: torch.Tensor, q: torch.Tensor, zero_tol: float, want: i
     ``q`` is (r, k); returns (kept, r)."""
     if q.shape[1] == 0:
         return q.T
-    order = zero_count(basis @ q, zero_tol).argsort(descending=True)
+    order = zero_count(basis @ q, zero_tol).argsort(descending=True, stable=True)
     kept: list[torch.Tensor] = []
     for i in order.tolist():
         cand = q[:, i] / q[:, i].norm()
