@@ -17,7 +17,6 @@ the attacker's own objective, never by the truth. A checkpoint file lets a kille
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 import warnings
@@ -39,7 +38,8 @@ from gradleak.attacks.lbfgs import CompactLBFGS
 from gradleak.attacks.labels import default_rule, infer_labels
 from gradleak.attacks.objectives import CLOSED_FORMS, OBJECTIVES
 from gradleak.attacks.priors import PRIORS, BatchNormStatistics, prior_kind
-from gradleak.attacks.stacking import NotStackable, fold, stack_model, stacked_loss
+from gradleak.attacks.stacking import (NotStackable, fold, mark_candidate, prune_double_backward, stack_model,
+                                      stacked_loss)
 from gradleak.errors import ConfigError
 from gradleak.observation import Observation
 
@@ -382,11 +382,13 @@ class UpdateMatcher:
         double-backward itself takes a couple of milliseconds)."""
         if self._eager is None:
             # A twin of the model whose observed parameters are leaves that require grad: called directly, it
-            # skips functional_call's per-call parameter swap. Hooks (BN statistics) are copied with it.
-            self._eager = copy.deepcopy(self.model)
+            # skips functional_call's per-call parameter swap. Hooks (BN statistics) are copied with it. Its
+            # convolutions skip the weight's second-order gradient that PyTorch's double backward computes and
+            # throws away (``stacking.prune_double_backward``).
+            self._eager = prune_double_backward(self.model)
             self._eager_free = self._free_leaves(self._eager)
         return self._eager_value_and_grad(self._eager, self._eager_free, xs, ys, soft, self.flat_targets[0],
-                                          lambda x: x[0])
+                                          lambda x: mark_candidate(x[0]))
 
 
 class UnrolledMatcher(UpdateMatcher):

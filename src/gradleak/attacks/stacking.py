@@ -107,6 +107,39 @@ class _ConvWeightGrad(torch.autograd.Function):
         return d_grad_out, d_x, None, None
 
 
+class _ConvGradients(torch.autograd.Function):
+    """``dL/dx`` and ``dL/dW`` of a convolution given ``dL/dy``, in one backward call (as PyTorch's own first
+    backward). Its gradient w.r.t. ``dL/dy`` is ``conv(ggx, W) + conv(x, ggW)``, w.r.t. ``x`` a backward-data pass
+    of ``dL/dy`` with ``ggW``; w.r.t. ``W`` it is never computed (PyTorch's generic double backward computes it,
+    ``conv(ggx, dL/dy)``, and the engine throws it away)."""
+
+    @staticmethod
+    def forward(ctx: Any, grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                conf: tuple[Any, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.save_for_backward(grad_out, x, weight)
+        ctx.conf = conf
+        ctx.set_materialize_grads(False)
+        gx, gw, _ = _conv_backward(grad_out, x, weight, conf, [True, True, False])
+        return gx, gw
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, ggx: torch.Tensor | None,
+                 ggw: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+        grad_out, x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conf
+        d_grad_out = d_x = None
+        if ctx.needs_input_grad[0]:
+            if ggx is not None:
+                d_grad_out = F.conv2d(ggx, weight, None, stride, padding, dilation, groups)
+            if ggw is not None:
+                term = F.conv2d(x, ggw, None, stride, padding, dilation, groups)
+                d_grad_out = term if d_grad_out is None else d_grad_out.add_(term)
+        if ctx.needs_input_grad[1] and ggw is not None:
+            d_x = _conv_backward(grad_out, x, ggw, ctx.conf, [True, False, False])[0]
+        return d_grad_out, d_x, None, None
+
+
 class _StackedConvFunction(torch.autograd.Function):
     """A convolution whose backward is built from :class:`_ConvInputGrad` and :class:`_ConvWeightGrad`, so that
     the double backward computes only what the gradient w.r.t. the candidate needs."""
@@ -127,9 +160,13 @@ class _StackedConvFunction(torch.autograd.Function):
         first_pass = torch.is_grad_enabled()
         x, weight = ctx.saved_tensors
         gx = gw = gb = None
-        if ctx.needs_input_grad[0] and (ctx.input_grad or not first_pass):
+        want_x = ctx.needs_input_grad[0] and (ctx.input_grad or not first_pass)
+        want_w = ctx.needs_input_grad[1] and first_pass
+        if want_x and want_w:
+            gx, gw = _ConvGradients.apply(grad_out, x, weight.detach(), ctx.conf)
+        elif want_x:
             gx = _ConvInputGrad.apply(grad_out, x.detach(), weight.detach(), ctx.conf)
-        if ctx.needs_input_grad[1] and first_pass:
+        elif want_w:
             gw = _ConvWeightGrad.apply(grad_out, x, weight.detach(), ctx.conf)
         if ctx.needs_input_grad[2] and first_pass:
             gb = grad_out.sum((0, 2, 3))
@@ -204,6 +241,29 @@ def stack_model(model: nn.Module, copies: int) -> nn.Module:
     return stacked
 
 
+def prune_double_backward(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (not stacked) whose convolutions run :class:`StackedConv2d`'s double backward, for the
+    engine's two passes only (``UpdateMatcher._eager_value_and_grad``).
+
+    PyTorch's generic double backward of a convolution (``_convolution_double_backward``) computes the second-order
+    gradient w.r.t. the weight, ``conv(ggI, gO)``, even when only the candidate's gradient is asked for: one
+    convolution per layer, about 1/7 of an Inverting Gradients iteration, thrown away (ResNet-18 at 32x32,
+    batch 1: 8 of them, ~15 % of the time in torch.profiler op totals; ``benchmarks/bench_inverting.py``).
+    Forward hooks (BN statistics) are kept."""
+    twin = copy.deepcopy(model)
+    for module in twin.modules():
+        if type(module) is nn.Conv2d:
+            module.__class__ = StackedConv2d
+    return twin
+
+
+def mark_candidate(x: torch.Tensor) -> torch.Tensor:
+    """Mark ``x`` as the engine's candidate: a :class:`StackedConv2d` reading it directly skips the input
+    gradient of its first-pass backward (the first pass differentiates w.r.t. the parameters only)."""
+    setattr(x, _CANDIDATE, True)
+    return x
+
+
 def fold(x: torch.Tensor) -> torch.Tensor:
     """``(S, B, C, ...)`` -> ``(B, S * C, ...)``, the stacked model's input, marked as the candidate (a
     :class:`StackedConv2d` that reads it directly skips its input gradient)."""
@@ -211,8 +271,7 @@ def fold(x: torch.Tensor) -> torch.Tensor:
     folded = x.transpose(0, 1).reshape(b, s * c, *x.shape[3:])
     if folded.dim() == 4:
         folded = folded.contiguous(memory_format=torch.channels_last)
-    setattr(folded, _CANDIDATE, True)
-    return folded
+    return mark_candidate(folded)
 
 
 def stacked_loss(logits: torch.Tensor, y: torch.Tensor, soft: bool) -> torch.Tensor:
