@@ -54,6 +54,18 @@ def test_batched_restarts_equal_separate_evaluations() -> None:
     assert float(matcher.value_and_grad(x_true, ys[:, :1], soft=False)[0]) < 0.2 * float(values.min())
 
 
+@pytest.mark.parametrize("objective", ["cosine", "l1"])
+@pytest.mark.parametrize("restarts", [1, 3])
+def test_values_equal_value_and_grad_without_the_double_backward(objective: str, restarts: int) -> None:
+    """Ranking restarts takes the value only: the same numbers as the full evaluation (closed form or not)."""
+    obs, truth = _victim(indices=(3, 5), model="resnet18", model_kwargs={"width": 4})
+    matcher = UpdateMatcher([obs], EngineConfig(objective=objective, priors={"tv": 0.1}), "cpu")
+    xs = torch.randn(1, restarts, 2, *obs.input_shape, generator=torch.Generator().manual_seed(0))
+    ys = truth.labels.view(1, 1, 2).expand(1, restarts, 2)
+    expected = matcher.value_and_grad(xs, ys, soft=False, coupled=False)[0]
+    torch.testing.assert_close(matcher.values(xs, ys, soft=False), expected, rtol=0, atol=0)
+
+
 def test_best_restart_is_the_lowest_objective_and_truth_free() -> None:
     obs, _ = _victim(indices=(3,))
     recon = optimize(obs, EngineConfig(iterations=8, restarts=4, **ADAM), labels=obs.labels, attack_name="t",

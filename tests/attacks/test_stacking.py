@@ -159,3 +159,22 @@ def test_stacked_convolutions_double_backward_agrees_with_vmap(mkldnn: bool) -> 
     with torch.backends.mkldnn.flags(enabled=mkldnn):
         assert matcher._stacking(xs, ys, True)
         _agree(matcher, xs, ys, True)
+
+
+@pytest.mark.parametrize("model, kwargs", [("resnet18", {"width": 4}), ("test-conv-variety", {}),
+                                           ("convnet", {"width": 4})])
+@pytest.mark.parametrize("soft", [False, True])
+def test_single_restart_twin_skips_the_weight_second_order_and_agrees_with_vmap(model, kwargs, soft) -> None:
+    """One observation, one restart: the eager twin's convolutions (prune_double_backward) give the gradient of
+    torch.func's generic double backward, on strided, 1x1, biased and residual convolutions."""
+    obs, _ = make_victim(ExperimentConfig(dataset="photos", image_size=32, model=model, model_kwargs=kwargs,
+                                          indices=(3, 5), batch_size=2, leak_labels=True))
+    matcher = UpdateMatcher([obs], EngineConfig(objective="cosine", priors={"tv": 0.1}), "cpu")
+    xs, ys = _inputs(obs, 1, 1, soft)
+    reference = matcher._value_and_grad_vmap(xs, ys, soft)
+    fast = matcher.value_and_grad(xs, ys, soft)
+    assert any(isinstance(m, StackedConv2d) for m in matcher._eager.modules())
+    assert torch.allclose(fast[0], reference[0], rtol=1e-5, atol=1e-6)
+    assert _relative_error(fast[1], reference[1]) < 1e-4
+    if soft:
+        assert _relative_error(fast[2], reference[2]) < 1e-4

