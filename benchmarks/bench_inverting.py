@@ -29,6 +29,7 @@ The trained victims come from ``training.pretrained`` (cached under ``$GRADLEAK_
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -107,35 +108,67 @@ def matmul_rate(n: int = 1024, reps: int = 10) -> float:
 
 
 def gradleak_run(observations, iterations: int, seed: int = 0):
-    """gradleak's IG over ``observations``; returns (reconstructions, seconds per iteration after the first)."""
+    """gradleak's IG over ``observations``; returns (reconstructions, seconds per iteration after the second).
+
+    Iterations are timed between the engine's per-iteration callbacks (each evaluation and the step before it),
+    as the published loop's ``step``; the run's one-off set-up and final ranking of restarts are not
+    iterations."""
     attack = ATTACKS.build("inverting", iterations=iterations, restarts=1)
     stamps: list[float] = []
     recons = optimize_many(list(observations), attack.engine(observations[0]), labels=[o.labels for o in observations],
                            attack_name="inverting", settings=attack.settings(), seed=seed,
                            callback=lambda i, _: stamps.append(time.perf_counter()))
-    stamps.append(time.perf_counter())
-    per_it = (stamps[-1] - stamps[1]) / max(len(stamps) - 2, 1) if len(stamps) > 2 else float("nan")
+    per_it = (stamps[-1] - stamps[1]) / (len(stamps) - 2) if len(stamps) > 2 else float("nan")
     return recons, per_it
 
 
-def bench_speed(iterations: int, models: list[str], batches: list[int]) -> None:
-    print(f"\n== speed: s/iteration, {iterations} timed iterations after one warm-up, 32x32 photos")
+def interleaved(obs, iterations: int) -> tuple[list[float], list[float]]:
+    """Seconds per iteration of the published loop and of gradleak, interleaved iteration by iteration: gradleak's
+    per-iteration callback runs one published step (with PyTorch's default convolution backend), so a load change
+    on a shared machine hits both sides alike. gradleak's iteration is the time between two callbacks without the
+    published step; the first two of each are warm-up."""
+    pub = PublishedIG(obs, iterations + 3)
+    pub.step()
+    default_backend = torch.backends.mkldnn.enabled
+    pub_times: list[float] = []
+    glk_times: list[float] = []
+    last = [0.0]
+
+    def callback(i: int, _pixels: torch.Tensor) -> None:
+        t_in = time.perf_counter()
+        if i >= 2:
+            glk_times.append(t_in - last[0])
+        with torch.backends.mkldnn.flags(enabled=default_backend):
+            pub.step()
+        last[0] = time.perf_counter()
+        if i >= 2:
+            pub_times.append(last[0] - t_in)
+
+    attack = ATTACKS.build("inverting", iterations=iterations + 2, restarts=1)
+    optimize_many([obs], attack.engine(obs), labels=[obs.labels], attack_name="inverting",
+                  settings=attack.settings(), seed=0, callback=callback)
+    return pub_times, glk_times
+
+
+def bench_speed(iterations: int, models: list[str], batches: list[int], repeats: int = 1,
+                threads_list: list[int] | None = None) -> None:
+    print(f"\n== speed: s/iteration, 32x32 photos, iterations interleaved one by one (published, gradleak), median "
+          f"of {repeats} x {iterations} after warm-up")
     print(f"{'model':>10} {'batch':>5} {'threads':>7} {'published':>10} {'gradleak':>10} {'ratio':>6} "
           f"{'GFLOP/it':>9} {'matmul GF/s':>11} {'pub %':>6} {'glk %':>6}")
-    for threads in sorted({1, torch.get_num_threads()}):
+    for threads in threads_list or sorted({1, torch.get_num_threads()}):
         torch.set_num_threads(threads)
         rate = matmul_rate()
         for model in models:
             for batch in batches:
                 obs, _ = victim(model, batch)
-                pub = PublishedIG(obs, iterations + 1)
-                flops = pub.flops()
-                pub.step()
-                start = time.perf_counter()
-                for _ in range(iterations):
-                    pub.step()
-                t_pub = (time.perf_counter() - start) / iterations
-                _, t_glk = gradleak_run([obs], iterations + 2)
+                flops = PublishedIG(obs, 1).flops()
+                pub_times, glk_times = [], []
+                for _ in range(repeats):
+                    p, g = interleaved(obs, iterations)
+                    pub_times += p
+                    glk_times += g
+                t_pub, t_glk = statistics.median(pub_times), statistics.median(glk_times)
                 print(f"{model:>10} {batch:>5} {threads:>7} {t_pub:>10.4f} {t_glk:>10.4f} {t_pub / t_glk:>6.2f} "
                       f"{flops / 1e9:>9.2f} {rate / 1e9:>11.1f} {100 * flops / t_pub / rate:>6.1f} "
                       f"{100 * flops / t_glk / rate:>6.1f}", flush=True)
@@ -173,12 +206,15 @@ def main() -> None:
                         help="speed: timed iterations; psnr: published loop's budget (the issue's is 1000)")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=1, help="speed: attack runs per setting (median over all)")
+    parser.add_argument("--threads", nargs="+", type=int, default=None,
+                        help="speed: thread counts (default: 1 and every core)")
     parser.add_argument("--pretrain-steps", type=int, default=200)
     parser.add_argument("--images", type=int, default=5)
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.section in ("speed", "all"):
-        bench_speed(args.iterations, args.models, args.batches)
+        bench_speed(args.iterations, args.models, args.batches, args.repeats, args.threads)
     if args.section in ("psnr", "all"):
         bench_psnr(args.iterations, args.pretrain_steps, args.images)
 
