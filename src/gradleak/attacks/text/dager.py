@@ -223,18 +223,18 @@ class DAGER(Attack):
         arch = architecture(model, {k: v.to(device) for k, v in obs.gradient_estimate().items()})
         span1 = arch.span(0, self.rtol)
         length = obs.inputs.seq_len
-        per_position = []
-        for p in range(length):
-            dist = span1.distance(arch.first_inputs(p))
-            per_position.append([int(v) for v in torch.nonzero(dist < self.threshold).flatten()])
         details: dict[str, Any] = {"layer1_rank": span1.rank, "layer1_full": span1.full,
                                    "layer1_test": "adapter B through A" if isinstance(span1, AdapterSpan) else
-                                   "weight gradient",
-                                   "candidates_per_position": [len(c) for c in per_position]}
+                                   "weight gradient"}
         if arch.decoder:
+            per_position = []
+            for p in range(length):
+                dist = span1.distance(arch.first_inputs(p))
+                per_position.append([int(v) for v in torch.nonzero(dist < self.threshold).flatten()])
+            details["candidates_per_position"] = [len(c) for c in per_position]
             sequences = self._decode(arch, per_position, obs, details)
         else:
-            sequences = self._encode(per_position, details)
+            per_position, sequences = self._encode(arch, span1, obs, details)
         pad = obs.inputs.pad_token_id if obs.inputs.pad_token_id is not None else 0
         rows = [(s + [pad] * length)[:length] for s in sequences][: max(obs.batch_size, 1)]
         details["sequences_found"] = len(sequences)
@@ -285,17 +285,57 @@ class DAGER(Attack):
         finished += active
         return [s for s in finished if s]
 
-    def _encode(self, per_position: list[list[int]], details: dict[str, Any]) -> list[list[int]]:
-        """Encoders: a sequence per batch entry when every position has one candidate (batch 1); otherwise the
-        positions the batch shares are filled and the rest left ambiguous (reported, not guessed)."""
-        ambiguous = [p for p, c in enumerate(per_position) if len(c) > 1]
-        details["ambiguous_positions"] = ambiguous
-        sequence = []
-        for c in per_position:
-            if not c:
-                break
-            sequence.append(c[0])
-        return [sequence]
+    def _encode(self, arch: _Architecture, span1: Span, obs: Observation,
+                details: dict[str, Any]) -> tuple[list[list[int]], list[list[int]]]:
+        """Encoders (BERT, sequence classification): the layer-1 test ranks the token bag at each position.
 
+        Why not the decoder's absolute threshold: a classifier's loss reaches the batch through the first
+        position's pooled output, so at random init the other tokens' query gradients are 1e-4..1e-8 of the
+        first's (bert-tiny, batch 1: singular values of ``dL/dW_q`` from 1 down to 1e-8). Their directions sit at
+        the float32 rounding floor of the gradient, and true inputs land at relative distances 1e-3..5e-2 from
+        the span instead of 1e-7, above any threshold that excludes wrong tokens. The ranking still separates
+        them: candidates are restricted to the token bag (non-zero rows of the untied word-embedding gradient,
+        exact, ``token_bag``) and each position keeps its ``alive`` closest bag tokens, where ``alive`` is the
+        batch size minus the records already ended by their end-of-sequence token (DAGER's "maxB" filter,
+        Petrov et al. 2024, code ``l1_filter=maxB``). Batch 1 is then one token per position, read off
+        directly. Larger batches leave each position's tokens unassigned to records; they are listed in rank
+        order (reported as ``ambiguous_positions``), not assembled."""
+        from gradleak.attacks.text.token_bag import EMBEDDINGS
+
+        length = obs.inputs.seq_len
+        name = next((n for n in arch.update if n.endswith(EMBEDDINGS)), None)
+        bag: list[int] | None = None
+        if name is not None:
+            norms = arch.update[name].detach().float().norm(dim=1)
+            bag = [int(v) for v in torch.nonzero(norms > 1e-6 * norms.max().clamp_min(1e-30)).flatten()]
+        details["bag_size"] = None if bag is None else len(bag)
+        if span1.full:
+            details["candidates_per_position"] = [0] * length
+            details["ambiguous_positions"] = []
+            return [[] for _ in range(length)], []
+        eos = getattr(getattr(arch.model, "config", None), "eos_token_id", None)
+        pad = obs.inputs.pad_token_id  # type: ignore[union-attr]
+        pool = torch.tensor(bag if bag is not None else
+                            [v for v in range(arch.first_inputs(0).shape[0]) if v != pad], dtype=torch.long)
+        alive = max(obs.batch_size, 1)
+        per_position: list[list[int]] = []
+        for p in range(length):
+            if alive <= 0 or pool.numel() == 0:
+                break
+            inputs = arch.first_inputs(p)
+            dist = span1.distance(inputs[pool.to(inputs.device)])
+            order = torch.argsort(dist.cpu())[:alive]
+            picks = [int(pool[i]) for i in order]
+            per_position.append(picks)
+            if eos is not None:
+                alive -= sum(1 for v in picks if v == eos)
+        details["candidates_per_position"] = [len(c) for c in per_position]
+        details["ambiguous_positions"] = [p for p, c in enumerate(per_position) if len(c) > 1]
+        rows = max((len(c) for c in per_position), default=0)
+        sequences = [[c[i] for c in per_position if i < len(c)] for i in range(rows)]
+        for s in sequences:  # a record ends at its end-of-sequence token
+            if eos is not None and eos in s:
+                del s[s.index(eos) + 1:]
+        return per_position, sequences
 
 ATTACKS.register("dager")(DAGER)
