@@ -1,7 +1,8 @@
 """Language models from ``transformers`` configs (no download), and a local pre-training cache.
 
 Named sizes: ``gpt2-tiny`` (2 layers, width 64: tests), ``gpt2-small`` (GPT-2 small's shape: 12 layers, width
-768, 12 heads), ``bert-tiny`` and ``bert-base`` (BERT base's shape). Vocabulary and padding come from the
+768, 12 heads), ``bert-tiny`` (width 64), ``bert-mini`` (width 256) and ``bert-base``
+(BERT base's shape). Vocabulary and padding come from the
 tokenizer. ``pretrain`` trains a decoder on the bundled records with AdamW for a fixed number of steps and caches
 the weights (safetensors, keyed by config, tokenizer, steps and seed), so attacks can be measured on a trained
 model as well as a random one.
@@ -25,6 +26,8 @@ TEXT_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "gpt2-small": ("gpt2", {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024}),
     "bert-tiny": ("bert", {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
                            "intermediate_size": 256, "max_position_embeddings": 128}),
+    "bert-mini": ("bert", {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+                           "intermediate_size": 1024, "max_position_embeddings": 256}),
     "bert-base": ("bert", {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
                            "intermediate_size": 3072, "max_position_embeddings": 512}),
 }

@@ -97,3 +97,28 @@ def test_lora_rank_below_the_token_count_leaves_the_span_full() -> None:
     obs = case.observation
     span = architecture(obs.build_model().eval(), obs.gradient_estimate()).span(0, 1e-8)
     assert span.full and span.rank == 16
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dager_recovers_the_bert_tiny_record_exactly(seed: int, text_scores) -> None:
+    """The batch-1 case TAG and LAMP are benchmarked on (random bert-tiny classifier, one bundled record of up to
+    60 tokens, width 64). The classifier's loss reaches the non-first tokens only through attention, so their
+    layer-1 query gradients sit near the float32 floor and the true inputs land 1e-3..5e-2 from the span: the old
+    absolute threshold (1e-3) kept position 0 only (ROUGE-1 0.09). Ranking the token bag per position is exact."""
+    case = text_victim("bert-tiny", 1, seed=seed)
+    recon = ATTACKS.build("dager").reconstruct(case.observation)
+    means = text_scores(case, recon.inputs)
+    assert means["rouge1"] >= 0.99 and means["rouge2"] >= 0.99 and means["exact"] == 1.0, means
+    assert means["secrets_recovered"] == 1.0, means
+
+
+@pytest.mark.xfail(strict=True, reason="open: encoder records at batch > 1 are not assembled. The layer-1 test keeps "
+                   "each position's tokens (the truth is among them) but which record a token belongs to needs "
+                   "DAGER's encoder search over whole sequences with the layer-2 span; not implemented. (bert-tiny "
+                   "at batch 4 is past the width limit anyway: ~171 tokens > 64.)")
+def test_dager_recovers_a_batch_of_4_records_from_an_encoder(text_scores) -> None:
+    """bert-mini (width 256): batch 4 of bundled records, ~171 tokens, inside the width limit."""
+    case = text_victim("bert-mini", 4, seed=0)
+    recon = ATTACKS.build("dager").reconstruct(case.observation)
+    means = text_scores(case, recon.inputs)
+    assert means["rouge1"] >= 0.99, means
