@@ -46,15 +46,22 @@ def encode_records(tokenizer: Tokenizer, records: list[Record], seq_len: int | N
 
 def text_victim(model: str = "gpt2-small", batch_size: int = 8, *, seed: int = 0, vocab_size: int = 2048,
                 pretrain_steps: int = 0, lora_rank: int | None = None, lora_steps: int = 0, defense: Any = None,
-                records: list[Record] | None = None) -> TextCase:
+                records: list[Record] | None = None, max_len: int | None = None,
+                pretrain_batch: int = 16) -> TextCase:
     """One client's update on ``batch_size`` bundled records (drawn by ``seed``) or the given ``records``.
 
     ``lora_rank``: only a LoRA adapter on the attention projections trains and is shared (Hu et al. 2021);
     ``lora_steps``: Adam steps the adapter took on other records before this round (``B != 0``; at 0 the
-    adapter is fresh, ``B = 0``, and only ``B``'s gradient is nonzero)."""
+    adapter is fresh, ``B = 0``, and only ``B``'s gradient is nonzero); ``max_len``: records cut to this many
+    tokens (their end-of-sequence token included), to fit a batch under a span test's width; ``pretrain_batch``:
+    records per pre-training step (AdamW's step size does not depend on it; the cost is linear in it)."""
     tokenizer = load_tokenizer("bpe", vocab_size)
     records = records if records is not None else private_records(batch_size, seed=1000 + seed)
     ids = encode_records(tokenizer, records)
+    if max_len is not None and ids.shape[1] > max_len:
+        ids = encode_records(tokenizer, records, max_len)
+        cut = ids[:, -1] != tokenizer.pad_id  # cut records end with their end-of-sequence token
+        ids[cut, -1] = tokenizer.eos_id
     encoder = TEXT_MODELS[model][0] == "bert"
     spec = text_model_spec(model, tokenizer.vocab_size, tokenizer.pad_id, eos_id=tokenizer.eos_id,
                            num_labels=4)
@@ -63,8 +70,9 @@ def text_victim(model: str = "gpt2-small", batch_size: int = 8, *, seed: int = 0
     if pretrain_steps:
         other = encode_records(tokenizer, private_records(512, seed=777), ids.shape[1] + 8)
         g = torch.Generator().manual_seed(seed)
-        weights = pretrain(spec, lambda step: other[torch.randint(0, len(other), (16,), generator=g)],
-                           steps=pretrain_steps, seed=seed, key=f"records-512-777-{tokenizer.name}")
+        key = f"records-512-777-{tokenizer.name}" + ("" if pretrain_batch == 16 else f"-batch{pretrain_batch}")
+        weights = pretrain(spec, lambda step: other[torch.randint(0, len(other), (pretrain_batch,), generator=g)],
+                           steps=pretrain_steps, seed=seed, key=key)
         net.load_state_dict(weights)
     if lora_rank is not None:
         from peft import LoraConfig, get_peft_model

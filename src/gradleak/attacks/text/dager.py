@@ -6,8 +6,8 @@ position (embedding + position embedding, through the block's layer norm), so te
 every position against that span gives the tokens each position holds. For decoders, whose attention is causal,
 the layer-2 input at position ``p`` depends only on the prefix up to ``p``: prefixes are extended one position at
 a time by the layer-1 candidates and kept when their layer-2 input lies in the span of the second layer's
-gradient, which recovers whole sequences. Encoders attend both ways; their sequences are assembled here when every
-position holds one candidate (batch 1, or positions the batch agrees on).
+gradient, which recovers whole sequences. Encoders attend both ways: each position keeps its closest tokens of the
+bag (see ``DAGER._encode``), which reads a batch of 1 off directly; records of larger batches are not assembled.
 
 Limits, as in the paper: the test needs fewer tokens in the batch than the model is wide (GPT-2 small: 768); it is
 exact on the gradient as shared, and breaks when the update is noised or quantised (see ``subspace``).
@@ -226,7 +226,13 @@ class DAGER(Attack):
         details: dict[str, Any] = {"layer1_rank": span1.rank, "layer1_full": span1.full,
                                    "layer1_test": "adapter B through A" if isinstance(span1, AdapterSpan) else
                                    "weight gradient"}
-        if arch.decoder:
+        if arch.decoder and span1.full:
+            # more tokens in the batch than the layer is wide: every candidate is in the span, the test says
+            # nothing (DAGER's limit; its code scores such runs 0). Stop here rather than search all prefixes.
+            per_position, sequences = [], []
+            details["candidates_per_position"] = []
+            details["stopped"] = f"layer-1 span is the whole space (rank {span1.rank})"
+        elif arch.decoder:
             per_position = []
             for p in range(length):
                 dist = span1.distance(arch.first_inputs(p))
@@ -271,8 +277,12 @@ class DAGER(Attack):
                 active = []
                 break
             if len(extendable) * len(tokens) > self.max_candidates:
-                raise ConfigError(f"DAGER: {len(extendable) * len(tokens)} candidate prefixes at position {p}, above "
-                                  f"max_candidates={self.max_candidates} (the layer-1 test is not selective here)")
+                # the layer-1 test is not selective (typically: more batch tokens than the model is wide, with the
+                # span's numerical rank just under the width); stop with what is finished, and say so
+                details["stopped"] = (f"{len(extendable) * len(tokens)} candidate prefixes at position {p}, above "
+                                      f"max_candidates={self.max_candidates}: the layer-1 test is not selective")
+                active = []
+                break
             kept = []
             for i in range(0, len(extendable), 64):
                 chunk = extendable[i:i + 64]

@@ -23,6 +23,9 @@ class Span:
 
     basis: torch.Tensor
     singular_values: torch.Tensor
+    #: an orthonormal basis of the span's orthogonal complement ``(d, d - rank)``, when the SVD gave one (the
+    #: gradient has at least as many columns as the input dimension): distances are then one product
+    complement: torch.Tensor | None = None
 
     @property
     def rank(self) -> int:
@@ -38,13 +41,17 @@ class Span:
         rank = int((s > rtol * s[0]).sum()) if s.numel() and s[0] > 0 else 0
         if max_rank is not None:
             rank = min(rank, max_rank)
-        return cls(u[:, :rank], s)
+        square = u.shape[0] == u.shape[1]
+        return cls(u[:, :rank], s, u[:, rank:] if square else None)
 
     def distance(self, candidates: torch.Tensor) -> torch.Tensor:
         """Relative distance ``|x - P x| / |x|`` of each candidate row ``(..., d)`` to the span."""
         x = candidates.detach().double()
-        projected = (x @ self.basis) @ self.basis.T
-        return (x - projected).norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-30)
+        if self.complement is not None:  # |x - P x| = |C^T x|: one product, no cancellation
+            residual = (x @ self.complement).norm(dim=-1)
+        else:
+            residual = (x - (x @ self.basis) @ self.basis.T).norm(dim=-1)
+        return residual / x.norm(dim=-1).clamp_min(1e-30)
 
     @property
     def full(self) -> bool:
