@@ -36,7 +36,7 @@ from gradleak.attacks.base import Attack, Callback, Reconstruction
 from gradleak.attacks.checkpoint import Checkpointer
 from gradleak.attacks.lbfgs import CompactLBFGS
 from gradleak.attacks.labels import default_rule, infer_labels
-from gradleak.attacks.objectives import CLOSED_FORMS, OBJECTIVES
+from gradleak.attacks.objectives import CLOSED_FORMS, OBJECTIVES, cosine_parts
 from gradleak.attacks.priors import PRIORS, BatchNormStatistics, prior_kind
 from gradleak.attacks.stacking import (NotStackable, fold, mark_candidate, prune_double_backward, stack_model,
                                       stacked_loss)
@@ -367,7 +367,11 @@ class UpdateMatcher:
                 parts = [g.reshape(copies, -1) for g in grads]
                 with torch.no_grad():
                     tparts = [t[0] if n == 1 else t.repeat_interleave(r, dim=0) for t in self.part_targets]
-                    dist, dparts = self.closed_form([p.detach() for p in parts], tparts, self.part_weights)
+                    detached = [p.detach() for p in parts]
+                    if self.closed_form is cosine_parts:
+                        dist, dparts = cosine_parts(detached, tparts, self.part_weights, self._seed_buffers(detached))
+                    else:
+                        dist, dparts = self.closed_form(detached, tparts, self.part_weights)
                     scale = self.config.objective_scale
                     dparts = [d.mul_(scale) for d in dparts]
                 prior = self.prior_value(stats, x)
@@ -382,6 +386,15 @@ class UpdateMatcher:
                 grad_in = tuple(torch.zeros_like(i) if g is None else g for g, i in zip(grad_in, inputs))
         gy = grad_in[1].view_as(ys) if soft else None
         return value.detach().view(n, r), grad_in[0].view_as(xs), gy
+
+    def _seed_buffers(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Buffers shaped like the update's parts, kept across iterations for the closed-form gradient (a fresh
+        parameter-sized tensor per iteration costs its page faults)."""
+        key = tuple((p.shape, p.dtype, p.device) for p in parts)
+        if getattr(self, "_buffers_key", None) != key:
+            self._buffers_key = key
+            self._buffers = [torch.empty_like(p) for p in parts]
+        return self._buffers
 
     def _free_leaves(self, model: nn.Module) -> list[torch.Tensor]:
         """Make ``model``'s observed parameters leaves that require grad (and no others); return them in the
