@@ -15,14 +15,26 @@ Sections:
   the published loop runs ``--iterations``; gradleak gets the same wall time; mean PSNR of each.
 Same seed, same numbers (apart from times).
 
-What this measured on the 2-core CPU of the issue (1 thread, other jobs running, so times are noisy): the
-published loop already runs ConvNet-64 at 75-98 % of the measured matmul rate (its FLOPs counted by
-FlopCounterMode), and gradleak at the same rate (ratio 1.00-1.03); ResNet-18 runs slower per FLOP in both (23-53 %),
-on PyTorch's native kernels for its strided and 1x1 convolutions, and channels-last did not change that. A 2x lead
-cannot come from faster kernels on ConvNet-64; only from doing less. What gradleak removes: the parameter-sized
-arithmetic of the distance under autograd (a closed-form gradient of the cosine / L2 distance, one
-vector-Jacobian product, ``objectives.CLOSED_FORMS``), which cost ResNet-18 a 44 MB concatenation and two extra
-passes per iteration. The double backward itself is already pruned by autograd to what the input gradient needs.
+Both sides do the same math from the same start: the published loop optimises the model's normalised input
+from the same randn draw as gradleak (as the authors' ``inversefed``), and their objectives agree to 1e-6 over
+the first steps. Iterations are timed interleaved one by one (gradleak's callback runs one published step, with
+PyTorch's default backend and denormal mode), so load from other jobs hits both sides alike.
+
+What gradleak does less of, per iteration (torch.profiler op totals, ResNet-18 and ConvNet-64, 1 thread):
+- PyTorch's generic double backward of a convolution also computes the weight's second-order gradient,
+  ``conv(ggI, gO)``, which nobody asked for: one convolution of the ~8 per layer and iteration (on ResNet-18 at
+  batch 1 run by oneDNN with batch and channels swapped, 12-18 ms for a 512x512 layer).
+  ``stacking.prune_double_backward`` gives the engine's twin convolutions that skip it.
+- Denormal arithmetic: second-order BatchNorm terms underflow, and x86 runs them ~4x slower; the engine flushes
+  denormals to zero while it runs (ResNet-18 batch 8: ~0.5 s of ~2.9 s per evaluation were such ops).
+- The distance's parameter-sized arithmetic: closed-form cosine gradient (``objectives.CLOSED_FORMS``) into
+  buffers kept across iterations, instead of autograd over products and powers of every parameter.
+- The final ranking of restarts takes the value only (no double backward).
+What stays: the forward, the parameter gradient and the 5 convolutions per layer of the reverse-over-reverse
+product (forward-over-reverse costs more), all in PyTorch's kernels. On ResNet-18 at batch 1 the late layers are
+bound by reading their weights (512x512x3x3 on 4x4 maps: ~28 GFLOP/s with either backend), so a 2x lead over the
+published loop is not within reach by removing work: what was removed is at most ~1/8 of the convolutions plus the
+elementwise work.
 The trained victims come from ``training.pretrained`` (cached under ``$GRADLEAK_CACHE/image-models``).
 """
 
@@ -163,7 +175,7 @@ def interleaved(obs, iterations: int) -> tuple[list[float], list[float]]:
 def bench_speed(iterations: int, models: list[str], batches: list[int], repeats: int = 1,
                 threads_list: list[int] | None = None) -> None:
     print(f"\n== speed: s/iteration, 32x32 photos, iterations interleaved one by one (published, gradleak), median "
-          f"of {repeats} x {iterations} after warm-up")
+          f"of {repeats} x {iterations} after warm-up; ratio: median of the pairs' published/gradleak")
     print(f"{'model':>10} {'batch':>5} {'threads':>7} {'published':>10} {'gradleak':>10} {'ratio':>6} "
           f"{'GFLOP/it':>9} {'matmul GF/s':>11} {'pub %':>6} {'glk %':>6}")
     for threads in threads_list or sorted({1, torch.get_num_threads()}):
@@ -179,7 +191,9 @@ def bench_speed(iterations: int, models: list[str], batches: list[int], repeats:
                     pub_times += p
                     glk_times += g
                 t_pub, t_glk = statistics.median(pub_times), statistics.median(glk_times)
-                print(f"{model:>10} {batch:>5} {threads:>7} {t_pub:>10.4f} {t_glk:>10.4f} {t_pub / t_glk:>6.2f} "
+                # the ratio of each adjacent pair, then their median: robust to load drifting during the run
+                ratio = statistics.median(p / g for p, g in zip(pub_times, glk_times))
+                print(f"{model:>10} {batch:>5} {threads:>7} {t_pub:>10.4f} {t_glk:>10.4f} {ratio:>6.2f} "
                       f"{flops / 1e9:>9.2f} {rate / 1e9:>11.1f} {100 * flops / t_pub / rate:>6.1f} "
                       f"{100 * flops / t_glk / rate:>6.1f}", flush=True)
 
