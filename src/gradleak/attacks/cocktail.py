@@ -92,6 +92,20 @@ def fastica(
 
 
 @dataclass
+class Separation:
+    """What :meth:`CocktailPartyAttack.separate` recovers: ``sources`` (``count x n``), ``inputs`` in normalised
+    units where the bias gradient scaled them (``None`` without it), which sources it could not scale, the
+    ``count``-th singular value over the first, FastICA's iterations and the refinement's loss trace."""
+
+    sources: torch.Tensor
+    inputs: torch.Tensor | None
+    unscaled: torch.Tensor
+    rank_gap: float
+    ica_iterations: int
+    trace: torch.Tensor
+
+
+@dataclass
 class CocktailPartyAttack(Attack):
     """Unmix a fully connected input layer's weight gradient into the batch's images (Kariyappa et al. 2023).
 
@@ -160,32 +174,16 @@ class CocktailPartyAttack(Attack):
         g = g[live]
         if g.shape[0] < b:
             raise ConfigError(f"cocktail: only {g.shape[0]} units of {name!r} received gradient, fewer than batch {b}")
-        evals, evecs = torch.linalg.eigh(g @ g.T)  # left singular vectors of G, largest last
-        u = evecs.flip(1)
-        s = evals.flip(0).clamp_min(0).sqrt()
-        rank_gap = float(s[b - 1] / s[0])
-        if rank_gap < 1e-6:  # float32 gradients put a dependent direction near 1e-8
-            raise ConfigError(f"cocktail: the gradient of {name!r} has rank below the batch size {b} "
-                              "(repeated or linearly dependent inputs)")
-        basis = u[:, :b].T @ g  # R = U_B^T G: B mixtures spanning the inputs' row space
-        centred = basis - basis.mean(1, keepdim=True)
-        filtered = finite_differences(basis, shape) if self.domain == "gradient" else centred
-        k = whitening(filtered)
+        bias = grads[prefix + "bias"].to(dev, torch.float64)[live] if self.scale == "bias" else None
         generator = torch.Generator().manual_seed(0 if seed is None else seed)
-        w_ica, ica_iterations = fastica(k @ filtered, self.fun, self.ica_iters, self.ica_tol, generator)
-        unmix, trace = self._refine(w_ica, k @ basis, shape) if self.iters else (w_ica, torch.empty(0, 1))
-        m = unmix @ k  # sources S = m R
-        sources = m @ basis
-        if self.scale == "bias":
-            bias = grads[prefix + "bias"].to(dev, torch.float64)[live]
-            c = m @ (u[:, :b].T @ bias)
-            tiny = c.abs() < 1e-12 * c.abs().max()
-            x = sources / torch.where(tiny, torch.ones_like(c), c)[:, None]
-            images = to_pixels(obs, x).cpu()
-            if tiny.any():  # a source the bias gradient gives no scale to: standardise it instead
-                images[tiny.cpu()] = self._standardized(obs, sources[tiny]).cpu()
+        separated = self.separate(g, bias, b, shape, generator, layer=name)
+        if separated.inputs is not None:
+            images = to_pixels(obs, separated.inputs).cpu()
+            if separated.unscaled.any():  # a source the bias gradient gives no scale to: standardise it instead
+                images[separated.unscaled.cpu()] = self._standardized(obs, separated.sources[separated.unscaled]).cpu()
         else:
-            images = self._standardized(obs, sources).cpu()
+            images = self._standardized(obs, separated.sources).cpu()
+        rank_gap, ica_iterations, trace = separated.rank_gap, separated.ica_iterations, separated.trace
         details: dict[str, Any] = {"layer": name, "live_units": int(live.sum()), "rank_gap": rank_gap,
                                    "ica_iterations": ica_iterations, "domain": self.domain, "scale": self.scale}
         if callback is not None:
@@ -194,6 +192,33 @@ class CocktailPartyAttack(Attack):
             inputs=images, labels=None, attack=self.name, settings=self.settings(), trace=trace,
             iterations=ica_iterations + self.iters, wall_time_s=time.perf_counter() - start, details=details,
         )
+
+    def separate(self, g: torch.Tensor, bias: torch.Tensor | None, count: int, shape: tuple[int, ...],
+                 generator: torch.Generator, layer: str = "") -> Separation:
+        """Unmix the rank-``count`` row space of ``g`` (``m x n``, float64, rows with gradient only) into
+        ``count`` sources; with ``bias`` (``dL/db`` on the same rows) also each source's sign and scale, giving
+        the inputs in normalised units. SPEAR calls this on a deflated gradient to guide its search."""
+        evals, evecs = torch.linalg.eigh(g @ g.T)  # left singular vectors of G, largest last
+        u = evecs.flip(1)[:, :count]
+        s = evals.flip(0).clamp_min(0).sqrt()
+        rank_gap = float(s[count - 1] / s[0])
+        if rank_gap < 1e-6:  # float32 gradients put a dependent direction near 1e-8
+            raise ConfigError(f"cocktail: the gradient of {layer!r} has rank below the batch size {count} "
+                              "(repeated or linearly dependent inputs)")
+        basis = u.T @ g  # R = U^T G: mixtures spanning the inputs' row space
+        centred = basis - basis.mean(1, keepdim=True)
+        filtered = finite_differences(basis, shape) if self.domain == "gradient" else centred
+        k = whitening(filtered)
+        w_ica, ica_iterations = fastica(k @ filtered, self.fun, self.ica_iters, self.ica_tol, generator)
+        unmix, trace = self._refine(w_ica, k @ basis, shape) if self.iters else (w_ica, torch.empty(0, 1))
+        m = unmix @ k  # sources S = m R
+        sources = m @ basis
+        inputs, unscaled = None, torch.zeros(count, dtype=torch.bool, device=g.device)
+        if bias is not None:
+            c = m @ (u.T @ bias)
+            unscaled = c.abs() < 1e-12 * c.abs().max()
+            inputs = sources / torch.where(unscaled, torch.ones_like(c), c)[:, None]
+        return Separation(sources, inputs, unscaled, rank_gap, ica_iterations, trace)
 
     def _refine(
         self, w0: torch.Tensor, white: torch.Tensor, shape: tuple[int, ...]

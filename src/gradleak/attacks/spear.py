@@ -8,11 +8,15 @@ known up to a scale per column, ``X = C^+ G`` up to the same scales, which the b
 A sample is *certified* when the ReLU pattern of its recovered input reproduces the zero pattern of its column.
 Labels follow from the recovered inputs: the label whose first-layer output gradient points like ``c_i``.
 
-Candidate directions ``q`` come from two searches, then the paper's greedy filter keeps the sparsest linearly
+Candidate directions ``q`` come from three searches, then the paper's greedy filter keeps the sparsest linearly
 independent ones:
 
 - the paper's sampling: the null vector of ``B - 1`` random rows of ``U_B`` is exact when all those rows lie in
   one sample's zero set, which happens with probability about ``2^-(B-1)`` (practical up to batch ~20);
+- ours, beyond the paper, guided: the Cocktail Party separation (Kariyappa et al. 2023) of the gradient guesses the
+  inputs; a guess's ReLU pattern names the rows its column should vanish on, mostly rightly, and reweighted-l1 on
+  those rows alone lands on the exact direction. Found directions are deflated from the gradient and the rest is
+  separated again. This is what reaches batch 64 (``benchmarks/bench_exact.py``);
 - ours, beyond the paper: reweighted-l1 descent on the sphere, ``min_q sum_j |u_j . q| / max(|u_j . q|, eps)``
   with ``eps`` shrinking (the IRLS form of Dual Principal Component Pursuit, Tsakiris & Vidal 2018), from random
   starts. It lands on exact sparse vectors that mix a few columns (``c_a - t c_b``). The sparsest vector of a
@@ -36,8 +40,15 @@ from torch import nn
 
 from gradleak.attacks.analytic import assemble, input_linear_layer, to_pixels
 from gradleak.attacks.base import ATTACKS, Attack, Callback, Reconstruction
+from gradleak.attacks.cocktail import CocktailPartyAttack
 from gradleak.errors import ConfigError
 from gradleak.observation import Observation
+
+
+def least_squares(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``argmin_x |a x - b|``, reproducibly: the CPU default driver (gelsy) was measured to differ in the last
+    bits between identical calls, so the SVD-based gelsd is used there (CUDA has only gels)."""
+    return torch.linalg.lstsq(a, b, driver="gelsd" if a.device.type == "cpu" else None).solution
 
 
 def zero_count(v: torch.Tensor, zero_tol: float) -> torch.Tensor:
@@ -65,15 +76,19 @@ def sparse_directions(
     return torch.cat(found, 1) if found else basis.new_zeros(r, 0)
 
 
-def reweighted_l1(basis: torch.Tensor, q: torch.Tensor, iters: int, decay: float = 0.8) -> torch.Tensor:
+def reweighted_l1(basis: torch.Tensor, q: torch.Tensor, iters: int, decay: float = 0.8,
+                  support: torch.Tensor | None = None) -> torch.Tensor:
     """Reweighted-l1 descent on the sphere from the columns of ``q`` (r, k): each step takes the smallest
     eigenvector of ``U^T diag(1 / max(|U q|, eps)) U`` while ``eps`` shrinks geometrically (IRLS for Dual
-    Principal Component Pursuit, Tsakiris & Vidal 2018)."""
+    Principal Component Pursuit, Tsakiris & Vidal 2018). ``support`` (m, k), if given, restricts column ``i``'s
+    sum to the rows where it is true: the rows a guess says are zero."""
     for it in range(iters):
         a = (basis @ q).abs()
         top = a.amax(0, keepdim=True).clamp_min(1e-300)
         eps = torch.quantile(a / top, 0.25, dim=0, keepdim=True) * top * decay**it + 1e-12 * top
         w = 1.0 / torch.maximum(a, eps)
+        if support is not None:
+            w = w * support
         q = torch.linalg.eigh(torch.einsum("mk,mb,mc->kbc", w, basis, basis)).eigenvectors[:, :, 0].T
     return q / q.norm(dim=0)
 
@@ -101,6 +116,27 @@ def pair_sparsest(basis: torch.Tensor, qa: torch.Tensor, qb: torch.Tensor, zero_
     return torch.cat(out, 1) if out else qa.new_zeros(qa.shape[0], 0)
 
 
+def guided_directions(basis: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, known: torch.Tensor,
+                      layer: nn.Linear, separator: CocktailPartyAttack, shape: tuple[int, ...],
+                      generator: torch.Generator, iters: int) -> torch.Tensor:
+    """Candidates guided by approximate inputs (ours, beyond the paper). The directions ``known`` (r, k) are
+    deflated: ``(I - P) G`` mixes only the inputs not yet found, so the Cocktail Party separation (Kariyappa et
+    al. 2023) of it guesses them; a guess's ReLU pattern marks the rows that should be zero, mostly rightly, and
+    reweighted-l1 on those rows alone lands on the exact sparse direction. ``basis``, ``g``, ``gb``: live rows."""
+    r = basis.shape[1]
+    rest = r - known.shape[1]
+    if known.shape[1]:
+        found_cols = torch.linalg.qr(basis @ known).Q
+        g = g - found_cols @ (found_cols.T @ g)
+        gb = gb - found_cols @ (found_cols.T @ gb)
+    guess = separator.separate(g, gb, rest, shape, generator).inputs
+    z = guess @ layer.weight.detach().double().to(guess).T + layer.bias.detach().double().to(guess)
+    support = (z <= 0).T.to(basis)  # (m, rest): rows each guess says are zero
+    gram = torch.einsum("mk,mb,mc->kbc", support, basis, basis)
+    q0 = torch.linalg.eigh(gram).eigenvectors[:, :, 0].T
+    return reweighted_l1(basis, q0, iters, support=support)
+
+
 def polish(basis: torch.Tensor, q: torch.Tensor, zero_tol: float, need: int) -> torch.Tensor:
     """Candidates with at least ``need`` near-zeros, each replaced by the null vector of its zero set."""
     v = basis @ q
@@ -108,7 +144,7 @@ def polish(basis: torch.Tensor, q: torch.Tensor, zero_tol: float, need: int) -> 
     keep = zeros.sum(0) >= need
     q, zeros = q[:, keep].clone(), zeros[:, keep]
     for k in range(q.shape[1]):
-        q[:, k] = torch.linalg.svd(basis[zeros[:, k]]).Vh[-1]
+        q[:, k] = torch.linalg.svd(basis[zeros[:, k]], full_matrices=False).Vh[-1]
     return q[:, zero_count(basis @ q, zero_tol) >= need]
 
 
@@ -151,7 +187,7 @@ def greedy_filter(basis: torch.Tensor, q: torch.Tensor, zero_tol: float, want: i
         cand = q[:, i] / q[:, i].norm()
         if kept:
             stack = torch.stack(kept)
-            resid = cand - stack.T @ torch.linalg.lstsq(stack.T, cand[:, None]).solution.flatten()
+            resid = cand - stack.T @ least_squares(stack.T, cand[:, None]).flatten()
             if resid.norm() < 1e-6:
                 continue
         kept.append(cand)
@@ -165,6 +201,7 @@ class SpearAttack(Attack):
     """Exact recovery of a batch through a ReLU-followed fully connected input layer (Dimitrov et al. 2024).
 
     ``max_trials``: the paper's sampled submatrices (0: none); ``chunk``: sampled per batched SVD;
+    ``guide_rounds``: rounds of the search guided by a Cocktail Party separation of what is left (ours; 0: off);
     ``irls_starts``/``irls_rounds``/``irls_iters``: random starts per round, rounds at most, and steps of the
     reweighted-l1 search (ours; 0 rounds: the paper's sampling alone); ``pool_cap``: new candidates kept per
     pairing step; ``zero_tol``: size relative to a column's norm under which an entry counts as zero;
@@ -177,6 +214,7 @@ class SpearAttack(Attack):
     layer: str | None = None
     max_trials: int = 20_000
     chunk: int = 10_000
+    guide_rounds: int = 4
     irls_starts: int = 50
     irls_rounds: int = 6
     irls_iters: int = 60
@@ -216,13 +254,29 @@ class SpearAttack(Attack):
             raise ConfigError(f"spear: layer {name!r} has {module.out_features} units, needs more than batch {b}")
         basis = u[:, :rank]
         norms = basis.norm(dim=1)
-        live = basis[norms > 1e-9 * norms.max()].cpu()  # units no sample reached are zero for every q
+        reached = norms > 1e-9 * norms.max()
+        live = basis[reached].cpu()  # units no sample reached are zero for every q
         need = rank - 1 + self.min_extra_zeros
         gen = torch.Generator().manual_seed(0 if seed is None else seed)
         pool = live.new_zeros(rank, 0)
         if self.max_trials:
             found = sparse_directions(live, self.max_trials, self.chunk, gen, self.zero_tol, need)
             pool = close_under_pairs(live, pool, found, self.zero_tol, need, self.pool_cap)
+        guided = 0
+        if self.guide_rounds:
+            separator = CocktailPartyAttack(domain="gradient" if obs.input_kind == "image" else "pixel")
+            g_live, gb_live = g[reached].cpu(), gb[reached].cpu()
+            layer_live = nn.Linear(module.in_features, int(reached.sum()))
+            with torch.no_grad():
+                layer_live.weight.copy_(module.weight[reached.cpu()])
+                layer_live.bias.copy_(module.bias[reached.cpu()])
+        while guided < self.guide_rounds and len(greedy_filter(live, pool, self.zero_tol, rank)) < rank:
+            guided += 1
+            known = greedy_filter(live, pool, self.zero_tol, rank).T
+            found = guided_directions(live, g_live, gb_live, known, layer_live, separator, obs.input_shape, gen,
+                                      self.irls_iters)
+            found = found[:, zero_count(live @ found, self.zero_tol) >= need]
+            pool = close_under_pairs(live, pool, found, self.zero_tol, need, max(self.pool_cap, rank))
         rounds = 0
         while rounds < self.irls_rounds and len(greedy_filter(live, pool, self.zero_tol, rank)) < rank:
             rounds += 1
@@ -234,14 +288,14 @@ class SpearAttack(Attack):
             pool = close_under_pairs(live, pool, found, self.zero_tol, need, self.pool_cap)
         q = greedy_filter(live, pool, self.zero_tol, rank).to(basis)
         details: dict[str, Any] = {"layer": name, "rank": rank, "directions": len(q), "candidates": pool.shape[1],
-                                   "irls_rounds": rounds}
+                                   "guide_rounds": guided, "irls_rounds": rounds}
         recovered_x: list[torch.Tensor] = []
         labels = None
         certified: list[bool] = []
         if len(q) == rank:
             cols = basis @ q.T  # (m, rank): dL/dZ columns up to scale
-            x_scaled = torch.linalg.lstsq(cols, g).solution  # (rank, n) = D^-1 X
-            d = torch.linalg.lstsq(cols, gb[:, None]).solution.flatten()
+            x_scaled = least_squares(cols, g)  # (rank, n) = D^-1 X
+            d = least_squares(cols, gb[:, None]).flatten()
             xs = x_scaled / d[:, None]
             w = module.weight.detach().double().to(xs)
             bias = module.bias.detach().double().to(xs)
