@@ -14,6 +14,12 @@ recovered and wall time. Groups:
   with epsilon), DAGER and the subspace attack on the same update, and the utility price (perplexity of a
   gpt2-tiny decoder fine-tuned 30 steps with the defense, ``text_defense_cost``).
 
+Measured, ``--only batch`` (2 CPU cores shared with other jobs, load about 4): batch 8 (332 tokens) and 16 (640):
+ROUGE-1/2 1.000, all exact, secrets 1.00, 75.9 s and 150.1 s; batch 32 (1289 tokens) and 64 (2568): 0 / 0 / 0,
+secrets 0.00, stopped after 46.1 s and 18.4 s (layer-1 numerical rank 619 and 767: every bag token passes, too
+many prefixes); records cut to 23 tokens at batch 32 (736 tokens) and to 11 at batch 64 (704): ROUGE-1/2 1.000,
+all exact, secrets 0.72 and 0.31 of the whole records' (all of those inside the cut), 69.7 s and 59.3 s.
+
     python benchmarks/bench_text.py                      # every group (about 30 minutes on 2 shared cores)
     python benchmarks/bench_text.py --only defense       # one group: batch, trained, lora, defense
 """
@@ -35,7 +41,9 @@ PUBLISHED = """Published (Petrov et al. 2024, DAGER, NeurIPS): full batches up t
   GPT-2 (width 768) on CoLA, SST-2 and Rotten Tomatoes sentences; runs with more batch tokens than the embedding
   dimension get a best-effort rank cut-off, and its ablation scores them 0 without it; LoRA runs at r = 256 on a
   fine-tuned (B != 0) LLaMa-3.1-8B adapter. Per-batch GPT-2 figures (paper, Table 1) are not reproduced here.
-  Our records are about 47 tokens: batch 32 (~1500 tokens) and 64 exceed GPT-2's 768, the limit DAGER has too."""
+  Our records are about 47 tokens: batch 32 (~1500 tokens) and 64 exceed GPT-2's 768, the limit DAGER has too.
+Limit: the span test needs fewer batch tokens than the model's width (768 here); past it the layer-1 span is the
+  whole space, every token passes, and nothing is recovered (rows 32 and 64); cut to 23 / 11 tokens they fit."""
 
 
 def score(case, recon) -> dict:
@@ -50,6 +58,8 @@ def attack_row(case, attack: str) -> tuple[str, str, float]:
         recon = ATTACKS.build(attack).reconstruct(case.observation)
         s = score(case, recon)
         note = "span is the whole space" if recon.details.get("layer1_full") else ""
+        if recon.details.get("stopped"):
+            note = f"layer-1 rank {recon.details.get('layer1_rank')}; stopped: {recon.details['stopped']}"
         if recon.details.get("layer1_test", "weight gradient") != "weight gradient":
             note = (note + "; " if note else "") + recon.details["layer1_test"]
         row = f"{s['rouge1']:.3f} | {s['rouge2']:.3f} | {s['exact']:.2f} | {s['secrets_recovered']:.2f}"
@@ -59,15 +69,20 @@ def attack_row(case, attack: str) -> tuple[str, str, float]:
 
 
 def run(label: str, group: str, batch: int, *, pretrain: int = 0, lora: int | None = None, lora_steps: int = 0,
-        defense=None, attacks: tuple[str, ...] = ("dager",), extra: str = "") -> None:
+        defense=None, attacks: tuple[str, ...] = ("dager",), extra: str = "", max_len: int | None = None) -> None:
     t0 = time.perf_counter()
     case = text_victim("gpt2-small", batch, seed=0, pretrain_steps=pretrain, lora_rank=lora, lora_steps=lora_steps,
-                       defense=defense)
+                       defense=defense, max_len=max_len)
     setup = time.perf_counter() - t0
     tokens = int((case.truth.inputs != case.tokenizer.pad_id).sum())
     dim = lora if lora is not None else 768
     for attack in attacks:
         row, note, wall = attack_row(case, attack)
+        if max_len is not None:  # secrets past the cut are not in the batch: the share any attack can reach
+            tok = case.tokenizer
+            ceiling = score_text(case.truth.inputs, case.truth.inputs, tok.decode, pad_id=tok.pad_id,
+                                 ignore_ids=(tok.eos_id,), records=case.records).means()["secrets_recovered"]
+            note = (note + "; " if note else "") + f"secrets counted on whole records, {ceiling:.2f} inside the cut"
         print(f"| {group} | {label} | {attack} | {batch} | {tokens} / {dim} | {row} |{extra} {wall:.1f} | "
               f"{setup:.1f} | {note} |", flush=True)
 
@@ -113,6 +128,8 @@ def main() -> None:
     if args.only in (None, "batch"):
         for batch in (8, 16, 32, 64):
             run("random init, full fine-tuning", "batch", batch)
+        for batch, cut in ((32, 23), (64, 11)):  # batch x length under the width 768: 736 and 704 tokens
+            run(f"random init, full fine-tuning, records cut to {cut} tokens", "batch", batch, max_len=cut)
     if args.only in (None, "trained"):
         run(f"trained {args.pretrain_steps} steps, full fine-tuning", "trained", 8, pretrain=args.pretrain_steps)
     if args.only in (None, "lora"):
