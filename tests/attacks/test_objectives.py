@@ -25,3 +25,15 @@ def test_closed_form_matches_autograd_of_the_flat_distance(name: str, weighted: 
     (expected_grad,) = torch.autograd.grad(expected.sum(), flat)
     torch.testing.assert_close(value, expected.detach())
     torch.testing.assert_close(torch.cat(grads, dim=1), expected_grad)
+
+
+@pytest.mark.parametrize("name", sorted(CLOSED_FORMS))
+def test_closed_form_into_buffers_is_bit_for_bit_the_same(name: str) -> None:
+    gen = torch.Generator().manual_seed(1)
+    parts = [torch.randn(2, n, generator=gen) for n in (5, 1000)]
+    targets = [torch.randn(n, generator=gen) for n in (5, 1000)]
+    value, grads = CLOSED_FORMS[name]([p.clone() for p in parts], targets, None)
+    buffers = [torch.full_like(p, float("nan")) for p in parts]
+    value_b, grads_b = CLOSED_FORMS[name]([p.clone() for p in parts], targets, None, buffers)
+    assert torch.equal(value, value_b)
+    assert all(torch.equal(a, b) and b.data_ptr() == o.data_ptr() for a, b, o in zip(grads, grads_b, buffers))

@@ -57,9 +57,11 @@ def cosine(candidate: torch.Tensor, target: torch.Tensor, weights: torch.Tensor 
 # with its own scalar weight, returning the distance ``(S,)`` and its gradient with respect to every part. The
 # optimisation engine computes these outside autograd and hands the gradient to one vector-Jacobian product of the
 # simulated update (``grad_outputs``): no 44 MB concatenation and no autograd graph over the parameter-sized
-# arithmetic on ResNet-18, just one fused pass per part.
+# arithmetic on ResNet-18, just one fused pass per part. ``out``: optional buffers shaped like the parts that receive
+# the gradient (the engine keeps them across iterations).
 PartsDistance = Callable[
-    [list[torch.Tensor], list[torch.Tensor], list[float] | None], tuple[torch.Tensor, list[torch.Tensor]]
+    [list[torch.Tensor], list[torch.Tensor], list[float] | None, list[torch.Tensor] | None],
+    tuple[torch.Tensor, list[torch.Tensor]],
 ]
 CLOSED_FORMS: dict[str, PartsDistance] = {}
 
@@ -69,10 +71,13 @@ def _weights(parts: list[torch.Tensor], weights: list[float] | None) -> list[flo
 
 
 def squared_l2_parts(
-    candidate: list[torch.Tensor], target: list[torch.Tensor], weights: list[float] | None = None
+    candidate: list[torch.Tensor], target: list[torch.Tensor], weights: list[float] | None = None,
+    out: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """``squared_l2`` over parts: ``sum_k w_k |c_k - t_k|^2`` and ``2 w_k (c_k - t_k)``."""
-    diffs = [c - t for c, t in zip(candidate, target)]
+    """``squared_l2`` over parts: ``sum_k w_k |c_k - t_k|^2`` and ``2 w_k (c_k - t_k)`` (into ``out`` if given,
+    see ``cosine_parts``)."""
+    diffs = ([c - t for c, t in zip(candidate, target)] if out is None else
+             [torch.sub(c, t, out=o) for c, t, o in zip(candidate, target, out)])
     w = _weights(candidate, weights)
     value = sum(wk * torch.linalg.vecdot(d, d) for wk, d in zip(w, diffs))
     return value, [d.mul_(2.0 * wk) for wk, d in zip(w, diffs)]  # type: ignore[return-value]

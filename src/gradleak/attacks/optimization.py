@@ -36,7 +36,7 @@ from gradleak.attacks.base import Attack, Callback, Reconstruction
 from gradleak.attacks.checkpoint import Checkpointer
 from gradleak.attacks.lbfgs import CompactLBFGS
 from gradleak.attacks.labels import default_rule, infer_labels
-from gradleak.attacks.objectives import CLOSED_FORMS, OBJECTIVES, cosine_parts
+from gradleak.attacks.objectives import CLOSED_FORMS, OBJECTIVES
 from gradleak.attacks.priors import PRIORS, BatchNormStatistics, prior_kind
 from gradleak.attacks.stacking import (NotStackable, fold, mark_candidate, prune_double_backward, stack_model,
                                       stacked_loss)
@@ -163,6 +163,8 @@ class UpdateMatcher:
         self.part_targets = [v.reshape(len(observations), -1) for v in self.targets.values()]
         self.part_weights = (None if config.layer_weights is None else
                              [float(config.layer_weights.get(k, 1.0)) for k in self.targets])
+        self._buffers_key: tuple[Any, ...] | None = None
+        self._buffers: list[torch.Tensor] = []
 
     def _entry_weights(self, layer_weights: Mapping[str, float] | None) -> torch.Tensor | None:
         """``layer_weights`` (by parameter name, default 1) expanded to one weight per entry of the flat update."""
@@ -368,10 +370,7 @@ class UpdateMatcher:
                 with torch.no_grad():
                     tparts = [t[0] if n == 1 else t.repeat_interleave(r, dim=0) for t in self.part_targets]
                     detached = [p.detach() for p in parts]
-                    if self.closed_form is cosine_parts:
-                        dist, dparts = cosine_parts(detached, tparts, self.part_weights, self._seed_buffers(detached))
-                    else:
-                        dist, dparts = self.closed_form(detached, tparts, self.part_weights)
+                    dist, dparts = self.closed_form(detached, tparts, self.part_weights, self._seed_buffers(detached))
                     scale = self.config.objective_scale
                     dparts = [d.mul_(scale) for d in dparts]
                 prior = self.prior_value(stats, x)
@@ -391,7 +390,7 @@ class UpdateMatcher:
         """Buffers shaped like the update's parts, kept across iterations for the closed-form gradient (a fresh
         parameter-sized tensor per iteration costs its page faults)."""
         key = tuple((p.shape, p.dtype, p.device) for p in parts)
-        if getattr(self, "_buffers_key", None) != key:
+        if self._buffers_key != key:
             self._buffers_key = key
             self._buffers = [torch.empty_like(p) for p in parts]
         return self._buffers
