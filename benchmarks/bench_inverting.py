@@ -33,8 +33,12 @@ What gradleak does less of, per iteration (torch.profiler op totals, ResNet-18 a
 What stays: the forward, the parameter gradient and the 5 convolutions per layer of the reverse-over-reverse
 product (forward-over-reverse costs more), all in PyTorch's kernels. On ResNet-18 at batch 1 the late layers are
 bound by reading their weights (512x512x3x3 on 4x4 maps: ~28 GFLOP/s with either backend), so a 2x lead over the
-published loop is not within reach by removing work: what was removed is at most ~1/8 of the convolutions plus the
-elementwise work.
+published loop is not within reach by removing work: FlopCounterMode counts 7.77 GFLOP per gradleak iteration
+against the published 9.00 on ResNet-18 (batch 1) and 25.98 against 29.69 on ConvNet-64, a floor ratio of
+1.16 and 1.14, and the published loop already runs ConvNet-64 and ResNet-18 at batch 8 near the matmul rate; the
+rest of gradleak's lead is elementwise work, allocations and denormals. Measured interleaved on the loaded 2-core
+machine, 1 thread, ``--iterations 8``: ratio 1.30 (ResNet-18 b1), 1.08 (b8), 1.12 (ConvNet-64 b1), 1.14 (b8); the
+engine before these changes, in the same harness (``--iterations 6``): 1.00, 0.94, 0.97, 1.02.
 The trained victims come from ``training.pretrained`` (cached under ``$GRADLEAK_CACHE/image-models``).
 """
 
