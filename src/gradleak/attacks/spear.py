@@ -276,7 +276,7 @@ class SpearAttack(Attack):
             found = guided_directions(live, g_live, gb_live, known, layer_live, separator, obs.input_shape, gen,
                                       self.irls_iters)
             found = found[:, zero_count(live @ found, self.zero_tol) >= need]
-            pool = close_under_pairs(live, pool, found, self.zero_tol, need, max(self.pool_cap, rank))
+            pool = torch.cat([pool, new_directions(live, found, pool, self.zero_tol, rank)], 1)  # exact already
         rounds = 0
         while rounds < self.irls_rounds and len(greedy_filter(live, pool, self.zero_tol, rank)) < rank:
             rounds += 1
