@@ -205,7 +205,9 @@ class SpearAttack(Attack):
     ``irls_starts``/``irls_rounds``/``irls_iters``: random starts per round, rounds at most, and steps of the
     reweighted-l1 search (ours; 0 rounds: the paper's sampling alone); ``pool_cap``: new candidates kept per
     pairing step; ``zero_tol``: size relative to a column's norm under which an entry counts as zero;
-    ``min_extra_zeros``: zeros beyond ``B - 1`` a candidate needs; ``rank_tol``: singular values under
+    ``min_extra_zeros``: zeros beyond ``B - 1`` a candidate needs; ``min_zero_share``: the share of the layer's
+    live units a candidate must zero at least (behind a ReLU about half; a null vector of ``B - 1`` rows that
+    zeros a few more by coincidence, as parallel rows do, is not a sample); ``rank_tol``: singular values under
     ``rank_tol * s_max`` are dropped.
     """
 
@@ -221,6 +223,7 @@ class SpearAttack(Attack):
     pool_cap: int = 40
     zero_tol: float = 1e-7
     min_extra_zeros: int = 4
+    min_zero_share: float = 0.1
     rank_tol: float = 1e-5
 
     def reconstruct(
@@ -256,7 +259,7 @@ class SpearAttack(Attack):
         norms = basis.norm(dim=1)
         reached = norms > 1e-9 * norms.max()
         live = basis[reached].cpu()  # units no sample reached are zero for every q
-        need = rank - 1 + self.min_extra_zeros
+        need = max(rank - 1 + self.min_extra_zeros, math.ceil(self.min_zero_share * len(live)))
         gen = torch.Generator().manual_seed(0 if seed is None else seed)
         pool = live.new_zeros(rank, 0)
         if self.max_trials:
