@@ -79,3 +79,9 @@ def test_layer_narrower_than_batch_is_refused() -> None:
     obs, _ = _observe(8, hidden=(6,))
     with pytest.raises(ConfigError, match="units"):
         ATTACKS.build("spear").reconstruct(obs)
+
+
+def test_negative_guide_rounds_are_refused() -> None:
+    obs, _ = _observe(8)
+    with pytest.raises(ConfigError, match="guide_rounds"):
+        ATTACKS.build("spear", guide_rounds=-1).reconstruct(obs)

@@ -236,8 +236,10 @@ class SpearAttack(Attack):
         progress: bool = False,
     ) -> Reconstruction:
         del progress
-        if self.max_trials < 0 or self.chunk < 1 or self.irls_starts < 1 or self.irls_rounds < 0:
-            raise ConfigError("spear: max_trials and irls_rounds must be >= 0, chunk and irls_starts positive")
+        if (self.max_trials < 0 or self.chunk < 1 or self.irls_starts < 1 or self.irls_rounds < 0
+                or self.guide_rounds < 0):
+            raise ConfigError("spear: max_trials, guide_rounds and irls_rounds must be >= 0, chunk and irls_starts "
+                              "positive")
         start = time.perf_counter()
         model = obs.build_model()
         name, module = input_linear_layer(model, obs.num_pixels, self.layer)
@@ -265,7 +267,7 @@ class SpearAttack(Attack):
         if self.max_trials:
             found = sparse_directions(live, self.max_trials, self.chunk, gen, self.zero_tol, need)
             pool = close_under_pairs(live, pool, found, self.zero_tol, need, self.pool_cap)
-        guided = 0
+        guided, guide_stopped = 0, ""
         if self.guide_rounds:
             separator = CocktailPartyAttack(domain="gradient" if obs.input_kind == "image" else "pixel")
             g_live, gb_live = g[reached].cpu(), gb[reached].cpu()
@@ -276,8 +278,12 @@ class SpearAttack(Attack):
         while guided < self.guide_rounds and len(greedy_filter(live, pool, self.zero_tol, rank)) < rank:
             guided += 1
             known = greedy_filter(live, pool, self.zero_tol, rank).T
-            found = guided_directions(live, g_live, gb_live, known, layer_live, separator, obs.input_shape, gen,
-                                      self.irls_iters)
+            try:
+                found = guided_directions(live, g_live, gb_live, known, layer_live, separator, obs.input_shape, gen,
+                                          self.irls_iters)
+            except ConfigError as err:  # what is left no longer separates (e.g. a mixture was deflated)
+                guide_stopped = str(err)
+                break
             found = found[:, zero_count(live @ found, self.zero_tol) >= need]
             pool = torch.cat([pool, new_directions(live, found, pool, self.zero_tol, rank)], 1)  # exact already
         rounds = 0
@@ -291,7 +297,8 @@ class SpearAttack(Attack):
             pool = close_under_pairs(live, pool, found, self.zero_tol, need, self.pool_cap)
         q = greedy_filter(live, pool, self.zero_tol, rank).to(basis)
         details: dict[str, Any] = {"layer": name, "rank": rank, "directions": len(q), "candidates": pool.shape[1],
-                                   "guide_rounds": guided, "irls_rounds": rounds}
+                                   "guide_rounds": guided, "guide_stopped": guide_stopped,
+                                   "irls_rounds": rounds}
         recovered_x: list[torch.Tensor] = []
         labels = None
         certified: list[bool] = []
