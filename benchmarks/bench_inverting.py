@@ -45,6 +45,7 @@ The trained victims come from ``training.pretrained`` (cached under ``$GRADLEAK_
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -54,8 +55,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gradleak.attacks import ATTACKS
 from gradleak.attacks.optimization import optimize_many
+from gradleak.data import load_dataset
 from gradleak.experiment import ExperimentConfig, make_victim
 from gradleak.metrics import psnr
+from gradleak.observation import ModelSpec
+from gradleak.training import pretrained
+from gradleak.victim import simulate
 
 PHOTOS = (3, 14, 25, 36, 47, 58, 69, 80, 91, 2)
 MODELS = {"convnet64": ("convnet", {"width": 64}), "resnet18": ("resnet18", {})}
@@ -202,9 +207,30 @@ def bench_speed(iterations: int, models: list[str], batches: list[int], repeats:
                       f"{100 * flops / t_glk / rate:>6.1f}", flush=True)
 
 
+def trained_victims(pretrain_steps: int, images: int) -> list:
+    """One ConvNet-64 trained on the photos none of the ``images`` attacked ones (one cached model, not one per
+    photo), then each photo's batch-1 update from it."""
+    ds = load_dataset("photos")
+    attacked = list(PHOTOS[:images])
+    c, h, _ = ds.input_shape
+    name, kwargs = MODELS["convnet64"]
+    spec = ModelSpec(name, {"in_channels": c, "num_classes": ds.num_classes, "image_size": h, **kwargs})
+    rest = [i for i in range(len(ds)) if i not in set(attacked)]
+    torch.manual_seed(0)
+    model = spec.build()
+    if pretrain_steps:
+        model.load_state_dict(pretrained(spec, ds, rest, steps=pretrain_steps, seed=0))
+    victims = []
+    for i in attacked:
+        x, y = ds.batch([i])
+        victims.append(simulate(spec, x, y, num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
+                                model=copy.deepcopy(model), leak_labels=True))
+    return victims
+
+
 def bench_psnr(iterations: int, pretrain_steps: int, images: int) -> None:
     print(f"\n== PSNR at equal wall time: ConvNet-64 trained {pretrain_steps} steps, {images} photos, batch 1")
-    victims = [victim("convnet64", 1, pretrain_steps, start=i) for i in range(images)]
+    victims = trained_victims(pretrain_steps, images)
     pub_psnr, wall = [], 0.0
     for obs, truth in victims:
         pub = PublishedIG(obs, iterations)
