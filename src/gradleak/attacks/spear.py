@@ -117,12 +117,13 @@ def pair_sparsest(basis: torch.Tensor, qa: torch.Tensor, qb: torch.Tensor, zero_
 
 
 def guided_directions(basis: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, known: torch.Tensor,
-                      layer: nn.Linear, separator: CocktailPartyAttack, shape: tuple[int, ...],
-                      generator: torch.Generator, iters: int) -> torch.Tensor:
+                      weight: torch.Tensor, bias: torch.Tensor, separator: CocktailPartyAttack,
+                      shape: tuple[int, ...], generator: torch.Generator, iters: int) -> torch.Tensor:
     """Candidates guided by approximate inputs (ours, beyond the paper). The directions ``known`` (r, k) are
     deflated: ``(I - P) G`` mixes only the inputs not yet found, so the Cocktail Party separation (Kariyappa et
     al. 2023) of it guesses them; a guess's ReLU pattern marks the rows that should be zero, mostly rightly, and
-    reweighted-l1 on those rows alone lands on the exact sparse direction. ``basis``, ``g``, ``gb``: live rows."""
+    reweighted-l1 on those rows alone lands on the exact sparse direction. ``basis``, ``g``, ``gb`` and the
+    layer's ``weight`` and ``bias`` (float64): the live rows only."""
     r = basis.shape[1]
     rest = r - known.shape[1]
     if known.shape[1]:
@@ -130,7 +131,7 @@ def guided_directions(basis: torch.Tensor, g: torch.Tensor, gb: torch.Tensor, kn
         g = g - found_cols @ (found_cols.T @ g)
         gb = gb - found_cols @ (found_cols.T @ gb)
     guess = separator.separate(g, gb, rest, shape, generator).inputs
-    z = guess @ layer.weight.detach().double().to(guess).T + layer.bias.detach().double().to(guess)
+    z = guess @ weight.T + bias
     support = (z <= 0).T.to(basis)  # (m, rest): rows each guess says are zero
     gram = torch.einsum("mk,mb,mc->kbc", support, basis, basis)
     q0 = torch.linalg.eigh(gram).eigenvectors[:, :, 0].T
@@ -270,17 +271,18 @@ class SpearAttack(Attack):
         guided, guide_stopped = 0, ""
         if self.guide_rounds:
             separator = CocktailPartyAttack(domain="gradient" if obs.input_kind == "image" else "pixel")
+            rows = reached.cpu()
             g_live, gb_live = g[reached].cpu(), gb[reached].cpu()
-            layer_live = nn.Linear(module.in_features, int(reached.sum()))
-            with torch.no_grad():
-                layer_live.weight.copy_(module.weight[reached.cpu()])
-                layer_live.bias.copy_(module.bias[reached.cpu()])
-        while guided < self.guide_rounds and len(greedy_filter(live, pool, self.zero_tol, rank)) < rank:
-            guided += 1
+            w_live = module.weight.detach()[rows].double()
+            b_live = module.bias.detach()[rows].double()
+        while guided < self.guide_rounds:
             known = greedy_filter(live, pool, self.zero_tol, rank).T
+            if known.shape[1] == rank:
+                break
+            guided += 1
             try:
-                found = guided_directions(live, g_live, gb_live, known, layer_live, separator, obs.input_shape, gen,
-                                          self.irls_iters)
+                found = guided_directions(live, g_live, gb_live, known, w_live, b_live, separator, obs.input_shape,
+                                          gen, self.irls_iters)
             except ConfigError as err:  # what is left no longer separates (e.g. a mixture was deflated)
                 guide_stopped = str(err)
                 break
