@@ -12,7 +12,8 @@ Sections:
   iteration needs (``torch.utils.flop_counter.FlopCounterMode``) divided by each loop's time, as a share of the
   measured 1024x1024 float32 matmul rate at the same thread count.
 - ``psnr``: ConvNet-64 (trained on the bundled photos not attacked, ``--pretrain-steps``), five photos, batch 1:
-  the published loop runs ``--iterations``; gradleak gets the same wall time; mean PSNR of each.
+  the published loop runs ``--iterations``; gradleak gets the same wall time (``--iterations`` times the paired
+  speed ratio measured interleaved on the first photo); mean PSNR of each.
 Same seed, same numbers (apart from times).
 
 Both sides do the same math from the same start: the published loop optimises the model's normalised input
@@ -228,26 +229,31 @@ def trained_victims(pretrain_steps: int, images: int) -> list:
     return victims
 
 
-def bench_psnr(iterations: int, pretrain_steps: int, images: int) -> None:
-    print(f"\n== PSNR at equal wall time: ConvNet-64 trained {pretrain_steps} steps, {images} photos, batch 1")
+def bench_psnr(iterations: int, pretrain_steps: int, images: int, ratio_iterations: int = 20) -> None:
+    """Mean PSNR of each loop when gradleak gets the published loop's wall time.
+
+    The equal-time budget is ``iterations`` times the median paired ratio (published / gradleak seconds per
+    iteration) measured interleaved on the first photo, not the two loops' wall clocks one after the other: on a
+    shared machine a load change during either run would hand one side more or less time. The PSNRs then depend
+    on the budget only, so the same seed and the same ratio give the same numbers."""
+    print(f"\n== PSNR at equal wall time: ConvNet-64 trained {pretrain_steps} steps, {images} photos, batch 1, "
+          f"{torch.get_num_threads()} thread(s)", flush=True)
     victims = trained_victims(pretrain_steps, images)
-    pub_psnr, wall = [], 0.0
-    for obs, truth in victims:
+    pub_times, glk_times = interleaved(victims[0][0], ratio_iterations)
+    ratio = statistics.median(p / g for p, g in zip(pub_times, glk_times))
+    budget = max(int(round(iterations * ratio)), 1)
+    print(f"  interleaved over {ratio_iterations} iterations: published {statistics.median(pub_times):.3f} s/it, "
+          f"gradleak {statistics.median(glk_times):.3f} s/it, ratio {ratio:.3f}", flush=True)
+    pub_psnr, glk_psnr = [], []
+    for k, (obs, truth) in enumerate(victims):
         pub = PublishedIG(obs, iterations)
-        start = time.perf_counter()
         for _ in range(iterations):
             pub.step()
-        wall += time.perf_counter() - start
         pub_psnr.append(float(psnr(pub.pixels(), truth.inputs).mean()))
-    per_image = wall / images
-    # gradleak's per-iteration time, then as many iterations as fit in the published loop's wall time
-    _, t_glk = gradleak_run([victims[0][0]], 4)
-    budget = max(int(per_image / t_glk), 1)
-    glk_psnr = []
-    for obs, truth in victims:
         recons, _ = gradleak_run([obs], budget)
         glk_psnr.append(float(psnr(recons[0].inputs, truth.inputs).mean()))
-    print(f"  published: {iterations} iterations, {per_image:.1f} s/image, mean PSNR "
+        print(f"  photo {k}: published {pub_psnr[-1]:.2f} dB, gradleak {glk_psnr[-1]:.2f} dB", flush=True)
+    print(f"  published: {iterations} iterations, mean PSNR "
           f"{sum(pub_psnr) / images:.2f} dB  ({' '.join(f'{v:.2f}' for v in pub_psnr)})")
     print(f"  gradleak: {budget} iterations in the same time, mean PSNR {sum(glk_psnr) / images:.2f} dB  "
           f"({' '.join(f'{v:.2f}' for v in glk_psnr)})")
@@ -262,7 +268,7 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--repeats", type=int, default=1, help="speed: attack runs per setting (median over all)")
     parser.add_argument("--threads", nargs="+", type=int, default=None,
-                        help="speed: thread counts (default: 1 and every core)")
+                        help="speed: thread counts (default: 1 and every core); psnr: the first one (default: every core)")
     parser.add_argument("--pretrain-steps", type=int, default=200)
     parser.add_argument("--images", type=int, default=5)
     args = parser.parse_args()
@@ -270,6 +276,8 @@ def main() -> None:
     if args.section in ("speed", "all"):
         bench_speed(args.iterations, args.models, args.batches, args.repeats, args.threads)
     if args.section in ("psnr", "all"):
+        if args.threads:
+            torch.set_num_threads(args.threads[0])
         bench_psnr(args.iterations, args.pretrain_steps, args.images)
 
 
