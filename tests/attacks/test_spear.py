@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from gradleak.attacks import ATTACKS
+from gradleak.attacks.feature_inversion import layer_input
 from gradleak.data import load_dataset
 from gradleak.errors import ConfigError
 from gradleak.metrics import score
@@ -85,3 +87,60 @@ def test_negative_guide_rounds_are_refused() -> None:
     obs, _ = _observe(8)
     with pytest.raises(ConfigError, match="guide_rounds"):
         ATTACKS.build("spear", guide_rounds=-1).reconstruct(obs)
+
+
+# -- the fully connected part of a CNN ----------------------------------------------------------------------
+def _small_cnn(num_classes: int, width: int = 256) -> nn.Sequential:
+    """conv 3->8, ReLU, pool, conv 8->16, ReLU, pool, flatten (16*4*4 = 256 features), Linear + ReLU, classifier."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(256, width), nn.ReLU(), nn.Linear(width, num_classes),
+    )
+
+
+def _observe_cnn(batch: int, model: nn.Module | None = None):
+    ds = load_dataset("photos", size=16)
+    x, y = ds.batch(list(range(batch)))
+    torch.manual_seed(0)
+    spec = ModelSpec.from_module(model if model is not None else _small_cnn(ds.num_classes))
+    obs, truth = simulate(spec, x, y, num_classes=ds.num_classes, mean=ds.mean, std=ds.std)
+    return ds, obs, truth
+
+
+def test_cnn_fc_layer_features_exact_labels_right_images_inverted() -> None:
+    ds, obs, truth = _observe_cnn(8)
+    recon = ATTACKS.build("spear", min_zero_share=0.3).reconstruct(obs, seed=0)  # layer found: "7"
+    assert recon.details["layer"] == "7" and recon.details["inverted"]
+    assert all(recon.details["certified"])
+    # the truth enters only here, to score: the features the layer read from the true images
+    model = obs.build_model()
+    mean, std = obs.normalization()
+    true_features = layer_input(model, model[7], (truth.inputs - mean) / std).double()
+    features = torch.tensor(recon.details["features"], dtype=torch.float64)
+    match = torch.cdist(features, true_features).argmin(1)
+    assert sorted(match.tolist()) == list(range(8))
+    rel = (features - true_features[match]).norm(dim=1) / true_features[match].norm(dim=1)
+    assert rel.max() < 1e-5
+    scores = score(recon.inputs, recon.labels, truth)
+    assert all(scores.label_correct)
+    blind = score(ds.images.mean(0, keepdim=True).expand_as(truth.inputs).clone(), None, truth)
+    # measured: 12.96 dB against the dataset's mean image at 11.42 (the mean-colour filler: 11.31)
+    assert sum(scores.psnr) / 8 > sum(blind.psnr) / 8 + 0.75
+    assert max(recon.details["inversion_feature_error"]) < 0.2
+
+
+def test_cnn_layers_spear_cannot_attack_are_refused() -> None:
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(4), nn.Flatten(),
+        nn.Linear(64, 6), nn.ReLU(), nn.Linear(6, 32, bias=False), nn.ReLU(), nn.Linear(32, 16), nn.Sigmoid(),
+        nn.Linear(16, 10),
+    )
+    _, obs, _ = _observe_cnn(8, net)
+    for layer, message in [("missing", "no module named 'missing'"), ("0", "is a Conv2d, not an nn.Linear"),
+                           ("6", "has no bias"), ("8", "followed by Sigmoid"), ("10", "the model's output"),
+                           ("4", "6 units, needs more than batch 8")]:
+        with pytest.raises(ConfigError, match=message):
+            ATTACKS.build("spear", layer=layer).reconstruct(obs)
+    with pytest.raises(ConfigError, match="invert_distance"):
+        ATTACKS.build("spear", invert_distance="l1").reconstruct(obs)

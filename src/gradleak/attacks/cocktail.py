@@ -237,7 +237,8 @@ class CocktailPartyAttack(Attack):
             filtered = finite_differences(y, shape) if self.domain == "gradient" else y - y.mean(1, keepdim=True)
             negentropy = ((torch.log(torch.cosh(filtered)).mean(1) - _GAUSS_LOGCOSH) ** 2).mean()
             independence = torch.exp(self.temperature * (wn @ wn.T).abs()[off]).mean()
-            tv = total_variation(y.reshape(b, *shape)).mean()
+            # flat sources (feature vectors) have no neighbouring pixels: no total variation
+            tv = total_variation(y.reshape(b, *shape)).mean() if len(shape) > 1 else y.new_zeros(())
             loss = -self.negentropy * negentropy + self.independence * independence + self.tv * tv
             loss.backward()
             opt.step()

@@ -6,7 +6,12 @@ column ``c_i`` of ``dL/dZ`` (one per sample) lies in ``span(U_B)``: ``c_i = U_B 
 each ``c_i`` is exactly zero (inactive units), and the ``c_i`` are the sparsest vectors of that span. With ``C``
 known up to a scale per column, ``X = C^+ G`` up to the same scales, which the bias gradient ``dL/db = C 1`` fixes.
 A sample is *certified* when the ReLU pattern of its recovered input reproduces the zero pattern of its column.
-Labels follow from the recovered inputs: the label whose first-layer output gradient points like ``c_i``.
+Labels follow from the recovered inputs: the label whose output gradient at the layer points like ``c_i``.
+
+The same algebra holds for a ReLU-followed linear layer deep in a network, the fully connected part of a CNN: the
+recovered ``X`` are then the layer's inputs (flattened convolutional features), exact and certified as above.
+Images come from them by feature inversion (Mahendran & Vedaldi 2015, as Kariyappa et al. 2023 do for recovered
+CNN embeddings; :mod:`gradleak.attacks.feature_inversion`), which is approximate.
 
 Candidate directions ``q`` come from three searches, then the paper's greedy filter keeps the sparsest linearly
 independent ones:
@@ -41,6 +46,7 @@ from torch import nn
 from gradleak.attacks.analytic import assemble, input_linear_layer, to_pixels
 from gradleak.attacks.base import ATTACKS, Attack, Callback, Reconstruction
 from gradleak.attacks.cocktail import CocktailPartyAttack
+from gradleak.attacks.feature_inversion import DISTANCES, invert_features, layer_input
 from gradleak.errors import ConfigError
 from gradleak.observation import Observation
 
@@ -197,9 +203,75 @@ def greedy_filter(basis: torch.Tensor, q: torch.Tensor, zero_tol: float, want: i
     return torch.stack(kept)
 
 
+#: activations after which an inactive unit's output gradient is not exactly zero: SPEAR's sparsity is gone
+_NOT_RELU = (nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU,
+             nn.Mish, nn.Softplus, nn.Hardtanh, nn.Hardswish)
+
+
+def target_layer(model: nn.Module, obs: Observation, layer: str | None) -> tuple[str, nn.Linear, bool]:
+    """The ``nn.Linear`` (with bias, ReLU after it) SPEAR attacks and whether it reads the flattened input itself.
+
+    ``layer`` by module name; else the first one reading the flattened input (an MLP's first layer); else the first
+    with bias, as in the fully connected part of a CNN, whose inputs are the flattened convolutional features.
+    One probe forward on seeded noise tells the two cases apart and refuses the classifier (its output is the
+    model's: no ReLU follows). A ReLU inside ``forward`` cannot be seen; a known other activation registered
+    right after the layer is refused. Without a ReLU the search finds no sparse directions and fills every slot.
+    """
+    reads_pixels = [m for m in model.modules() if isinstance(m, nn.Linear) and m.in_features == obs.num_pixels]
+    if layer is None and reads_pixels:
+        name, module = input_linear_layer(model, obs.num_pixels)
+    elif layer is None:
+        found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.bias is not None]
+        if not found:
+            raise ConfigError("spear: the model has no nn.Linear with bias")
+        name, module = found[0]
+    else:
+        modules = dict(model.named_modules())
+        if layer not in modules:
+            raise ConfigError(f"spear: the model has no module named {layer!r}")
+        name, module = layer, modules[layer]
+        if not isinstance(module, nn.Linear):
+            raise ConfigError(f"spear: layer {layer!r} is a {type(module).__name__}, not an nn.Linear")
+        if module.bias is None:
+            raise ConfigError(f"spear: linear layer {layer!r} has no bias: SPEAR needs its bias gradient")
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    at = next(i for i, m in enumerate(leaves) if m is module)
+    if at + 1 < len(leaves) and isinstance(leaves[at + 1], _NOT_RELU):
+        raise ConfigError(f"spear: layer {name!r} is followed by {type(leaves[at + 1]).__name__}, not a ReLU: "
+                          "SPEAR needs the exact zeros a ReLU puts in the output gradient")
+    probe = torch.randn(2, *obs.input_shape, generator=torch.Generator().manual_seed(0))
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook(_m: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        seen["x"], seen["z"] = args[0], out
+
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            out = model(probe)
+    finally:
+        handle.remove()
+    if "x" not in seen:
+        raise ConfigError(f"spear: layer {name!r} does not run in the model's forward pass")
+    if seen["x"].dim() != 2:
+        raise ConfigError(f"spear: layer {name!r} reads inputs of shape {tuple(seen['x'].shape[1:])} per sample, "
+                          "not one flat vector: its weight gradient sums over positions")
+    if isinstance(out, torch.Tensor) and out.shape == seen["z"].shape and torch.equal(out, seen["z"]):
+        raise ConfigError(f"spear: layer {name!r} is the model's output (the classifier): no ReLU follows it")
+    reads_input = seen["x"].shape[1] == obs.num_pixels and torch.equal(seen["x"], probe.flatten(1))
+    return name, module, reads_input
+
+
 @dataclass
 class SpearAttack(Attack):
-    """Exact recovery of a batch through a ReLU-followed fully connected input layer (Dimitrov et al. 2024).
+    """Exact recovery of a batch through a ReLU-followed fully connected layer (Dimitrov et al. 2024).
+
+    ``layer``: the ``nn.Linear`` attacked (default: see :func:`target_layer`). When it reads the flattened input
+    the recovered inputs are the images. Deeper in a CNN they are the layer's inputs, the flattened features,
+    still exact (``details["features"]``, certified by their ReLU pattern); the images then come from feature
+    inversion (:mod:`gradleak.attacks.feature_inversion`): ``invert_iterations`` Adam steps of ``invert_lr`` on the
+    ``invert_distance`` ("l2": squared, relative to the features' norm; or "cosine") plus ``invert_tv`` times
+    total variation. Those images are approximate: the convolutions, ReLUs and pooling lose information.
 
     ``max_trials``: the paper's sampled submatrices (0: none); ``chunk``: sampled per batched SVD;
     ``guide_rounds``: rounds of the search guided by a Cocktail Party separation of what is left (ours; 0: off);
@@ -226,6 +298,10 @@ class SpearAttack(Attack):
     min_extra_zeros: int = 4
     min_zero_share: float = 0.1
     rank_tol: float = 1e-5
+    invert_iterations: int = 400
+    invert_lr: float = 0.1
+    invert_tv: float = 0.3
+    invert_distance: str = "l2"
 
     def reconstruct(
         self,
@@ -241,9 +317,17 @@ class SpearAttack(Attack):
                 or self.guide_rounds < 0):
             raise ConfigError("spear: max_trials, guide_rounds and irls_rounds must be >= 0, chunk and irls_starts "
                               "positive")
+        if self.invert_iterations < 0 or not self.invert_lr > 0 or self.invert_tv < 0:
+            raise ConfigError("spear: invert_iterations and invert_tv must be >= 0, invert_lr positive")
+        if self.invert_distance not in DISTANCES:
+            raise ConfigError(f"spear: invert_distance must be one of {DISTANCES}, not {self.invert_distance!r}")
         start = time.perf_counter()
         model = obs.build_model()
-        name, module = input_linear_layer(model, obs.num_pixels, self.layer)
+        name, module, reads_input = target_layer(model, obs, self.layer)
+        shape = obs.input_shape if reads_input else (module.in_features,)
+        if module.out_features <= obs.batch_size:
+            raise ConfigError(f"spear: layer {name!r} has {module.out_features} units, needs more than batch "
+                              f"{obs.batch_size}")
         prefix = f"{name}." if name else ""
         grads = obs.gradient_estimate()
         for key in (prefix + "weight", prefix + "bias"):
@@ -270,7 +354,10 @@ class SpearAttack(Attack):
             pool = close_under_pairs(live, pool, found, self.zero_tol, need, self.pool_cap)
         guided, guide_stopped = 0, ""
         if self.guide_rounds:
-            separator = CocktailPartyAttack(domain="gradient" if obs.input_kind == "image" else "pixel")
+            if reads_input:
+                separator = CocktailPartyAttack(domain="gradient" if obs.input_kind == "image" else "pixel")
+            else:  # flat features: no neighbours, so no finite differences and no total variation
+                separator = CocktailPartyAttack(domain="pixel", tv=0.0)
             rows = reached.cpu()
             g_live, gb_live = g[reached].cpu(), gb[reached].cpu()
             w_live = module.weight.detach()[rows].double()
@@ -281,8 +368,8 @@ class SpearAttack(Attack):
                 break
             guided += 1
             try:
-                found = guided_directions(live, g_live, gb_live, known, w_live, b_live, separator, obs.input_shape,
-                                          gen, self.irls_iters)
+                found = guided_directions(live, g_live, gb_live, known, w_live, b_live, separator, shape, gen,
+                                          self.irls_iters)
             except ConfigError as err:  # what is left no longer separates (e.g. a mixture was deflated)
                 guide_stopped = str(err)
                 break
@@ -315,37 +402,61 @@ class SpearAttack(Attack):
             nonzero = (cols.abs() > self.zero_tol * cols.norm(dim=0, keepdim=True)).T
             certified = (active == nonzero).all(1).tolist()
             recovered_x = [xs[i] for i in range(rank)]
-            labels = _labels(obs, model, xs.float(), (cols / d).T.float(), name)
-        images, slots = assemble(obs, [to_pixels(obs, x[None])[0] for x in recovered_x])
+            labels = _labels(obs, model, module, xs.float().cpu(), (cols / d).T.float().cpu())
+        trace = torch.empty(0, 1)
+        if reads_input:
+            images, slots = assemble(obs, [to_pixels(obs, x[None])[0] for x in recovered_x])
+        else:
+            inverted: list[torch.Tensor] = []
+            if recovered_x:
+                features = torch.stack(recovered_x)
+                details["features"] = features.cpu().tolist()  # exact when certified; no truth to measure against
+                mean, std = obs.normalization()
+                pixels, trace = invert_features(
+                    model.to(device), module, features.float(), mean, std, obs.input_shape,
+                    iterations=self.invert_iterations, lr=self.invert_lr, tv=self.invert_tv,
+                    distance=self.invert_distance, generator=torch.Generator().manual_seed(0 if seed is None else seed))
+                with torch.no_grad():
+                    reached_features = layer_input(model, module, (pixels - mean.to(pixels)) / std.to(pixels))
+                details["inversion_feature_error"] = (
+                    (reached_features.double() - features).norm(dim=1) / features.norm(dim=1).clamp_min(1e-300)
+                ).tolist()
+                inverted = list(pixels.cpu())
+            images, slots = assemble(obs, inverted)
         certified += [False] * (b - len(certified))
-        details.update(recovered=slots, certified=certified, not_separated=b - sum(slots))
+        details.update(recovered=slots, certified=certified, not_separated=b - sum(slots), inverted=not reads_input)
         if callback is not None:
             callback(0, images[None])
         return Reconstruction(
-            inputs=images, labels=labels, attack=self.name, settings=self.settings(), iterations=1,
+            inputs=images, labels=labels, attack=self.name, settings=self.settings(), trace=trace,
+            iterations=1 + len(trace),
             wall_time_s=time.perf_counter() - start, details=details,
         )
 
 
-def _labels(obs: Observation, model: nn.Module, xs: torch.Tensor, cols: torch.Tensor, layer: str) -> torch.Tensor:
-    """For each recovered input, the class whose first-layer output gradient points like its column ``c_i``."""
+def _labels(obs: Observation, model: nn.Module, layer: nn.Linear, xs: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """For each recovered layer input, the class whose output gradient at ``layer`` points like its column ``c_i``.
+    The layer reads ``xs`` in place of what the part before it computes (a pre-hook; that part runs on zeros), so
+    the same code serves a first layer and one deep in a CNN."""
     k = obs.num_classes
-    module = dict(model.named_modules())[layer]
+    n = len(xs)
     captured: dict[str, torch.Tensor] = {}
 
-    def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+    def feed(_m: nn.Module, _args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
+        return (xs.repeat_interleave(k, 0),)
+
+    def keep(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
         out.retain_grad()
         captured["z"] = out
 
-    handle = module.register_forward_hook(hook)
+    handles = [layer.register_forward_pre_hook(feed), layer.register_forward_hook(keep)]
     try:
-        n = len(xs)
-        inputs = xs.reshape(n, *obs.input_shape).repeat_interleave(k, 0)
+        out = model(xs.new_zeros(n * k, *obs.input_shape))
         ys = torch.arange(k).repeat(n)
-        out = model(inputs)
         nn.functional.cross_entropy(out, ys, reduction="sum").backward()
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
     dz = captured["z"].grad.reshape(n, k, -1)
     cos = nn.functional.cosine_similarity(dz, cols[:, None, :], dim=-1)
     return cos.argmax(1)
