@@ -26,7 +26,8 @@ demo: $(STAMP)
 	$(BIN)/gradleak demo --out out/demo
 
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest -q
+	# one worker a core (pytest-xdist); one group a test file, the files that start Ray in one group (tests/conftest.py)
+	$(BIN)/python -m pytest -q --numprocesses logical --dist loadgroup
 
 # Every benchmark prints its own table; run one alone with `.venv/bin/python benchmarks/bench_X.py --help`.
 bench: $(STAMP)

@@ -10,6 +10,25 @@ from gradleak.observation import GroundTruth, ModelSpec, Observation
 from gradleak.victim import simulate
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Under pytest-xdist's ``--dist loadgroup`` (``make test``): one group a test file, so a module's fixtures are
+    built once, unless the file names its own group (the files that start a local Ray share ``"ray"``, so two Ray
+    clusters never start at once)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _threads_per_worker() -> None:
+    """With N pytest-xdist workers on C cores, each worker's torch uses C // N threads instead of C."""
+    import os
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

@@ -8,6 +8,8 @@ import json
 import pytest
 
 ray = pytest.importorskip("ray")
+#: one pytest-xdist group for every file that starts a local Ray: two Ray clusters never start at once
+pytestmark = pytest.mark.xdist_group("ray")
 
 from gradleak.cli import main  # noqa: E402
 from gradleak.errors import ConfigError  # noqa: E402

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import torch
 from scipy.optimize import linear_sum_assignment
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from gradleak.errors import ConfigError
 from gradleak.observation import GroundTruth
@@ -43,6 +42,10 @@ def pairwise_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB for pixels in [0, 1]."""
+    # imported here, not at module level: torchmetrics' package import pulls in its text, audio and BERT metrics
+    # (transformers, scipy.signal), seconds that every Ray worker and CLI process would pay without scoring
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
     return peak_signal_noise_ratio(a.float(), b.float(), data_range=1.0, reduction="none", dim=(1, 2, 3))
 
 
@@ -50,6 +53,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-image SSIM (Wang et al. 2004), Gaussian window 11 (smaller for tiny images)."""
     side = min(a.shape[-2:])
     kernel = min(11, side if side % 2 else side - 1)
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     return structural_similarity_index_measure(
         a.float(), b.float(), data_range=1.0, reduction="none", kernel_size=kernel
     )

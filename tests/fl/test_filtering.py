@@ -17,6 +17,8 @@ import pytest
 
 pytest.importorskip("flwr")
 ray = pytest.importorskip("ray")
+#: one pytest-xdist group for every file that starts a local Ray: two Ray clusters never start at once
+pytestmark = pytest.mark.xdist_group("ray")
 
 import torch  # noqa: E402
 

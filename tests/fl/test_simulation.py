@@ -13,6 +13,8 @@ import pytest
 
 pytest.importorskip("flwr")
 ray = pytest.importorskip("ray")
+#: one pytest-xdist group for every file that starts a local Ray: two Ray clusters never start at once
+pytestmark = pytest.mark.xdist_group("ray")
 
 from gradleak.cli import main  # noqa: E402
 from gradleak.fl import FederationConfig, audit, run_federation  # noqa: E402
