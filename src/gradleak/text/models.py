@@ -48,6 +48,8 @@ def text_model_spec(name: str, vocab_size: int, pad_id: int, *, eos_id: int | No
         head = head or "causal_lm"
     else:
         config.update({"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+        if eos_id is not None:  # where a record ends: public, as the tokenizer is (DAGER reads records' ends by it)
+            config["eos_token_id"] = eos_id
         head = head or "sequence_classification"
         if head == "sequence_classification":
             config["num_labels"] = num_labels

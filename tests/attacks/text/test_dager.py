@@ -113,10 +113,22 @@ def test_dager_recovers_the_bert_tiny_record_exactly(seed: int, text_scores) -> 
     assert means["secrets_recovered"] == 1.0, means
 
 
-@pytest.mark.xfail(strict=True, reason="open: encoder records at batch > 1 are not assembled. The layer-1 test keeps "
-                   "each position's tokens (the truth is among them) but which record a token belongs to needs "
-                   "DAGER's encoder search over whole sequences with the layer-2 span; not implemented. (bert-tiny "
-                   "at batch 4 is past the width limit anyway: ~171 tokens > 64.)")
+def test_dager_assembles_a_batch_of_2_encoder_records_exactly(text_scores) -> None:
+    """bert-mini (width 256), batch 2 of bundled records: the layer-1 ranking misorders tokens at 3 positions and
+    leaves which record holds which token open; the assembly's local search on the layer-2 span distance finds
+    both records token for token. Without it (``assemble_sweeps=0``) neither record is exact."""
+    case = text_victim("bert-mini", 2, seed=0)
+    plain = text_scores(case, ATTACKS.build("dager", assemble_sweeps=0).reconstruct(case.observation).inputs)
+    recon = ATTACKS.build("dager").reconstruct(case.observation)
+    means = text_scores(case, recon.inputs)
+    assert means["exact"] == 1.0 and means["rouge2"] == 1.0 and means["secrets_recovered"] == 1.0, means
+    assert plain["exact"] == 0.0, plain
+    assert recon.details["assembly_cost"] < recon.details["assembly_start"] / 3
+
+
+@pytest.mark.xfail(strict=True, reason="open: at batch 4 the encoder assembly's local search ends in a local "
+                   "minimum (bert-mini, seed 0: 2 of 4 records exact, a third short of its end token, ROUGE-1 0.68); "
+                   "restarts or a wider search are not implemented.")
 def test_dager_recovers_a_batch_of_4_records_from_an_encoder(text_scores) -> None:
     """bert-mini (width 256): batch 4 of bundled records, ~171 tokens, inside the width limit."""
     case = text_victim("bert-mini", 4, seed=0)
