@@ -139,8 +139,10 @@ def main() -> None:
                 case = text_victim("bert-mini", batch, seed=seed)
                 tokens = int((case.truth.inputs != case.tokenizer.pad_id).sum())
                 recon = ATTACKS.build("dager").reconstruct(case.observation)
+                d = recon.details
                 _row(batch, seed, "dager, bert-mini", _means(case, recon.inputs), time.perf_counter() - t0,
-                     f"{tokens} tokens / width 256; records not assembled (encoders, batch > 1)")
+                     f"{tokens} tokens / width 256; assembly {d.get('assembly_sweeps')} sweeps, layer-2 distance "
+                     f"{d.get('assembly_start', float('nan')):.3g} -> {d.get('assembly_cost', float('nan')):.3g}")
         for name, rows in totals.items():
             mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("rouge1", "rouge2", "exact", "token_accuracy")}
             print(f"| {batch} | mean of {len(rows)} | {name} | {mean['rouge1']:.3f} | {mean['rouge2']:.3f} | "

@@ -124,14 +124,3 @@ def test_dager_assembles_a_batch_of_2_encoder_records_exactly(text_scores) -> No
     assert means["exact"] == 1.0 and means["rouge2"] == 1.0 and means["secrets_recovered"] == 1.0, means
     assert plain["exact"] == 0.0, plain
     assert recon.details["assembly_cost"] < recon.details["assembly_start"] / 3
-
-
-@pytest.mark.xfail(strict=True, reason="open: at batch 4 the encoder assembly's local search ends in a local "
-                   "minimum (bert-mini, seed 0: 2 of 4 records exact, a third short of its end token, ROUGE-1 0.68); "
-                   "restarts or a wider search are not implemented.")
-def test_dager_recovers_a_batch_of_4_records_from_an_encoder(text_scores) -> None:
-    """bert-mini (width 256): batch 4 of bundled records, ~171 tokens, inside the width limit."""
-    case = text_victim("bert-mini", 4, seed=0)
-    recon = ATTACKS.build("dager").reconstruct(case.observation)
-    means = text_scores(case, recon.inputs)
-    assert means["rouge1"] >= 0.99, means

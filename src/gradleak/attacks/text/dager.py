@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -238,19 +239,21 @@ class DAGER(Attack):
     threshold2: float = 1e-3
     rtol: float = 1e-8
     max_candidates: int = 500_000
-    assemble_sweeps: int = 8
+    assemble_sweeps: int = 24
     assemble_options: int = 4
+    repair_positions: int = 3
 
     def settings(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "threshold2": self.threshold2, "rtol": self.rtol,
                 "max_candidates": self.max_candidates, "assemble_sweeps": self.assemble_sweeps,
-                "assemble_options": self.assemble_options}
+                "assemble_options": self.assemble_options, "repair_positions": self.repair_positions}
 
     def reconstruct(self, obs: Observation, *, device: torch.device | str = "cpu", seed: int | None = None,
                     callback: Callback | None = None, progress: bool = False) -> Reconstruction:
         start = time.perf_counter()
-        if self.assemble_sweeps < 0 or self.assemble_options < 0 or self.max_candidates < 1:
-            raise ConfigError("dager: assemble_sweeps and assemble_options must be >= 0, max_candidates positive")
+        if min(self.assemble_sweeps, self.assemble_options, self.repair_positions) < 0 or self.max_candidates < 1:
+            raise ConfigError("dager: assemble_sweeps, assemble_options and repair_positions must be >= 0, "
+                              "max_candidates positive")
         assert isinstance(obs.inputs, TokenInput)
         model = obs.build_model(device).eval()
         arch = architecture(model, {k: v.to(device) for k, v in obs.gradient_estimate().items()})
@@ -380,8 +383,8 @@ class DAGER(Attack):
         if rows > 1 and self.assemble_sweeps and pad is not None:
             assert isinstance(arch, _BERT)
             grid = _initial_records(per_position, rows, length, eos, pad)
-            grid = self._assemble(arch, grid, [picks + more for picks, more in zip(per_position, options)], pad,
-                                  details)
+            grid = self._assemble(arch, grid, [picks + more for picks, more in zip(per_position, options)],
+                                  pool.tolist(), pad, details)
             sequences = [[int(v) for v in row if v != pad] for row in grid]
         else:
             sequences = [[c[i] for c in per_position if i < len(c)] for i in range(rows)]
@@ -390,7 +393,7 @@ class DAGER(Attack):
                 del s[s.index(eos) + 1:]
         return per_position, sequences
 
-    def _assemble(self, arch: _BERT, grid: torch.Tensor, options: list[list[int]], pad: int,
+    def _assemble(self, arch: _BERT, grid: torch.Tensor, options: list[list[int]], bag: list[int], pad: int,
                   details: dict[str, Any]) -> torch.Tensor:
         """Which record each position's tokens belong to, for encoders (ours; DAGER assembles encoder records by a
         search over whole sequences with the layer-2 span too). A record's layer-2 inputs depend on all of its
@@ -400,7 +403,9 @@ class DAGER(Attack):
         there, every exchange of their whole tails from there (which moves where records end), every record's
         token there replaced by one of the position's ``options`` (its layer-1 picks and the ranking's next
         tokens: at the float32 floor it misorders a few), and every trade of two of a record's tokens that each
-        position's options allow, is tried, and the best kept; sweeps repeat until none helps."""
+        position's options allow, is tried, and the best kept; sweeps repeat until none helps. Then a repair: the
+        ranking can put a true token far down at its position, so each record's ``repair_positions`` positions
+        farthest from the span try every token of the bag, and the sweeps resume while that helps."""
         span2 = arch.span(1, self.rtol)
         details["layer2_rank"] = span2.rank
         if span2.full:
@@ -408,9 +413,16 @@ class DAGER(Attack):
             return grid
         device = next(arch.model.parameters()).device
 
+        def token_costs(rows_: torch.Tensor) -> torch.Tensor:  # (n, length) -> (n, length)
+            out = []
+            for k in range(0, len(rows_), 256):
+                chunk = rows_[k:k + 256]
+                d = span2.distance(arch.second_inputs(chunk.to(device), pad)).cpu()
+                out.append(d * (chunk != pad))
+            return torch.cat(out)
+
         def row_costs(rows_: torch.Tensor) -> torch.Tensor:  # (n, length) -> (n,)
-            d = span2.distance(arch.second_inputs(rows_.to(device), pad)).cpu()
-            return (d * (rows_ != pad)).sum(1)
+            return token_costs(rows_).sum(1)
 
         rows, length = grid.shape
         pairs = [(i, j) for i in range(rows) for j in range(i + 1, rows)]
@@ -444,6 +456,7 @@ class DAGER(Attack):
                             a = grid[r].clone()
                             a[p], a[q] = grid[r, q], grid[r, p]
                             moves.append([(r, a)])
+                moves = [m for m in moves if len(m) == 2 or not _duplicates(grid, m, pad)]
                 if not moves:
                     continue
                 new = row_costs(torch.stack([row for move in moves for _, row in move]))
@@ -457,10 +470,55 @@ class DAGER(Attack):
                     for m, (r, row) in enumerate(moves[best]):
                         grid[r], current[r] = row, new[k + m]
                     improved = True
-            if not improved:
+            if not improved and not self._repair(grid, current, bag, pad, token_costs):
                 break
         details.update(assembly_sweeps=sweeps, assembly_cost=float(current.sum()))
         return grid
+
+
+    def _repair(self, grid: torch.Tensor, current: torch.Tensor, bag: list[int], pad: int,
+                token_costs: Callable[[torch.Tensor], torch.Tensor]) -> bool:
+        """Each record's worst positions try every bag token; the best change per record is kept, in place.
+        Returns whether any record improved."""
+        if not self.repair_positions or len(bag) > 2048:
+            return False
+        per_token = token_costs(grid)
+        improved = False
+        for r in range(len(grid)):
+            worst = torch.argsort(per_token[r], descending=True)[: self.repair_positions]
+            tries = []
+            for p in worst.tolist():
+                if grid[r, p] == pad:
+                    continue
+                for v in bag:
+                    if v != grid[r, p]:
+                        a = grid[r].clone()
+                        a[p] = v
+                        if not _duplicates(grid, [(r, a)], pad):
+                            tries.append(a)
+            if not tries:
+                continue
+            costs = token_costs(torch.stack(tries)).sum(1)
+            k = int(costs.argmin())
+            if float(costs[k]) < float(current[r]) * (1 - 1e-9):
+                grid[r], current[r] = tries[k], costs[k]
+                improved = True
+        return improved
+
+
+def _duplicates(grid: torch.Tensor, move: list[tuple[int, torch.Tensor]], pad: int) -> bool:
+    """Whether a move makes a record agree with another on more than half of its tokens. A copy of a well-placed
+    record costs about as little as the record itself, so without this the search would trade a poorly placed
+    record for a near-duplicate (two records may still share a token at a position, as they do)."""
+    changed = {r for r, _ in move}
+    new = {r: row for r, row in move}
+    rows = [new.get(k, grid[k]) for k in range(len(grid))]
+    for r in changed:
+        live = rows[r] != pad
+        for k, other in enumerate(rows):
+            if k != r and int(((other == rows[r]) & live).sum()) * 2 > int(live.sum()):
+                return True
+    return False
 
 
 def _initial_records(per_position: list[list[int]], rows: int, length: int, eos: int | None,
