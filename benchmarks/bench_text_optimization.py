@@ -16,9 +16,10 @@ pages: only their opening text came back) did not contain the tables, and they a
 DAGER here is the same attack as on decoders (``dager``), on the same victim cases: per position, the token bag
 ranked by distance to the span of layer 1's query gradient. Batch 1 is exact; at batch 4 the batch holds about 170
 tokens, more than bert-tiny's width 64, so the layer-1 span is the whole space (DAGER's own limit) and nothing is
-recovered. The extra row ``dager, bert-mini`` (width 256, batch 4 of the same records' seed) is inside the width
-limit: each position's tokens are found, but records are not assembled from them for encoders (open): measured
-ROUGE-1 0.168 / 0.178, ROUGE-2 0.025 / 0.047, 46 % / 44 % of tokens in place (cases 0 / 1), nothing exact.
+recovered. The extra row ``dager, bert-mini`` (width 256, batch > 1 of the same records' seeds) is inside the width
+limit: each position's tokens are ranked, then records are assembled by the local search on the layer-2 span
+distance (``DAGER._assemble``). Measured (``--batches 2 4 --cases 3 --attacks dager``): batch 2 exact in cases 0-2
+(8-10 s each); batch 4 exact in cases 0 and 2 (145 s, 54 s), case 1 stuck at ROUGE-1 0.436 (69 s).
 
 Measured (2 shared CPU cores, seed 0 of each attack; mean of victim cases 0 and 1), ROUGE-1 / ROUGE-2 / tokens in
 place: batch 1 (300 steps each): random bag tokens 0.118 / 0 / 1.9 %, TAG 0.140 / 0 / 10.5 %, LAMP 0.140 / 0.021 /
