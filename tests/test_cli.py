@@ -98,6 +98,24 @@ def test_bad_values_are_one_line_errors(tmp_path: Path, capsys, argv: list[str],
     assert not (tmp_path / "d").exists()  # refused before any work
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--attack-arg", "repair_positions=abc"], "attack 'dager' setting 'repair_positions' must be an integer, "
+                                                   "got str 'abc'"),
+        (["--attack-arg", "nosuch=1"], "attack 'dager' has no setting 'nosuch'"),
+        (["--attack-arg", "assemble_sweeps=-2"], "assemble_sweeps, assemble_options and repair_positions must be >= 0"),
+    ],
+)
+def test_bad_text_attack_settings_are_one_line_errors(tmp_path: Path, capsys, argv: list[str], message: str) -> None:
+    """The text demo checks its attack's settings at the boundary as the image demo does (it used to hand a
+    string to DAGER, which failed with a TypeError traceback)."""
+    assert main(["demo", "--text", "--records", "1", "--quiet", "--out", str(tmp_path / "d"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()  # refused before any work
+
+
 def test_cuda_without_cuda_is_a_one_line_error(tmp_path: Path, capsys) -> None:
     import torch
 

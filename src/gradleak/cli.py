@@ -195,7 +195,7 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
 
 def cmd_demo_text(args: argparse.Namespace) -> int:
     """A fine-tuning client's update on bundled private records, attacked (DAGER by default) and scored."""
-    from gradleak.attacks import ATTACKS
+    from gradleak.config import check_attack_settings
     from gradleak.defenses import build_defense
     from gradleak.report.files import write_report
     from gradleak.report.text import write_text_report
@@ -205,9 +205,9 @@ def cmd_demo_text(args: argparse.Namespace) -> int:
     attack_name = "dager" if args.attack == "idlg" else args.attack
     defense = build_defense(args.defense, **parse_assignments(args.defense_arg, "--defense-arg")) \
         if args.defense else None
+    attack = check_attack_settings(attack_name, parse_assignments(args.attack_arg, "--attack-arg"), "--attack-arg")
     case = text_victim(args.text_model, args.records, seed=args.seed, pretrain_steps=args.pretrain_steps,
                        defense=defense)
-    attack = ATTACKS.build(attack_name, **parse_assignments(args.attack_arg, "--attack-arg"))
     recon = attack.reconstruct(case.observation, device=args.device, seed=args.seed, progress=not args.quiet)
     tok = case.tokenizer
     scores = score_text(recon.inputs, case.truth.inputs, tok.decode, pad_id=tok.pad_id, ignore_ids=(tok.eos_id,),

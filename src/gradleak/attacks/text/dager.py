@@ -243,6 +243,11 @@ class DAGER(Attack):
     assemble_options: int = 4
     repair_positions: int = 3
 
+    def __post_init__(self) -> None:
+        if min(self.assemble_sweeps, self.assemble_options, self.repair_positions) < 0 or self.max_candidates < 1:
+            raise ConfigError("dager: assemble_sweeps, assemble_options and repair_positions must be >= 0, "
+                              "max_candidates positive")
+
     def settings(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "threshold2": self.threshold2, "rtol": self.rtol,
                 "max_candidates": self.max_candidates, "assemble_sweeps": self.assemble_sweeps,
@@ -251,9 +256,6 @@ class DAGER(Attack):
     def reconstruct(self, obs: Observation, *, device: torch.device | str = "cpu", seed: int | None = None,
                     callback: Callback | None = None, progress: bool = False) -> Reconstruction:
         start = time.perf_counter()
-        if min(self.assemble_sweeps, self.assemble_options, self.repair_positions) < 0 or self.max_candidates < 1:
-            raise ConfigError("dager: assemble_sweeps, assemble_options and repair_positions must be >= 0, "
-                              "max_candidates positive")
         assert isinstance(obs.inputs, TokenInput)
         model = obs.build_model(device).eval()
         arch = architecture(model, {k: v.to(device) for k, v in obs.gradient_estimate().items()})
