@@ -477,7 +477,6 @@ class DAGER(Attack):
         details.update(assembly_sweeps=sweeps, assembly_cost=float(current.sum()))
         return grid
 
-
     def _repair(self, grid: torch.Tensor, current: torch.Tensor, bag: list[int], pad: int,
                 token_costs: Callable[[torch.Tensor], torch.Tensor]) -> bool:
         """Each record's worst positions try every bag token; the best change per record is kept, in place.
