@@ -15,33 +15,15 @@ import torch
 from torch import nn
 
 from gradleak.attacks.cocktail import total_variation
+from gradleak.attacks.taps import module_io
 from gradleak.errors import ConfigError
 
 DISTANCES: tuple[str, ...] = ("l2", "cosine")
 
 
-class _Reached(Exception):
-    """Raised by the hook once the layer's input is captured: nothing after the layer needs to run."""
-
-
 def layer_input(model: nn.Module, layer: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """What ``layer`` reads when ``model`` runs on ``inputs``; the forward stops at the layer."""
-    captured: list[torch.Tensor] = []
-
-    def hook(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        captured.append(args[0])
-        raise _Reached
-
-    handle = layer.register_forward_pre_hook(hook)
-    try:
-        model(inputs)
-    except _Reached:
-        pass
-    finally:
-        handle.remove()
-    if not captured:
-        raise ConfigError("the layer did not run in the model's forward pass")
-    return captured[0]
+    return module_io(model, layer, inputs)
 
 
 def feature_distance(features: torch.Tensor, target: torch.Tensor, distance: str) -> torch.Tensor:

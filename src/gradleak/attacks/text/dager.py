@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from gradleak.attacks.base import ATTACKS, Attack, Callback, Reconstruction
+from gradleak.attacks.taps import module_io
 from gradleak.attacks.text.spans import Span
 from gradleak.errors import ConfigError
 from gradleak.inputs import TokenInput
@@ -193,24 +194,8 @@ class _BERT(_Architecture):
         after layer 1, so masks are built as the model builds them."""
         bert = self.model.bert if hasattr(self.model, "bert") else self.model
         mask = (ids != pad).long() if pad is not None else torch.ones_like(ids)
-        captured: list[torch.Tensor] = []
-
-        def stop(_m: nn.Module, _i: Any, out: Any) -> None:
-            captured.append(out[0] if isinstance(out, tuple) else out)
-            raise _Stop
-
-        handle = bert.encoder.layer[0].register_forward_hook(stop)
-        try:
-            bert(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        return captured[0]
-
-
-class _Stop(Exception):
-    """Ends a forward pass once the layer wanted has run."""
+        return module_io(bert, bert.encoder.layer[0], output=True, input_ids=ids, attention_mask=mask,
+                         token_type_ids=torch.zeros_like(ids))
 
 
 def architecture(model: nn.Module, update: dict[str, torch.Tensor]) -> _Architecture:
@@ -448,11 +433,7 @@ class DAGER(Attack):
                 for r in range(rows):
                     if grid[r, p] == pad:
                         continue
-                    for v in here:
-                        if v != grid[r, p]:
-                            a = grid[r].clone()
-                            a[p] = v
-                            moves.append([(r, a)])
+                    moves += [[(r, _with_token(grid[r], p, v))] for v in here if v != grid[r, p]]
                     for q in range(p + 1, min(length, len(options))):  # two of the record's tokens trade places
                         if grid[r, q] != grid[r, p] and int(grid[r, q]) in here and int(grid[r, p]) in options[q]:
                             a = grid[r].clone()
@@ -491,12 +472,8 @@ class DAGER(Attack):
             for p in worst.tolist():
                 if grid[r, p] == pad:
                     continue
-                for v in bag:
-                    if v != grid[r, p]:
-                        a = grid[r].clone()
-                        a[p] = v
-                        if not _duplicates(grid, [(r, a)], pad):
-                            tries.append(a)
+                tries += [a for a in (_with_token(grid[r], p, v) for v in bag if v != grid[r, p])
+                          if not _duplicates(grid, [(r, a)], pad)]
             if not tries:
                 continue
             costs = token_costs(torch.stack(tries)).sum(1)
@@ -505,6 +482,13 @@ class DAGER(Attack):
                 grid[r], current[r] = tries[k], costs[k]
                 improved = True
         return improved
+
+
+def _with_token(row: torch.Tensor, position: int, token: int) -> torch.Tensor:
+    """A copy of ``row`` holding ``token`` at ``position``."""
+    out = row.clone()
+    out[position] = token
+    return out
 
 
 def _duplicates(grid: torch.Tensor, move: list[tuple[int, torch.Tensor]], pad: int) -> bool:
