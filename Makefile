@@ -4,14 +4,28 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup chromium demo test bench clean
+.PHONY: setup chromium demo test bench clean lock
 
-$(STAMP): pyproject.toml
+LOCK := requirements.lock
+
+$(STAMP): pyproject.toml $(LOCK)
 	$(PY) -m venv $(VENV)
 	# torch first and pinned: an unpinned torch pulls several GB of CUDA packages.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[all,test]"
+	# every other dependency at the exact version of the lock file (the versions the suite was run with)
+	$(BIN)/pip install --quiet -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip check
 	touch $(STAMP)
+
+# Refresh requirements.lock after a change to pyproject.toml's dependencies: `make lock`, then `make test`.
+# torch resolves to the CPU wheel where one lies in /opt/wheels (so no CUDA packages enter the lock); the lock
+# names it torch==2.13.0, which the CPU and the CUDA builds both satisfy.
+lock: $(STAMP)
+	echo "torch==2.13.0$$( [ -d /opt/wheels ] && ls /opt/wheels | grep -q '^torch-2.13.0+cpu' && echo +cpu)" > $(VENV)/torch-override.txt
+	$(BIN)/uv pip compile pyproject.toml --extra all --extra test --python $(BIN)/python --no-header \
+		$$( [ -d /opt/wheels ] && echo --find-links /opt/wheels) --override $(VENV)/torch-override.txt -o $(LOCK)
+	sed -i 's/^torch==2.13.0+cpu$$/torch==2.13.0/' $(LOCK)
 
 setup: $(STAMP) chromium
 
