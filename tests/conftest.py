@@ -53,3 +53,27 @@ def face_observation(faces) -> tuple[Observation, GroundTruth]:
     x, y = faces.batch([3])
     spec = ModelSpec("lenet", {"in_channels": 1, "num_classes": 100, "image_size": 32})
     return simulate(spec, x, y, num_classes=100, mean=faces.mean, std=faces.std, seed=1)
+
+
+@pytest.fixture(scope="session")
+def assert_matches_google():
+    """``check(epsilon, sigma, q, count)``: ``epsilon`` is Google's ``dp-accounting`` RDP figure for ``count``
+    Gaussian steps at noise multiplier ``sigma``, Poisson-sampled at ``q`` (``q = 1``: no sampling), within 2 %
+    (Opacus's and Google's RDP order grids differ: measured agreement 0-1 %), and not under Google's tighter PLD
+    figure. An independent accountant for every epsilon gradleak reports (tests/defenses/test_dp_accounting.py)."""
+    import dp_accounting
+    from dp_accounting import pld, rdp
+
+    def check(epsilon: float, sigma: float, q: float, count: int, delta: float = 1e-5) -> None:
+        step = dp_accounting.GaussianDpEvent(sigma)
+        if q < 1:
+            step = dp_accounting.PoissonSampledDpEvent(q, step)
+        event = dp_accounting.SelfComposedDpEvent(step, count)
+        by_rdp, by_pld = rdp.RdpAccountant(), pld.PLDAccountant()
+        by_rdp.compose(event)
+        by_pld.compose(event)
+        expected, floor = float(by_rdp.get_epsilon(delta)), float(by_pld.get_epsilon(delta))
+        assert epsilon == pytest.approx(expected, rel=0.02), (epsilon, expected)
+        assert epsilon >= floor * 0.999, (epsilon, floor)
+
+    return check

@@ -12,7 +12,7 @@ from torch import nn
 
 from gradleak.data.dataset import ImageDataset
 from gradleak.model_spec import ModelSpec
-from gradleak.defenses.base import Defense, defended_update
+from gradleak.defenses.base import Defense, Schedule, defended_update, draw_batches
 from gradleak.victim import normalize
 
 
@@ -36,47 +36,48 @@ def train(
     seed: int = 0,
     device: torch.device | str = "cpu",
     defense: Defense | None = None,
-) -> nn.Module:
-    """Train ``model`` in place for ``steps`` SGD steps on mini-batches drawn from ``indices``.
+) -> Schedule | None:
+    """Train ``model`` in place for ``steps`` SGD steps on mini-batches drawn from ``indices``; return the
+    ``Schedule`` of the batches drawn (what a DP defense's epsilon is accounted for), ``None`` for no steps.
 
     Each step applies the update a client would share (the plain mean gradient, or what ``defense``
     makes of it), computed by ``defenses.defended_update``, the victim simulation's code path: a FedSGD
-    step of this client (and, under secure aggregation, of other clients drawn from ``indices``). A defense with Poisson sampling
-    (DP-SGD) gets Poisson batches of expected size ``batch_size``, as its accountant assumes; a step whose
-    Poisson batch is empty is skipped. Parameters whose update a defense withholds are not changed."""
+    step of this client (and, under secure aggregation, of other clients drawn from ``indices``). Batches come
+    from ``defenses.draw_batches``: a defense with Poisson sampling (DP-SGD) gets Poisson batches of expected
+    size ``batch_size``, as its accountant assumes, and a step whose Poisson batch is empty is skipped; others
+    get fixed-size draws, accounted without amplification. Parameters whose update a defense withholds are not
+    changed."""
     if steps <= 0:
-        return model
+        return None
     model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    gen = torch.Generator().manual_seed(seed)
     pool = torch.tensor(list(indices), dtype=torch.long)
     if defense is not None:
         defense.check_model(model)
     noise_gen = torch.Generator(device=torch.device(device)).manual_seed(seed)
     params = dict(model.named_parameters())
-    rate = min(batch_size, len(pool)) / len(pool)
+    poisson = defense is not None and defense.sampling == "poisson"
+    batches, schedule = draw_batches(len(pool), batch_size, steps, poisson=poisson,
+                                     generator=torch.Generator().manual_seed(seed))
 
     def draw_others(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         idx = pool[torch.randint(len(pool), (n,), generator=g, device=g.device).cpu()]
         return normalize(data.images[idx].to(device), data.mean, data.std), data.labels[idx].to(device)
 
-    for _ in range(steps):
-        if defense is not None and defense.sampling == "poisson":
-            idx = pool[torch.rand(len(pool), generator=gen) < rate]
-            if idx.numel() == 0:
-                continue
-        else:
-            idx = pool[torch.randint(len(pool), (min(batch_size, len(pool)),), generator=gen)]
+    for positions in batches:
+        if positions.numel() == 0:
+            continue
+        idx = pool[positions]
         x = normalize(data.images[idx].to(device), data.mean, data.std)
         update = defended_update(
             defense, model, x, data.labels[idx].to(device), generator=noise_gen, draw_others=draw_others,
-            expected_batch_size=min(batch_size, len(pool)),
+            expected_batch_size=schedule.batch_size,
         )
         opt.zero_grad(set_to_none=True)
         for name, g in update.items():
             params[name].grad = g.to(params[name].dtype)
         opt.step()
-    return model
+    return schedule
 
 
 #: the optimiser settings of ``pretrained``, part of its cache key

@@ -71,8 +71,11 @@ class UtilityResult:
         return out
 
 
-def train_with_defense(defense: Defense | None, config: UtilityConfig = UtilityConfig()) -> tuple[torch.nn.Module, float]:
-    """Train a fresh model (seeded init) with ``defense`` on the config's split; return it and its test accuracy."""
+def train_with_defense(
+    defense: Defense | None, config: UtilityConfig = UtilityConfig()
+) -> tuple[torch.nn.Module, float, Schedule]:
+    """Train a fresh model (seeded init) with ``defense`` on the config's split; return it, its test accuracy and
+    the schedule of the batches it drew (what ``defense.privacy`` accounts)."""
     ds = load_dataset(config.dataset, size=config.image_size)
     train_idx, test_idx = split_indices(len(ds), config.test_fraction, config.seed)
     c, h, _ = ds.input_shape
@@ -81,16 +84,10 @@ def train_with_defense(defense: Defense | None, config: UtilityConfig = UtilityC
         config.model, in_channels=c, num_classes=config.num_classes or ds.num_classes, image_size=h,
         **config.model_kwargs,
     )
-    train(model, ds, train_idx, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
-          momentum=config.momentum, seed=config.seed, device=config.device, defense=defense)
-    return model, accuracy(model, ds, test_idx, device=config.device)
-
-
-def training_schedule(config: UtilityConfig) -> Schedule:
-    """The DP schedule ``train_with_defense`` runs: train-set size, batch size, steps."""
-    ds_len = len(load_dataset(config.dataset, size=config.image_size))
-    train_idx, _ = split_indices(ds_len, config.test_fraction, config.seed)
-    return Schedule(len(train_idx), min(config.batch_size, len(train_idx)), config.steps)
+    schedule = train(model, ds, train_idx, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
+                     momentum=config.momentum, seed=config.seed, device=config.device, defense=defense)
+    assert schedule is not None  # UtilityConfig refuses steps < 1
+    return model, accuracy(model, ds, test_idx, device=config.device), schedule
 
 
 def measure_utility(
@@ -99,9 +96,8 @@ def measure_utility(
     """Test accuracy with ``defense`` beside the undefended baseline (trained here unless given)."""
     start = time.perf_counter()
     if baseline_accuracy is None:
-        _, baseline_accuracy = train_with_defense(None, config)
-    _, acc = train_with_defense(defense, config)
-    schedule = training_schedule(config)
+        _, baseline_accuracy, _ = train_with_defense(None, config)
+    _, acc, schedule = train_with_defense(defense, config)
     ds_len = len(load_dataset(config.dataset, size=config.image_size))
     return UtilityResult(
         defense="none" if defense is None else defense.name,

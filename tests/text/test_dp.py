@@ -120,7 +120,7 @@ def test_text_victim_refuses_microbatch_dp() -> None:
         text_victim("gpt2-tiny", 1, seed=0, defense=build_defense("microbatch_dpsgd"))
 
 
-def test_dp_sgd_trains_a_tiny_decoder_at_a_stated_epsilon_and_costs_perplexity() -> None:
+def test_dp_sgd_trains_a_tiny_decoder_at_a_stated_epsilon_and_costs_perplexity(assert_matches_google) -> None:
     """Opacus DP-SGD at every step: epsilon from the RDP accountant (finite, larger with less noise) and a
     perplexity above the undefended run's."""
     from gradleak.text.utility import text_defense_cost
@@ -131,4 +131,7 @@ def test_dp_sgd_trains_a_tiny_decoder_at_a_stated_epsilon_and_costs_perplexity()
     weak = text_defense_cost(build_defense("dpsgd", noise_multiplier=0.5, max_grad_norm=0.5), **kw)
     assert clean.epsilon is None and strong.metric == "perplexity"
     assert 0 < strong.epsilon < weak.epsilon < float("inf")
+    # the reported epsilon is Google's dp-accounting figure for the Poisson batches that ran: rate 4/32, 8 steps
+    assert_matches_google(strong.epsilon, 1.0, 4 / 32, 8)
+    assert_matches_google(weak.epsilon, 0.5, 4 / 32, 8)
     assert strong.value > clean.value

@@ -36,29 +36,79 @@ DrawOthers = Callable[[int, torch.Generator], "tuple[torch.Tensor, torch.Tensor]
 
 @dataclass(frozen=True)
 class Schedule:
-    """A DP training schedule: ``steps`` steps on batches of expected size ``batch_size`` sampled from
-    ``dataset_size`` examples (sample rate ``q = batch_size / dataset_size``, as Opacus accounts it)."""
+    """The batches a DP training run drew, as its accountant needs them.
+
+    ``poisson=True``: ``steps`` steps, each example in each step's batch with probability
+    ``q = batch_size / dataset_size`` (Opacus's ``DPDataLoader``); the accountant amplifies by that sampling.
+    ``poisson=False``: batches chosen some other way (fixed slices, draws of a fixed size): nothing is
+    amplified; each step is one Gaussian mechanism on the examples it holds, so an example's guarantee is that
+    of the ``uses`` steps it took part in (the largest count over the examples), at sample rate 1."""
 
     dataset_size: int
     batch_size: int
     steps: int
+    poisson: bool = True
+    #: fixed batches only: the most steps any one example took part in
+    uses: int | None = None
 
     def __post_init__(self) -> None:
         if self.dataset_size < 1 or self.batch_size < 1 or self.steps < 1:
             raise ConfigError(f"a DP schedule needs dataset_size, batch_size and steps >= 1, got {self}")
         if self.batch_size > self.dataset_size:
             raise ConfigError(f"batch_size {self.batch_size} exceeds dataset_size {self.dataset_size}")
+        if self.poisson and self.uses is not None:
+            raise ConfigError("a Poisson schedule is accounted by its sample rate, not by uses")
+        if not self.poisson and (self.uses is None or not 1 <= self.uses <= self.steps):
+            raise ConfigError(f"a schedule of fixed batches needs 1 <= uses <= steps ({self.steps}), got {self.uses}")
 
     @property
     def sample_rate(self) -> float:
-        return self.batch_size / self.dataset_size
+        """The accountant's q: the Poisson rate, or 1 where the batches were not Poisson-sampled."""
+        return self.batch_size / self.dataset_size if self.poisson else 1.0
+
+    @property
+    def accounted_steps(self) -> int:
+        """The accountant's number of compositions: every step (Poisson), or the uses of the most-used example."""
+        return self.steps if self.poisson else int(self.uses)  # type: ignore[arg-type]
 
     @classmethod
     def from_epochs(cls, dataset_size: int, batch_size: int, epochs: float) -> Schedule:
-        """Opacus's convention (``get_noise_multiplier``): ``steps = int(epochs / sample_rate)``."""
+        """Opacus's convention (``get_noise_multiplier``): ``steps = int(epochs / sample_rate)``, Poisson."""
         if not epochs > 0:
             raise ConfigError(f"epochs must be positive, got {epochs}")
         return cls(dataset_size, batch_size, max(1, int(epochs / (batch_size / dataset_size))))
+
+    @classmethod
+    def of_fixed_batches(cls, dataset_size: int, batches: list[torch.Tensor]) -> Schedule:
+        """The schedule of batches that were not Poisson-sampled: ``batches`` hold positions in ``range(dataset_size)``
+        (repeats allowed); ``uses`` counts, per example, the steps whose batch held it."""
+        counts = torch.zeros(dataset_size, dtype=torch.long)
+        for b in batches:
+            counts[torch.unique(b.cpu())] += 1
+        size = max((len(b) for b in batches), default=1)
+        return cls(dataset_size, min(max(size, 1), dataset_size), len(batches), poisson=False,
+                   uses=max(1, int(counts.max())))
+
+    def describe(self) -> str:
+        if self.poisson:
+            return f"Poisson sampling at rate {self.sample_rate:.4g}, {self.steps} steps"
+        return (f"fixed batches (no amplification by sampling): an example in at most {self.uses} of "
+                f"{self.steps} steps")
+
+
+def draw_batches(pool_size: int, batch_size: int, steps: int, *, poisson: bool,
+                 generator: torch.Generator) -> tuple[list[torch.Tensor], Schedule]:
+    """The positions in ``range(pool_size)`` of each step's batch, and the ``Schedule`` they make: Poisson
+    batches of expected size ``batch_size`` (each position with probability ``batch_size / pool_size``; a batch
+    may be empty), or ``batch_size`` positions drawn uniformly with replacement (accounted as fixed batches).
+    The one place a trainer draws batches, so the epsilon it reports is for the sampling that ran."""
+    size = min(batch_size, pool_size)
+    if poisson:
+        rate = size / pool_size
+        batches = [torch.nonzero(torch.rand(pool_size, generator=generator) < rate).flatten() for _ in range(steps)]
+        return batches, Schedule(pool_size, size, steps)
+    batches = [torch.randint(pool_size, (size,), generator=generator) for _ in range(steps)]
+    return batches, Schedule.of_fixed_batches(pool_size, batches)
 
 
 @dataclass(frozen=True)
@@ -70,6 +120,10 @@ class Privacy:
     accountant: str
     schedule: Schedule
     noise_multiplier: float
+
+    def describe(self) -> str:
+        return (f"epsilon {self.epsilon:.3g} at delta {self.delta:g} ({self.accountant}, noise multiplier "
+                f"{self.noise_multiplier:g}; {self.schedule.describe()})")
 
 
 @dataclass

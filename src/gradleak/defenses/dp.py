@@ -4,8 +4,13 @@
 the loss backward and ``DPOptimizer.pre_step()`` (clip each example's gradient to ``max_grad_norm``, sum, add
 ``N(0, (noise_multiplier * max_grad_norm)^2)``, divide by the expected batch size); the shared gradient is
 the resulting ``p.grad``, keys stripped of Opacus's ``_module.`` prefix. Epsilon comes from an Opacus
-accountant (RDP by default; Mironov 2017) for the stated schedule: sample rate ``batch_size / dataset_size``
-and a number of steps.
+accountant (RDP by default; Mironov 2017) for the schedule that ran (``defenses.base.Schedule``): Poisson
+batches at sample rate ``batch_size / dataset_size`` are amplified by their sampling; fixed batches are not
+(each step is a Gaussian mechanism on the examples it holds, composed over the steps an example took part in).
+
+This module is the one place gradleak wires Opacus: ``make_private`` (the image and text victims' step, the
+Flower DP client's local training, training with the defense all go through it) refuses a model Opacus cannot
+handle instead of changing it with ``ModuleValidator.fix``, and ``opacus_epsilon`` is the one accountant call.
 
 ``MicrobatchDPSGD`` clips per microbatch of ``microbatch_size`` examples, as TensorFlow Privacy's
 ``DPKerasSGDOptimizer(num_microbatches=B/k)`` does: mean loss per microbatch, each microbatch gradient clipped
@@ -19,8 +24,9 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -30,10 +36,14 @@ from torch.nn import functional as F
 from gradleak.defenses.base import DEFENSES, Defense, Privacy, Schedule, Update, check_range, randn_like
 from gradleak.errors import ConfigError
 
+if TYPE_CHECKING:
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
 
 def check_opacus_compatible(model: nn.Module, who: str) -> None:
     """Raise ``ConfigError`` naming each layer Opacus cannot handle (BatchNorm mixes examples) and the fix."""
-    from opacus.validators import ModuleValidator
+    from opacus.validators import ModuleValidator  # opacus costs ~1.2 s to import: only where DP runs
 
     errors = ModuleValidator.validate(model, strict=False)
     if errors:
@@ -78,15 +88,78 @@ class _DPSchedule:
 
 
 def opacus_epsilon(noise_multiplier: float, schedule: Schedule, delta: float, accountant: str = "rdp") -> float:
-    """Epsilon from Opacus's accountant for ``schedule.steps`` steps at sample rate ``schedule.sample_rate``;
-    ``inf`` without noise."""
+    """Epsilon from Opacus's accountant for ``schedule``: ``accounted_steps`` compositions at ``sample_rate``
+    (Poisson batches: every step at rate q; fixed batches: the most-used example's steps at rate 1); ``inf``
+    without noise."""
     if noise_multiplier == 0:
         return math.inf
-    from opacus.accountants import create_accountant
+    from opacus.accountants import create_accountant  # ~1.2 s to import: only where epsilon is asked for
 
     acc = create_accountant(accountant)
-    acc.history = [(noise_multiplier, schedule.sample_rate, schedule.steps)]
+    acc.history = [(noise_multiplier, schedule.sample_rate, schedule.accounted_steps)]
     return float(acc.get_epsilon(delta=delta))
+
+
+def make_private(
+    model: nn.Module,
+    *,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    expected_batch_size: int,
+    lr: float = 0.0,
+    generator: torch.Generator | None = None,
+    secure_mode: bool = False,
+    who: str = "dpsgd",
+) -> tuple[GradSampleModule, DPOptimizer]:
+    """``model`` (wrapped in place, not copied) as Opacus's ``GradSampleModule`` and an SGD ``DPOptimizer`` of
+    ``lr`` over its trainable parameters: per-example clipping to ``max_grad_norm``, Gaussian noise of std
+    ``noise_multiplier * max_grad_norm`` on the sum, divided by ``expected_batch_size``. Noise comes from
+    ``generator`` (reproducible) unless ``secure_mode`` asks for Opacus's secure sampler.
+
+    A model with layers that mix examples (BatchNorm) is refused with the fix named (``ModuleValidator.fix``
+    would silently change the client's architecture, and the attacker's model would no longer be the one
+    trained)."""
+    from opacus import GradSampleModule  # ~1.2 s to import: only where DP runs
+    from opacus.optimizers import DPOptimizer
+
+    check_opacus_compatible(model, who)
+    gsm = GradSampleModule(model, loss_reduction="mean")
+    params = [p for p in gsm.parameters() if p.requires_grad]
+    optimizer = DPOptimizer(
+        torch.optim.SGD(params, lr=lr),
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        expected_batch_size=expected_batch_size,
+        loss_reduction="mean",
+        generator=None if secure_mode else generator,
+        secure_mode=secure_mode,
+    )
+    return gsm, optimizer
+
+
+def private_gradient(
+    model: nn.Module, loss_of: Callable[[nn.Module], torch.Tensor], defense: DPSGD, *, expected_batch_size: int,
+    generator: torch.Generator | None,
+) -> Update:
+    """The DP-SGD gradient ``p.grad`` after ``DPOptimizer.pre_step()`` for the mean loss ``loss_of(wrapped)``,
+    on a copy of ``model`` (the caller's is untouched), keyed without Opacus's ``_module.`` prefix:
+    ``(1/B) (sum_i clip(g_i, C) + N(0, sigma^2 C^2 I))``."""
+    gsm, optimizer = make_private(
+        copy.deepcopy(model), noise_multiplier=defense.noise_multiplier, max_grad_norm=defense.max_grad_norm,
+        expected_batch_size=expected_batch_size, generator=generator, secure_mode=defense.secure_mode,
+    )
+    optimizer.zero_grad(set_to_none=True)
+    with warnings.catch_warnings():  # Opacus's hooks fire on outputs when inputs need no grad: harmless
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        loss_of(gsm).backward()
+    optimizer.pre_step()
+    out = {
+        name.removeprefix("_module."): p.grad.detach().clone()
+        for name, p in gsm.named_parameters()
+        if p.requires_grad and p.grad is not None
+    }
+    gsm._close()
+    return out
 
 
 @dataclass(kw_only=True)
@@ -121,33 +194,8 @@ class DPSGD(_DPSchedule, Defense):
 
         The noise is drawn from ``generator`` (Opacus's ``noise_generator``); with ``secure_mode`` Opacus's
         secure sampler is used instead and the run is not reproducible."""
-        from opacus import GradSampleModule
-        from opacus.optimizers import DPOptimizer
-
-        self.check_model(model)
-        gsm = GradSampleModule(copy.deepcopy(model))
-        params = [p for p in gsm.parameters() if p.requires_grad]
-        optimizer = DPOptimizer(
-            torch.optim.SGD(params, lr=0.0),
-            noise_multiplier=self.noise_multiplier,
-            max_grad_norm=self.max_grad_norm,
-            expected_batch_size=expected_batch_size or int(inputs.shape[0]),
-            loss_reduction="mean",
-            generator=None if self.secure_mode else generator,
-            secure_mode=self.secure_mode,
-        )
-        optimizer.zero_grad(set_to_none=True)
-        with warnings.catch_warnings():  # Opacus's hooks fire on outputs when inputs need no grad: harmless
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            F.cross_entropy(gsm(inputs), labels).backward()
-        optimizer.pre_step()
-        out = {
-            name.removeprefix("_module."): p.grad.detach().clone()
-            for name, p in gsm.named_parameters()
-            if p.requires_grad and p.grad is not None
-        }
-        gsm._close()
-        return out
+        return private_gradient(model, lambda m: F.cross_entropy(m(inputs), labels), self,
+                                expected_batch_size=expected_batch_size or int(inputs.shape[0]), generator=generator)
 
     def privacy(self, schedule: Schedule | None = None) -> Privacy | None:
         schedule = schedule or self.schedule()

@@ -9,7 +9,8 @@ steps on mini-batches. DP clients run DP-SGD (Abadi et al., 2016) through Opacus
 
 The server sets ``lr``, ``local-steps`` and ``batch-size`` in the train config; a client reports
 ``num-examples``, ``batch-size``, ``partition-id`` (simulation only, to score the audit) and, for DP,
-``dp-epsilon`` (RDP accountant, delta 1e-5, all rounds so far).
+``dp-epsilon`` (Opacus's RDP accountant, delta 1e-5, all rounds so far, for the batches it ran: fixed
+slices of its shard, so without amplification by sampling; see ``dp_schedule``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from torch.nn import functional as F
 
 from gradleak.data import load_dataset
 from gradleak.data.dataset import ImageDataset
+from gradleak.defenses.base import Schedule
+from gradleak.defenses.dp import make_private, opacus_epsilon
 from gradleak.errors import ConfigError
 from gradleak.observation import LocalTraining, ModelSpec
 from gradleak.victim import local_sgd, normalize
@@ -102,8 +105,7 @@ def client_update(
     elif setup.protocol == "fedavg":
         local_sgd(model, x, labels, LocalTraining(local_steps, lr, batch))
     elif setup.protocol == "dp":
-        model, eps = dp_sgd(model, x, labels, lr, local_steps, batch, setup, server_round, partition_id,
-                            len(setup.partition(partition_id)))
+        model, eps = dp_sgd(model, x, labels, lr, local_steps, batch, setup, server_round, partition_id)
         metrics["dp-epsilon"] = eps
     else:
         raise ConfigError(f"client protocol must be 'fedsgd', 'fedavg' or 'dp', got {setup.protocol!r}")
@@ -120,34 +122,41 @@ def dp_sgd(
     setup: ClientSetup,
     server_round: int,
     partition_id: int,
-    shard_size: int,
 ) -> tuple[nn.Module, float]:
-    """``steps`` DP-SGD steps with Opacus (per-sample clipping + Gaussian noise); returns the model and the
-    epsilon spent by this client over ``server_round`` rounds (RDP accountant, Mironov 2017)."""
-    from opacus import GradSampleModule
-    from opacus.accountants import RDPAccountant
-    from opacus.optimizers import DPOptimizer
-    from opacus.validators import ModuleValidator
-
-    model = ModuleValidator.fix(model)
-    gsm = GradSampleModule(model)
-    optimizer = DPOptimizer(
-        torch.optim.SGD(gsm.parameters(), lr=lr),
-        noise_multiplier=setup.dp_noise_multiplier,
-        max_grad_norm=setup.dp_max_grad_norm,
-        expected_batch_size=batch_size,
+    """``steps`` DP-SGD steps through ``defenses.dp.make_private`` (per-sample clipping + Gaussian noise) on
+    contiguous mini-batches of this round's batch; returns the model and the epsilon this client has spent
+    over rounds ``1..server_round`` (``dp_schedule``: its batches are fixed slices, not Poisson samples, so the
+    accountant gets no amplification by sampling)."""
+    gsm, optimizer = make_private(
+        model, noise_multiplier=setup.dp_noise_multiplier, max_grad_norm=setup.dp_max_grad_norm,
+        expected_batch_size=batch_size, lr=lr, who="the Flower DP client",
         generator=torch.Generator().manual_seed(hash((setup.seed, partition_id, server_round)) % 2**62),
     )
-    n = x.shape[0]
-    for step in range(steps):
-        idx = torch.arange(step * batch_size, (step + 1) * batch_size) % n
+    for idx in _step_slices(x.shape[0], steps, batch_size):
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(gsm(x[idx]), y[idx]).backward()
         optimizer.step()
-    accountant = RDPAccountant()
-    accountant.history = [(setup.dp_noise_multiplier, min(1.0, batch_size / shard_size), steps * server_round)]
-    eps = float(accountant.get_epsilon(delta=DP_DELTA))
+    eps = opacus_epsilon(setup.dp_noise_multiplier, dp_schedule(setup, partition_id, server_round, steps, batch_size),
+                         DP_DELTA)
     return gsm._module, eps
+
+
+def _step_slices(n: int, steps: int, batch_size: int) -> list[torch.Tensor]:
+    """The positions in a round's batch of ``n`` examples that each local step trains on: contiguous slices
+    of ``batch_size``, wrapping around."""
+    return [torch.arange(step * batch_size, (step + 1) * batch_size) % n for step in range(steps)]
+
+
+def dp_schedule(setup: ClientSetup, partition_id: int, server_round: int, steps: int, batch_size: int) -> Schedule:
+    """The schedule a DP client ran over rounds ``1..server_round`` (``steps`` local steps of ``batch_size`` a
+    round, the server's settings of this round assumed for every round): fixed batches of its shard, each
+    example counted in every step whose slice held it."""
+    shard = {index: position for position, index in enumerate(setup.partition(partition_id))}
+    batches = []
+    for r in range(1, server_round + 1):
+        indices = torch.tensor([shard[i] for i in setup.batch_indices(partition_id, r)])
+        batches += [indices[idx] for idx in _step_slices(len(indices), steps, min(batch_size, len(indices)))]
+    return Schedule.of_fixed_batches(len(shard), batches)
 
 
 def _config_values(config: Any) -> tuple[float, int, int | None]:

@@ -15,15 +15,12 @@ default ``(1, L)`` ids would make Opacus see a batch of one at the position embe
 
 from __future__ import annotations
 
-import copy
-import warnings
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from gradleak.defenses.base import Update
-from gradleak.defenses.dp import DPSGD
+from gradleak.defenses.dp import DPSGD, private_gradient
 from gradleak.errors import ConfigError
 from gradleak.tasks import IGNORE_INDEX, Task, logits_of
 
@@ -63,28 +60,18 @@ def per_example_loss(logits: torch.Tensor, ids: torch.Tensor, labels: torch.Tens
 
 def dp_text_gradient(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | None, task: Task,
                      defense: DPSGD, *, mask: torch.Tensor | None = None,
-                     generator: torch.Generator | None = None) -> Update:
-    """The DP-SGD gradient of one step on a copy of ``model`` (the caller's is untouched):
-    ``(1/B) (sum_i clip(g_i, C) + N(0, sigma^2 C^2 I))`` with ``C = max_grad_norm``, ``sigma = noise_multiplier``;
-    noise drawn from ``generator`` (reproducible), unless the defense asks for Opacus's ``secure_mode``."""
-    from opacus import GradSampleModule
-    from opacus.optimizers import DPOptimizer
-
+                     generator: torch.Generator | None = None, expected_batch_size: int | None = None) -> Update:
+    """The DP-SGD gradient of one step on a copy of ``model`` (the caller's is untouched), through
+    ``defenses.dp.private_gradient``: ``(1/B) (sum_i clip(g_i, C) + N(0, sigma^2 C^2 I))`` with
+    ``C = max_grad_norm``, ``sigma = noise_multiplier``; noise drawn from ``generator`` (reproducible), unless the
+    defense asks for Opacus's ``secure_mode``. ``expected_batch_size`` (default: the batch's size) is what the
+    noised sum is divided by: a Poisson batch's expected size, never its drawn size, which would leak it."""
     if not isinstance(defense, DPSGD):
         raise ConfigError(f"dp_text_gradient runs Opacus DP-SGD ('dpsgd'), not {getattr(defense, 'name', defense)!r}")
-    gsm = GradSampleModule(copy.deepcopy(model), loss_reduction="mean")
-    params = [p for p in gsm.parameters() if p.requires_grad]
-    optimizer = DPOptimizer(torch.optim.SGD(params, lr=0.0), noise_multiplier=defense.noise_multiplier,
-                            max_grad_norm=defense.max_grad_norm, expected_batch_size=int(ids.shape[0]),
-                            loss_reduction="mean", generator=None if defense.secure_mode else generator,
-                            secure_mode=defense.secure_mode)
-    optimizer.zero_grad(set_to_none=True)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        logits = logits_of(gsm(**_model_kwargs(model, ids, mask)))
-        per_example_loss(logits, ids, labels, task, mask).mean().backward()
-    optimizer.pre_step()
-    out = {name.removeprefix("_module."): p.grad.detach().clone()
-           for name, p in gsm.named_parameters() if p.requires_grad and p.grad is not None}
-    gsm._close()
-    return out
+    kwargs = _model_kwargs(model, ids, mask)
+
+    def loss_of(wrapped: nn.Module) -> torch.Tensor:
+        return per_example_loss(logits_of(wrapped(**kwargs)), ids, labels, task, mask).mean()
+
+    return private_gradient(model, loss_of, defense, expected_batch_size=expected_batch_size or int(ids.shape[0]),
+                             generator=generator)

@@ -4,9 +4,9 @@ same run undefended. Same seed, same records, same initial weights and batch dra
 
 Defenses that only transform the shared update (Gaussian/Laplacian noise, clipping, pruning, quantization,
 secure aggregation) apply as they do to images. DP-SGD (Abadi et al. 2016) runs through Opacus
-(``gradleak.text.dp``: per-record clipping and noise at every step, uniform batches of ``batch_size``) and
-reports epsilon from Opacus's RDP accountant for the run's schedule (``steps`` steps at sample rate
-``batch_size / train_records``, delta 1e-5). Other step defenses (microbatch clipping) are refused with a
+(``gradleak.text.dp``: per-record clipping and noise at every step, on Poisson batches of expected size
+``batch_size``, drawn by ``defenses.draw_batches`` as for images) and reports epsilon from Opacus's RDP
+accountant for the batches that ran (``steps`` steps at sample rate ``batch_size / train_records``, delta 1e-5). Other step defenses (microbatch clipping) are refused with a
 ``ConfigError``.
 """
 
@@ -17,11 +17,12 @@ from dataclasses import dataclass
 
 import torch
 
-from gradleak.defenses.base import ClientContext, Defense, Schedule, Update
+from gradleak.defenses.base import ClientContext, Defense, Update, draw_batches
 from gradleak.defenses.dp import DPSGD
 from gradleak.errors import ConfigError
 from gradleak.tasks import Task
 from gradleak.text.corpus import private_records
+from gradleak.text.dp import dp_text_gradient
 from gradleak.text.models import TEXT_MODELS, text_model_spec
 from gradleak.text.tokenizer import load_tokenizer
 from gradleak.text.victim import encode_records
@@ -68,12 +69,14 @@ def text_defense_cost(defense: Defense | None = None, *, model: str = "bert-tiny
     draws = torch.Generator().manual_seed(seed)
     noise = torch.Generator().manual_seed(seed + 1)
 
+    batches, schedule = draw_batches(train_records, batch_size, steps,
+                                     poisson=defense is not None and defense.sampling == "poisson", generator=draws)
+
     def gradient(x: torch.Tensor, y: torch.Tensor) -> Update:
         if dp:
-            from gradleak.text.dp import dp_text_gradient
-
             return dp_text_gradient(net, x, y if encoder else None, task, defense,  # type: ignore[arg-type]
-                                    mask=(x != tokenizer.pad_id).long(), generator=noise)
+                                    mask=(x != tokenizer.pad_id).long(), generator=noise,
+                                    expected_batch_size=schedule.batch_size)
         net.zero_grad()
         m = (x != tokenizer.pad_id).long()
         task.loss(net, x, y if encoder else None, m).backward()
@@ -81,8 +84,9 @@ def text_defense_cost(defense: Defense | None = None, *, model: str = "bert-tiny
                 for n, p in params.items()}
 
     net.train()
-    for _ in range(steps):
-        pick = torch.randint(0, train_records, (batch_size,), generator=draws)
+    for pick in batches:
+        if pick.numel() == 0:  # an empty Poisson batch: the step is skipped, as Opacus's DPDataLoader does
+            continue
         update = gradient(ids[pick], labels[pick])
         if defense is not None:
             update = defense.transform(update, ClientContext(net, ids[pick], labels[pick], noise, gradient))
@@ -102,7 +106,7 @@ def text_defense_cost(defense: Defense | None = None, *, model: str = "bert-tiny
             value = math.exp(float(task.loss(net, test_ids, None, test_mask)))
     epsilon = None
     if dp:
-        privacy = defense.privacy(Schedule(train_records, batch_size, steps))  # type: ignore[union-attr]
+        privacy = defense.privacy(schedule)  # type: ignore[union-attr]
         epsilon = None if privacy is None else privacy.epsilon
     return TextUtility(model, "none" if defense is None else defense.name,
                        "accuracy" if encoder else "perplexity", value, steps, epsilon)
