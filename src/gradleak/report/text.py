@@ -31,11 +31,39 @@ def _truth_html(record: Record, recovered: str) -> str:
     return "".join(out)
 
 
+def token_spans(tokenizer: Tokenizer, ids: list[int]) -> list[tuple[str, list[int]]]:
+    """The record ``ids`` decoded whole, cut into pieces each paired with the token positions that produce it.
+
+    Decoding token by token breaks a character whose UTF-8 bytes span two tokens (byte-level BPE, the byte
+    tokenizer) into replacement characters ("No\ufffd\ufffdl" for "Noël"). Here the prefix ``ids[:k]`` is decoded
+    for each ``k``; the text it shares with the whole decode is settled, so a piece ends where that shared
+    prefix grows, and a character split across tokens belongs to all of them."""
+    full = tokenizer.decode(ids)
+    pieces: list[tuple[str, list[int]]] = []
+    settled, pending = 0, []
+    for k in range(1, len(ids) + 1):
+        pending.append(k - 1)
+        prefix = tokenizer.decode(ids[:k]) if k < len(ids) else full
+        shared = 0
+        for a, b in zip(prefix, full):
+            if a != b:
+                break
+            shared += 1
+        if shared > settled:
+            pieces.append((full[settled:shared], pending))
+            settled, pending = shared, []
+    if settled < len(full) or pending:
+        pieces.append((full[settled:], pending))
+    return pieces
+
+
 def _recovered_html(tokenizer: Tokenizer, recovered: list[int], truth: list[int]) -> str:
+    """The reconstruction decoded whole; a piece is marked when every token behind it is right at its position."""
     parts = []
-    for i, t in enumerate(recovered):
-        piece = html.escape(tokenizer.token(t))
-        parts.append(f'<span class="tok">{piece}</span>' if i < len(truth) and truth[i] == t else piece)
+    for text, positions in token_spans(tokenizer, recovered):
+        piece = html.escape(text)
+        right = bool(positions) and all(i < len(truth) and truth[i] == recovered[i] for i in positions)
+        parts.append(f'<span class="tok">{piece}</span>' if right else piece)
     return "".join(parts)
 
 
