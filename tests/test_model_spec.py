@@ -82,12 +82,15 @@ def test_untrusted_module_is_never_imported(face_observation, tmp_path: Path) ->
     assert not marker.exists()
 
 
-def test_trusted_module_is_built(face_observation, tmp_path: Path) -> None:
+def test_trusted_factory_is_built(face_observation, tmp_path: Path) -> None:
+    """Trust names the factory: trusting its package is not enough; naming the factory itself is."""
     obs, _ = face_observation
     path = _capture_naming(tmp_path / "c.safetensors", "gradleak.models.lenet:lenet", obs, obs.model_spec.kwargs)
-    assert not is_trusted("gradleak.models.lenet")
-    loaded = load_capture(path, trust=["gradleak.models"])
-    assert is_trusted("gradleak.models.lenet")
+    assert not is_trusted("gradleak.models.lenet:lenet")
+    with pytest.raises(CaptureError, match="is not a factory you trusted.*--trust-model gradleak.models.lenet:lenet"):
+        load_capture(path, trust=["gradleak.models"])
+    loaded = load_capture(path, trust=["gradleak.models.lenet:lenet"])
+    assert is_trusted("gradleak.models.lenet:lenet") and is_trusted("gradleak.models.lenet")
     assert loaded.model_spec.source == "import"
     for name, p in loaded.build_model().named_parameters():
         assert torch.equal(p.detach(), obs.weights[name])

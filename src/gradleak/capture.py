@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 
 from gradleak.errors import CaptureError
 from gradleak.inputs import ImageInput, input_spec_from_json
+from gradleak.limits import parse_json
 from gradleak.model_spec import ModelSpec, trust_model
 from gradleak.observation import GroundTruth, LocalTraining, Observation, update_digest
 from gradleak.tasks import Task, task_from_json
@@ -103,10 +104,7 @@ def _read(path: Path, expected_format: str) -> tuple[dict[str, Any], dict[str, t
         raise CaptureError(f"{path}: safetensors file without gradleak metadata (expected a {expected_format} file)")
     if len(header["gradleak"]) > _MAX_METADATA_CHARS:
         raise CaptureError(f"{path}: gradleak metadata is over {_MAX_METADATA_CHARS} characters")
-    try:
-        meta = json.loads(header["gradleak"])
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise CaptureError(f"{path}: gradleak metadata is not valid JSON ({exc})") from exc
+    meta = parse_json(header["gradleak"], f"{path}: gradleak metadata")
     if not isinstance(meta, dict) or meta.get("format") != expected_format:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CaptureError(f"{path}: expected format {expected_format!r}, found {got!r}")

@@ -17,3 +17,7 @@ class ConfigError(GradleakError, ValueError):
 
 class DataError(GradleakError, ValueError):
     """A user data file does not hold what its format promises."""
+
+
+class AttackError(GradleakError, RuntimeError):
+    """An attack ended without a result it may report: e.g. its candidates diverged to NaN or Inf."""

@@ -3,6 +3,7 @@
 A capture is summarised from its metadata and tensor headers: the model source (and whether building it would
 import user code), the input description, the task, the update, and what leaked. A truth file, or a plain
 weights/gradient file (safetensors, or PyTorch read with ``weights_only=True``), is listed tensor by tensor.
+Every text taken from the file is shown with its non-printable characters escaped.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from gradleak.capture import CAPTURE_FORMAT, TRUTH_FORMAT, read_safetensors
 from gradleak.errors import CaptureError
+from gradleak.limits import parse_json
 from gradleak.model_spec import is_trusted, split_import_path
 from gradleak.tensor_files import load_tensors
 
@@ -37,22 +39,30 @@ def describe_file(path: str | Path) -> dict[str, Any]:
         tensors = load_tensors(path, "tensor file")
     meta: dict[str, Any] = {}
     if header and "gradleak" in header:
-        try:
-            meta = json.loads(header["gradleak"])
-        except json.JSONDecodeError as exc:
-            raise CaptureError(f"{path}: gradleak metadata is not valid JSON ({exc})") from exc
+        meta = parse_json(header["gradleak"], f"{path}: gradleak metadata")
         if not isinstance(meta, dict):
             raise CaptureError(f"{path}: gradleak metadata must be a JSON object")
     kind = meta.get("format")
     if kind == CAPTURE_FORMAT:
-        return _describe_capture(path, meta, tensors)
-    if kind == TRUTH_FORMAT:
-        return {"file": str(path), "kind": "ground truth (private: keep it away from the attacker)",
-                "belongs to capture": meta.get("capture_id", "unknown (version 1)"),
-                "tensors": _tensor_lines(tensors)}
-    total = sum(t.numel() for t in tensors.values())
-    return {"file": str(path), "kind": "tensor file (weights or an update)", "entries": len(tensors),
-            "elements": total, "tensors": _tensor_lines(tensors)}
+        summary = _describe_capture(path, meta, tensors)
+    elif kind == TRUTH_FORMAT:
+        summary = {"file": str(path), "kind": "ground truth (private: keep it away from the attacker)",
+                   "belongs to capture": meta.get("capture_id", "unknown (version 1)"),
+                   "tensors": _tensor_lines(tensors)}
+    else:
+        summary = {"file": str(path), "kind": "tensor file (weights or an update)", "entries": len(tensors),
+                   "elements": sum(t.numel() for t in tensors.values()), "tensors": _tensor_lines(tensors)}
+    return {key: _printable(value) for key, value in summary.items()}
+
+
+def _printable(value: Any) -> Any:
+    """Text from the file with every character a terminal would act on (controls, escapes, bidirectional
+    overrides, line breaks) written as its Python escape, so a file cannot rewrite the lines of its own summary."""
+    if isinstance(value, list):
+        return [_printable(v) for v in value]
+    if not isinstance(value, str):
+        return value
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
 
 
 def _describe_capture(path: Path, meta: dict[str, Any], tensors: dict[str, Any]) -> dict[str, Any]:
@@ -63,9 +73,8 @@ def _describe_capture(path: Path, meta: dict[str, Any], tensors: dict[str, Any])
     if source == "import" and isinstance(name, str):
         try:
             module, _ = split_import_path(name)
-            trusted = is_trusted(module)
-            model_line += f"; building it imports {module!r} " + (
-                "(trusted)" if trusted else f"(not trusted: attack with --trust-model {module})")
+            model_line += f"; building it imports {module!r} and calls {name!r} " + (
+                "(trusted)" if is_trusted(name) else f"(not trusted: attack with --trust-model {name})")
         except CaptureError as exc:
             model_line += f"; invalid import path ({exc})"
     if meta.get("version") == 1:

@@ -61,8 +61,12 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def match(recon: torch.Tensor, truth: torch.Tensor) -> list[int]:
-    """Optimal one-to-one assignment of reconstructions to true images by MSE."""
-    _, cols = linear_sum_assignment(pairwise_mse(truth, recon).cpu().numpy())
+    """Optimal one-to-one assignment of reconstructions to true images by MSE (finite inputs only)."""
+    cost = pairwise_mse(truth, recon)
+    if not torch.isfinite(cost).all():
+        raise ConfigError("reconstruction or truth holds NaN or Inf (or values too large to compare); it cannot be "
+                          "matched to the truth")
+    _, cols = linear_sum_assignment(cost.cpu().numpy())
     return [int(c) for c in cols]
 
 
@@ -73,6 +77,9 @@ def score(inputs: torch.Tensor, labels: torch.Tensor | None, truth: GroundTruth)
         raise ConfigError(
             f"reconstruction has shape {tuple(inputs.shape)} but the truth has {tuple(truth.inputs.shape)}"
         )
+    for what, x in (("reconstruction", inputs), ("ground truth", truth.inputs)):
+        if x.is_floating_point() and not torch.isfinite(x).all():  # the assignment and every score need numbers
+            raise ConfigError(f"the {what} holds NaN or Inf; it cannot be scored")
     order = match(inputs, truth.inputs)
     matched = inputs[order]
     correct = None

@@ -6,14 +6,17 @@ A ``ModelSpec`` rebuilds the architecture the server sent (weights come from the
 - ``huggingface``: a ``transformers`` architecture from its config (``AutoConfig.for_model`` + ``from_config``):
   only code that ships inside ``transformers`` runs; ``auto_map``/remote code is refused, nothing is downloaded.
 - ``import``: the user's own factory, ``package.module:factory`` or ``path/to/file.py:factory``. Importing a
-  module runs its code, so a spec read from a file is built only when the user trusted that module
-  (``trust_model``, ``--trust-model MODULE``); a module named on the command line or a callable handed over in
-  Python is trusted by that act.
+  module runs its code, so a spec read from a file is built only when the user trusted that very factory
+  (``trust_model("pkg.mod:factory")``, ``--trust-model pkg.mod:factory``): trusting a module is not enough, or a
+  file could call any other function of it. The settings a file gives the factory are bound to its signature
+  (named parameters only, JSON scalars and lists) before it is called. A factory named on the command line or a
+  callable handed over in Python is trusted by that act.
 - ``instance``: a live ``nn.Module`` handed over in Python (``gradleak.record``), copied for each build; saved to a
   capture as the import path of its class (or the factory the user names).
 
 Before anything is allocated, the model is built on the ``meta`` device to count its parameters against
-``gradleak.limits``.
+``gradleak.limits``; a Hugging Face config is checked first (the sizes its architecture divides or allocates by,
+and its number of layers, which costs time even on the meta device).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import copy
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import json
 import re
 import sys
@@ -51,25 +55,50 @@ _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _MODULE_PATH = re.compile(rf"^{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*$")
 _FILE_PATH = re.compile(rf"^[^:\x00]+\.py:{_IDENT}(\.{_IDENT})*$")
 
-_TRUSTED: set[str] = set()
+#: factories the user trusted (``module:attr``, a file module by its resolved path)
+_TRUSTED_FACTORIES: set[str] = set()
+#: modules named without a factory: their import is allowed where a caller checks a module (a federation
+#: config), but no factory of theirs is trusted by it
+_TRUSTED_MODULES: set[str] = set()
 
 
-def trust_model(*modules: str) -> None:
-    """Allow building models from these modules (dotted names, trusting their submodules too, or ``.py`` files)."""
-    for m in modules:
-        _TRUSTED.add(_trust_key(m))
+def trust_model(*names: str) -> None:
+    """Allow building models with these factories (``pkg.mod:factory`` or ``path/file.py:factory``).
+
+    A bare module (``pkg.mod``) is recorded too, but trusts none of its functions for a capture: a capture's factory
+    must be one named here, exactly, so that it cannot call another function of a trusted module."""
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise CaptureError(f"a trusted model must be named as 'package.module:factory', got {name!r}")
+        if _names_factory(name):
+            _TRUSTED_FACTORIES.add(_factory_key(name))
+        else:
+            _TRUSTED_MODULES.add(_module_key(name))
 
 
-def _trust_key(module: str) -> str:
-    module = module.split(":", 1)[0] if not module.endswith(".py") and ":" in module else module
+def _names_factory(name: str) -> bool:
+    return ".py:" in name or (":" in name and not name.endswith(".py"))
+
+
+def _module_key(module: str) -> str:
     if module.endswith(".py") or "/" in module:
         return str(Path(module).resolve())
     return module
 
 
-def is_trusted(module: str) -> bool:
-    key = _trust_key(module)
-    return key in _TRUSTED or any(key.startswith(t + ".") for t in _TRUSTED)
+def _factory_key(path: str) -> str:
+    module, attr = path.rsplit(":", 1)
+    return f"{_module_key(module)}:{attr}"
+
+
+def is_trusted(name: str) -> bool:
+    """Whether the user trusted ``name``: a factory (``module:attr``) only when named itself; a module when it, a
+    package above it, or one of its factories was named."""
+    if _names_factory(name):
+        return _factory_key(name) in _TRUSTED_FACTORIES
+    key = _module_key(name)
+    modules = _TRUSTED_MODULES | {f.rsplit(":", 1)[0] for f in _TRUSTED_FACTORIES}
+    return key in modules or any(key.startswith(t + ".") for t in modules)
 
 
 def split_import_path(path: str) -> tuple[str, str]:
@@ -83,10 +112,15 @@ def split_import_path(path: str) -> tuple[str, str]:
 
 def _import_factory(path: str, trusted: bool = False) -> Callable[..., Any]:
     module_name, attr = split_import_path(path)
-    if not (trusted or is_trusted(module_name)):
+    if not (trusted or is_trusted(path)):
+        if is_trusted(module_name):
+            raise CaptureError(
+                f"model {path!r} is not a factory you trusted: trust names one factory of {module_name!r}, not "
+                f"every function in it. Pass --trust-model {path} (or gradleak.trust_model({path!r})) if you "
+                f"trust that function")
         raise CaptureError(
             f"model {path!r} would import {module_name!r}, which runs its code; it is not trusted. Pass "
-            f"--trust-model {module_name} (or gradleak.trust_model({module_name!r})) if you trust it")
+            f"--trust-model {path} (or gradleak.trust_model({path!r})) if you trust it")
     try:
         if module_name.endswith(".py"):
             file = Path(module_name).resolve()
@@ -117,6 +151,12 @@ def _import_factory(path: str, trusted: bool = False) -> Callable[..., Any]:
     return obj
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (messages of ``transformers`` span several), at most 300 characters."""
+    text = " ".join(str(exc).split())
+    return text[:300] if text else type(exc).__name__
+
+
 def _plain_json(value: Any, where: str, depth: int = 0) -> None:
     """Settings must be plain JSON (no objects that could carry behaviour), bounded in depth."""
     if depth > 16:
@@ -134,6 +174,78 @@ def _plain_json(value: Any, where: str, depth: int = 0) -> None:
             _plain_json(v, where, depth + 1)
         return
     raise CaptureError(f"{where} holds a {type(value).__name__}; only JSON values are allowed")
+
+
+def _check_factory_settings(factory: Callable[..., Any], path: str, kwargs: dict[str, Any], trusted: bool) -> None:
+    """Before a factory is called: its settings must name its own parameters (a ``**kwargs`` catch-all counts only
+    for a spec the user handed over) and, from a file, be JSON scalars or lists of them."""
+    if not trusted:
+        for key, value in kwargs.items():
+            if not _scalar_or_list(value):
+                raise CaptureError(f"model factory {path!r}: setting {key!r} must be a number, string, boolean, "
+                                   f"null or a list of them, got {type(value).__name__}")
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        if kwargs and not trusted:
+            raise CaptureError(f"model factory {path!r} has no inspectable signature; its settings "
+                               f"{sorted(kwargs)} cannot be checked") from None
+        return
+    params = signature.parameters.values()
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    catch_all = any(p.kind is p.VAR_KEYWORD for p in params)
+    if unknown := [k for k in kwargs if k not in named and not (trusted and catch_all)]:
+        raise CaptureError(f"model factory {path!r} has no parameter {unknown[0]!r} (its parameters: "
+                           f"{', '.join(named) or 'none'})")
+    try:
+        signature.bind(**kwargs)
+    except TypeError as exc:
+        raise CaptureError(f"model factory {path!r} cannot be called with settings {sorted(kwargs)}: {exc}") from None
+
+
+def _scalar_or_list(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    return isinstance(value, list) and all(_scalar_or_list(v) for v in value)
+
+
+#: the sizes a Hugging Face architecture divides or allocates by, under the names configs use for them
+_HF_LAYERS = ("num_hidden_layers", "num_layers", "num_decoder_layers", "num_encoder_layers", "encoder_layers",
+              "decoder_layers")
+_HF_HEADS = ("num_attention_heads", "num_key_value_heads", "encoder_attention_heads", "decoder_attention_heads",
+             "num_heads")
+_HF_WIDTHS = ("hidden_size", "intermediate_size", "n_inner", "head_dim", "d_model", "d_ff", "d_kv",
+              "encoder_ffn_dim", "decoder_ffn_dim", "embedding_size", "type_vocab_size")
+
+
+def _check_hf_config(model_type: str, config: Any) -> None:
+    """The fields of a built ``PretrainedConfig`` that ``transformers`` divides or allocates by, checked before any
+    module is made: positive integers, hidden size divisible by heads, layers, positions and vocabulary within
+    ``gradleak.limits``."""
+    where = f"Hugging Face config of {model_type!r}"
+
+    def size(name: str, limit: str | None = None) -> None:
+        value = getattr(config, name, None)
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CaptureError(f"{where}: {name} must be a positive integer, got {value!r}")
+        if limit is not None:
+            limits.check(limit, value, f"{where}: {name}")
+
+    for name in _HF_LAYERS:
+        size(name, "layers")
+    for name in _HF_HEADS + _HF_WIDTHS:
+        size(name)
+    size("vocab_size", "vocab_size")
+    size("max_position_embeddings", "seq_len")
+    size("num_labels", "num_classes")
+    heads, hidden = getattr(config, "num_attention_heads", None), getattr(config, "hidden_size", None)
+    if heads and hidden and getattr(config, "head_dim", None) is None and hidden % heads:
+        raise CaptureError(f"{where}: hidden_size {hidden} is not divisible by num_attention_heads {heads}")
+    kv = getattr(config, "num_key_value_heads", None)
+    if heads and kv and heads % kv:
+        raise CaptureError(f"{where}: num_attention_heads {heads} is not divisible by num_key_value_heads {kv}")
 
 
 @dataclass(frozen=True)
@@ -215,6 +327,7 @@ class ModelSpec:
             assert self.template is not None
             return copy.deepcopy(self.template)
         factory = _import_factory(self.name, self.trusted)
+        _check_factory_settings(factory, self.name, self.kwargs, self.trusted)
         try:
             model = factory(**self.kwargs)
         except Exception as exc:  # the user's factory: report, don't traceback
@@ -224,32 +337,54 @@ class ModelSpec:
             raise CaptureError(f"model factory {self.name!r} returned {type(model).__name__}, not a torch nn.Module")
         return model
 
-    def _construct_huggingface(self) -> nn.Module:
+    def _huggingface_config(self) -> Any:
+        """The checked ``PretrainedConfig`` (``_check_hf_config``); nothing of the model is made yet."""
         try:
             import transformers
         except ImportError as exc:  # pragma: no cover - the text extra is installed in every setup here
             raise CaptureError("Hugging Face models need the 'transformers' package (pip install gradleak[text])") from exc
         config_data = dict(self.kwargs.get("config", {}))
-        head = self.kwargs.get("head", "base")
+        labels = config_data.get("num_labels")  # transformers makes a dict of this many names when it reads it
+        if isinstance(labels, int) and not isinstance(labels, bool):
+            limits.check("num_classes", labels, f"Hugging Face config of {self.name!r}: num_labels")
         try:
             config = transformers.AutoConfig.for_model(self.name, **config_data)
-            auto = getattr(transformers, HF_HEADS[head])
-            return auto.from_config(config)
-        except (ValueError, KeyError, TypeError, AttributeError, RuntimeError, OSError) as exc:
+        except Exception as exc:  # transformers refused the config: the file's fault, said in one line
+            raise CaptureError(f"Hugging Face model {self.name!r} cannot be built from its config: "
+                               f"{type(exc).__name__}: {_one_line(exc)}") from exc
+        _check_hf_config(self.name, config)
+        return config
+
+    def _construct_huggingface(self, config: Any = None) -> nn.Module:
+        import transformers
+
+        config = self._huggingface_config() if config is None else config
+        head = self.kwargs.get("head", "base")
+        try:
+            return getattr(transformers, HF_HEADS[head]).from_config(config)
+        except Exception as exc:  # checked fields aside, transformers may still refuse: the file's fault
             raise CaptureError(f"Hugging Face model {self.name!r} ({head}) cannot be built from its config: "
-                               f"{type(exc).__name__}: {exc}") from exc
+                               f"{type(exc).__name__}: {_one_line(exc)}") from exc
 
     def count_parameters(self) -> int | None:
-        """Parameters of the model, counted on the meta device (nothing allocated); ``None`` if it cannot be."""
+        """Parameters of the model, counted on the meta device (nothing allocated); ``None`` if it cannot be (a
+        user factory that does real work at init). A Hugging Face config is checked, and counted, before any module
+        is made; a registry or Hugging Face model that cannot be made on the meta device is an error here."""
         if self.source == "instance":
             assert self.template is not None
             return sum(p.numel() for p in self.template.parameters())
         if self.source == "import":
-            _import_factory(self.name, self.trusted)  # the trust check comes before anything of the user's runs
+            factory = _import_factory(self.name, self.trusted)  # trust comes before anything of the user's runs
+            _check_factory_settings(factory, self.name, self.kwargs, self.trusted)
+        config = self._huggingface_config() if self.source == "huggingface" else None
         try:
             with torch.device("meta"):
-                model = self._construct()
-        except Exception:  # a factory that does real work at init cannot run on meta: count after building
+                model = self._construct_huggingface(config) if config is not None else self._construct()
+        except CaptureError:
+            if self.source == "import":
+                return None
+            raise
+        except Exception:  # a model that does real work at init cannot be made on meta: count after building
             return None
         return sum(p.numel() for p in model.parameters())
 

@@ -28,7 +28,8 @@ from gradleak.tasks import Task, forward
 
 UpdateKind = Literal["gradient", "weight_delta"]
 
-__all__ = ["GroundTruth", "LocalTraining", "ModelSpec", "Observation", "UpdateKind", "update_digest"]
+__all__ = ["GroundTruth", "LocalTraining", "ModelSpec", "Observation", "UpdateKind", "check_plain_tensor",
+           "update_digest"]
 
 
 def _is_int(value: Any) -> bool:
@@ -64,11 +65,27 @@ def update_digest(update: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def check_plain_tensor(tensor: Any, what: str, *, cpu: bool = True) -> None:
+    """A tensor read from a file must be dense (strided), real (floating point, integer or boolean, not complex or
+    quantized) and hold its values (not ``meta``; with ``cpu``, in CPU memory): anything else reaches PyTorch's
+    dispatcher in places that fail with its own traceback. ``what`` names the tensor for the error."""
+    if not isinstance(tensor, torch.Tensor):
+        raise CaptureError(f"{what} is a {type(tensor).__name__}, not a tensor")
+    if tensor.is_meta or (cpu and tensor.device.type != "cpu"):
+        raise CaptureError(f"{what} is a tensor on the {tensor.device.type!r} device; only tensors holding their "
+                           f"values in CPU memory are read")
+    if tensor.layout != torch.strided or tensor.is_nested:
+        layout = "nested" if tensor.is_nested else str(tensor.layout).removeprefix("torch.")
+        raise CaptureError(f"{what} is a {layout} tensor; only dense (strided) tensors are read")
+    if tensor.dtype.is_complex or tensor.is_quantized:
+        raise CaptureError(f"{what} has dtype {str(tensor.dtype).removeprefix('torch.')}; only real (floating point "
+                           f"or integer) tensors are read")
+
+
 def _check_tensors(tensors: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], what: str,
                    model_name: str) -> None:
     for name, tensor in tensors.items():
-        if not isinstance(tensor, torch.Tensor):
-            raise CaptureError(f"{what} entry {name!r} is a {type(tensor).__name__}, not a tensor")
+        check_plain_tensor(tensor, f"{what} entry {name!r}", cpu=False)
         if name not in reference:
             raise CaptureError(f"{what} key {name!r} is not a parameter of model {model_name!r} "
                                f"(parameters: {', '.join(list(reference)[:6])}, ...)")
@@ -290,6 +307,9 @@ class GroundTruth:
         if tuple(self.inputs.shape) != (obs.batch_size, *obs.input_shape):
             raise CaptureError(f"the truth holds inputs {tuple(self.inputs.shape)}, the capture describes "
                                f"{(obs.batch_size, *obs.input_shape)}")
+        if self.labels is None and obs.task.kind == "classification":
+            raise CaptureError("the truth has no 'labels' tensor, which a classification capture's truth needs "
+                               "(the labels are scored)")
         if self.labels is not None and obs.task.kind == "classification" and self.labels.numel():
             if self.labels.min() < 0 or self.labels.max() >= obs.num_classes:
                 raise CaptureError(f"truth labels must lie in [0, {obs.num_classes})")

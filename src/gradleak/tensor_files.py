@@ -2,22 +2,26 @@
 
 Two formats are read, neither of which can run code: safetensors, and PyTorch files through
 ``torch.load(weights_only=True)`` (tensors and plain containers only; anything else is refused by PyTorch's
-restricted unpickler). A file may hold the mapping itself or wrap it once (``{"state_dict": {...}}``, Lightning
-and many training scripts do). Names lose wrapper prefixes (``_module.`` from Opacus, ``module.`` from
+restricted unpickler), whatever the file's name says. Only dense, real tensors in CPU memory are accepted (a
+sparse, ``meta``, complex or quantized entry is one error naming the file and the key). A file may hold the mapping
+itself or wrap it once (``{"state_dict": {...}}``, Lightning and many training scripts do). Names lose wrapper prefixes (``_module.`` from Opacus, ``module.`` from
 DataParallel/DDP) so they match the plain model.
 """
 
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors import SafetensorError
 
 from gradleak.capture import read_safetensors
 from gradleak.errors import CaptureError
+from gradleak.observation import check_plain_tensor
 from gradleak.record import strip_prefix
 
 if TYPE_CHECKING:
@@ -47,13 +51,24 @@ def load_tensors(path: str | Path, what: str = "tensor file") -> dict[str, torch
 
 
 def _torch_file(path: Path, what: str) -> object:
+    # an open file, not the path: given a path ending in .safetensors, torch.load hands it to safetensors instead
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with path.open("rb") as fh, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4": the error below says what matters
+            return torch.load(fh, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile,
-            AttributeError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CaptureError(f"{path}: not a tensor-only PyTorch {what} (loaded with weights_only=True: {first})") \
-            from exc
+            AttributeError, TypeError, SafetensorError, ImportError, IndexError, KeyError) as exc:
+        raise CaptureError(f"{path}: not a tensor-only PyTorch {what} (loaded with weights_only=True: "
+                           f"{_load_failure(exc)})") from exc
+
+
+def _load_failure(exc: BaseException) -> str:
+    """What ``torch.load`` refused, on one line: for the restricted unpickler, its reason (``Unsupported operand
+    149``, ``Unsupported global: ...``), not its advice to load the file again without the restriction."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+    return " ".join(text.split())[:300] or type(exc).__name__
 
 
 def _flatten(data: object, path: Path, what: str) -> dict[str, torch.Tensor]:
@@ -68,8 +83,7 @@ def _flatten(data: object, path: Path, what: str) -> dict[str, torch.Tensor]:
     for key, value in data.items():
         if not isinstance(key, str):
             raise CaptureError(f"{path}: {what} key {key!r} is not a string")
-        if not isinstance(value, torch.Tensor):
-            raise CaptureError(f"{path}: {what} entry {key!r} is a {type(value).__name__}, not a tensor")
+        check_plain_tensor(value, f"{path}: {what} entry {key!r}")
         name = strip_prefix(key)
         if name in out:
             raise CaptureError(f"{path}: {what} holds {name!r} twice (with and without a wrapper prefix)")

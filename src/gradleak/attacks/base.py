@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from gradleak.errors import ConfigError
+from gradleak.errors import AttackError, ConfigError
 from gradleak.observation import Observation
 from gradleak.registry import Registry
 
@@ -40,6 +40,14 @@ class Reconstruction:
     #: Attack-specific findings written to the report, e.g. which slots of an analytic attack hold a recovered
     #: sample (``"recovered"``, the rest are filler) or the rank condition of each solved layer.
     details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # the one place every attack's answer is made: a NaN or Inf candidate (a diverged run, a crafted checkpoint)
+        # is never scored, reported or saved as a reconstruction
+        x = self.inputs
+        if isinstance(x, torch.Tensor) and (x.is_floating_point() or x.is_complex()) and not torch.isfinite(x).all():
+            raise AttackError(f"attack {self.attack!r} ended with a reconstruction holding NaN or Inf (its "
+                              f"optimisation diverged, or resumed from a bad state); nothing to report")
 
 
 class Attack(ABC):

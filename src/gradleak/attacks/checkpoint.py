@@ -11,8 +11,10 @@ Three guards stand between a file and a resumed attack:
   name and settings, the fixed labels or their absence, the seed, the observed updates, weights, model and
   input description), so a checkpoint of one attack (e.g. DLG) never resumes another (e.g. iDLG with the
   same engine settings);
-- **state checks**: counters are non-negative integers within the iteration budget, every tensor has the
-  shape and dtype of the run's own, the best value is a number; a crafted counter is refused.
+- **state checks**: counters are non-negative integers within the iteration budget, every tensor is dense and has
+  the shape and dtype of the run's own, the candidates and optimizer state are finite, the best value is a number;
+  a crafted counter or NaN candidate is refused. A run whose candidates diverge to NaN is not saved over the last
+  finite checkpoint.
 
 The engine draws random numbers only at initialisation, so for Adam a resumed run repeats the uninterrupted
 one exactly; L-BFGS is checkpointed between its outer steps.
@@ -33,7 +35,7 @@ from typing import Any
 import torch
 
 from gradleak.errors import CaptureError
-from gradleak.observation import Observation, update_digest
+from gradleak.observation import Observation, check_plain_tensor, update_digest
 
 MAGIC = b"gradleak-checkpoint v2 sha256="
 _DIGEST_LEN = 64
@@ -165,12 +167,17 @@ class Checkpointer:
         saved_vars, saved_trace = saved.get("variables"), saved.get("trace")
         if not isinstance(saved_vars, list) or len(saved_vars) != len(variables):
             raise CaptureError(f"checkpoint {path}: expected {len(variables)} variable tensors")
-        for var, value in zip(variables, saved_vars):
+        for i, (var, value) in enumerate(zip(variables, saved_vars)):
             if not isinstance(value, torch.Tensor) or value.shape != var.shape or value.dtype != var.dtype:
                 got = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
                 raise CaptureError(f"checkpoint {path}: variable {got}, expected {var.dtype} {tuple(var.shape)}")
+            check_plain_tensor(value, f"checkpoint {path}: variable {i}", cpu=False)
+            if not torch.isfinite(value).all():  # NaN candidates would resume into a NaN "reconstruction"
+                raise CaptureError(f"checkpoint {path}: variable {i} (the candidates) holds NaN or Inf; delete it to "
+                                   "start over")
         if not isinstance(saved_trace, torch.Tensor) or saved_trace.shape != trace.shape:
             raise CaptureError(f"checkpoint {path}: trace must be a tensor of shape {tuple(trace.shape)}")
+        check_plain_tensor(saved_trace, f"checkpoint {path}: trace", cpu=False)
         try:
             opt.load_state_dict(saved["optimizer"])
         except Exception as exc:  # noqa: BLE001 - a foreign optimizer state is the file's fault
@@ -199,7 +206,10 @@ class Checkpointer:
     def save(
         self, state: dict[str, Any], variables: list[torch.Tensor], opt: torch.optim.Optimizer, trace: torch.Tensor
     ) -> None:
+        """Write the state, unless its candidates are not finite (a diverged run): the last finite checkpoint stays."""
         assert self.path is not None
+        if not all(bool(torch.isfinite(v).all()) for v in variables):
+            return
         payload = {
             "fingerprint": self.key,
             "variables": [v.detach().clone() for v in variables],
@@ -216,6 +226,8 @@ def _check_optimizer_state(opt: torch.optim.Optimizer, path: Path, iterations: i
     non-negative integers no larger than the iteration budget, and its tensors finite."""
     for per_param in opt.state.values():
         for name, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                check_plain_tensor(value, f"checkpoint {path}: optimizer state {name!r}", cpu=False)
             if name in ("step", "n_iter", "func_evals"):
                 number = value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
                 if isinstance(number, float) and number.is_integer():
