@@ -70,8 +70,8 @@ def _victim_args(p: argparse.ArgumentParser, dataset: str, num_classes: int | No
                    help="lift the bounds on image size, dataset size and labels read from files")
 
 
-def _attack_args(p: argparse.ArgumentParser, attack: str) -> None:
-    p.add_argument("--attack", default=attack, help="attack name (see `gradleak list`)")
+def _attack_args(p: argparse.ArgumentParser, attack: str | None, default_help: str = "") -> None:
+    p.add_argument("--attack", default=attack, help=f"attack name (see `gradleak list`){default_help}")
     p.add_argument("--iterations", type=int, default=None, help="attack iterations (objective evaluations)")
     p.add_argument("--restarts", type=int, default=None, help="restarts, run as one batch")
     p.add_argument("--attack-arg", action="append", metavar="KEY=VALUE", help="attack setting, repeatable")
@@ -95,7 +95,7 @@ def _experiment_config(args: argparse.Namespace) -> Any:
         model=args.model, model_kwargs=parse_assignments(args.model_arg, "--model-arg"), num_classes=args.num_classes,
         model_mode=args.model_mode, protocol=args.protocol, local_steps=args.local_steps, local_lr=args.local_lr,
         local_batch_size=args.local_batch_size, leak_labels=args.leak_labels, clients=args.clients,
-        attack=getattr(args, "attack", "idlg"), attack_kwargs=_attack_kwargs(args) if hasattr(args, "attack") else {},
+        attack=getattr(args, "attack", None) or "idlg", attack_kwargs=_attack_kwargs(args) if hasattr(args, "attack") else {},
         seed=args.seed, device=args.device, **_defense_fields(args),
     )
 
@@ -151,9 +151,7 @@ def cmd_defend(args: argparse.Namespace) -> int:
           f"{cfg.steps} steps of batch {cfg.batch_size} ({result.train_size} train / {result.test_size} test images)")
     print(f"test accuracy {result.accuracy:.3f} (undefended {result.baseline_accuracy:.3f})")
     if result.privacy is not None:
-        p = result.privacy
-        print(f"epsilon {p.epsilon:.3g} at delta {p.delta:g} ({p.accountant}, sample rate "
-              f"{p.schedule.sample_rate:.4f}, {p.schedule.steps} steps)")
+        print(result.privacy.describe())
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -166,6 +164,7 @@ def cmd_tradeoff(args: argparse.Namespace) -> int:
     from gradleak.tradeoff import TradeoffConfig, markdown_table, run_tradeoff, write_tradeoff
 
     base = _experiment_config(args)
+    _check_experiment_memory(base)
     config = TradeoffConfig(
         defense=args.defense, strengths=_literal_list(args.values, "--values"), param=args.param,
         defense_kwargs=parse_assignments(args.defense_arg, "--defense-arg"), experiment=base,
@@ -178,37 +177,114 @@ def cmd_tradeoff(args: argparse.Namespace) -> int:
     return 0
 
 
+#: exit status when the attack ran and recovered nothing (DAGER found no sequence): not bad input (2), and not
+#: a result either, so that a script never takes an empty reconstruction for one
+EXIT_NOTHING_RECOVERED = 3
+
+
 def _print_summary(metrics: dict[str, Any], out: Path) -> None:
     mean = metrics["mean"]
     fmt = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
-    print(
-        f"{metrics['attack']['name']}: PSNR {fmt(mean['psnr'], '.2f')} dB  SSIM {fmt(mean['ssim'], '.3f')}  "
-        f"MSE {fmt(mean['mse'], '.2e')}  label accuracy {fmt(mean['label_accuracy'], '.2f')}  "
-        f"({metrics['iterations']} iterations, {metrics['wall_time_s']:.1f} s)"
-    )
-    print(f"recovered labels {metrics['per_sample']['recovered_label']}, true {metrics['per_sample']['true_label']}")
-    recovered = metrics.get("details", {}).get("recovered")
+    if metrics["observation"]["inputs"].get("kind", "image") != "tokens":
+        print(
+            f"{metrics['attack']['name']}: PSNR {fmt(mean['psnr'], '.2f')} dB  SSIM {fmt(mean['ssim'], '.3f')}  "
+            f"MSE {fmt(mean['mse'], '.2e')}  label accuracy {fmt(mean['label_accuracy'], '.2f')}  "
+            f"({metrics['iterations']} iterations, {metrics['wall_time_s']:.1f} s)"
+        )
+        print(f"recovered labels {metrics['per_sample']['recovered_label']}, true "
+              f"{metrics['per_sample']['true_label']}")
+    details = metrics.get("details", {})
+    if details.get("sequences_found") is not None:
+        print(f"{metrics['attack']['name']}: {details['sequences_found']} sequences found "
+              f"({metrics['wall_time_s']:.1f} s)")
+    recovered = details.get("recovered")
     if recovered is not None:
         print(f"samples the attack flags as recovered: {sum(recovered)} of {len(recovered)} (details in metrics.json)")
-    print(f"report: {out / 'grid.png'}, {out / 'metrics.json'}")
+    _print_written(out, ("grid.png", "metrics.json", "reconstruction.safetensors"))
+
+
+def _print_written(out: Path, names: Sequence[str]) -> None:
+    """Name the report files that exist: never one that was not written."""
+    written = [str(out / n) for n in names if (out / n).is_file()]
+    if written:
+        print(f"report: {', '.join(written)}")
+
+
+def _nothing_recovered(recon: Any) -> str | None:
+    """A one-line reason when a text attack found no sequence at all (its reconstruction is padding only)."""
+    found = recon.details.get("sequences_found") if isinstance(recon.details, dict) else None
+    if found != 0:
+        return None
+    why = recon.details.get("stopped")
+    rank = recon.details.get("layer1_rank")
+    reason = f" ({why})" if why else f" (layer-1 rank {rank})" if rank is not None else ""
+    return (f"{recon.attack} found no token sequence in the update{reason}; nothing was written (exit status "
+            f"{EXIT_NOTHING_RECOVERED})")
+
+
+#: demo flags that describe the image victim and its optimisation attack; a text demo refuses them
+_IMAGE_ONLY = ("dataset", "indices", "batch_size", "image_size", "model", "model_arg", "num_classes", "model_mode",
+               "protocol", "local_steps", "local_lr", "local_batch_size", "leak_labels", "clients", "iterations",
+               "restarts", "checkpoint")
+#: demo flags of the text victim; an image demo refuses them
+_TEXT_ONLY = ("text_model", "records", "pretrain_steps")
+#: bundled records a text demo generates unless --allow-large (DAGER's layer-1 span fills a decoder's width,
+#: 768 tokens on gpt2-small, at about a dozen records: far more says nothing, and costs memory)
+MAX_DEMO_RECORDS = 256
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _given(args: argparse.Namespace, dests: Sequence[str]) -> list[str]:
+    """The flags among ``dests`` the user set (their value differs from the parser's default)."""
+    defaults = vars(build_parser().parse_args([args.command]))
+    return [_flag(d) for d in dests if getattr(args, d, None) != defaults.get(d)]
+
+
+def _text_attack(name: str, kwargs: dict[str, Any]) -> Any:
+    """Attack ``name`` built with ``kwargs`` after checking that it handles token sequences."""
+    from gradleak.attacks import ATTACKS
+    from gradleak.config import check_attack_settings
+
+    kinds = getattr(ATTACKS.get(name), "input_kinds", frozenset())
+    if "tokens" not in kinds:
+        text = [n for n in ATTACKS.names() if "tokens" in getattr(ATTACKS.get(n), "input_kinds", ())]
+        raise ConfigError(f"--attack {name!r} does not handle token sequences; text attacks: {', '.join(text)}")
+    return check_attack_settings(name, kwargs, "--attack-arg")
 
 
 def cmd_demo_text(args: argparse.Namespace) -> int:
     """A fine-tuning client's update on bundled private records, attacked (DAGER by default) and scored."""
-    from gradleak.config import check_attack_settings
     from gradleak.defenses import build_defense
     from gradleak.report.files import write_report
     from gradleak.report.text import write_text_report
     from gradleak.text.metrics import score_text
     from gradleak.text.victim import text_victim
 
-    attack_name = "dager" if args.attack == "idlg" else args.attack
+    wrong = _given(args, _IMAGE_ONLY)
+    if wrong:
+        raise ConfigError(f"{wrong[0]} does not apply to demo --text (text attacks take their settings from "
+                          "--attack-arg, e.g. steps=100 for tag)")
+    attack_name = args.attack or "dager"
+    attack = _text_attack(attack_name, parse_assignments(args.attack_arg, "--attack-arg"))
+    if args.records < 1:
+        raise ConfigError(f"--records must be >= 1, got {args.records}")
+    if args.records > MAX_DEMO_RECORDS and not args.allow_large:
+        raise ConfigError(f"--records {args.records} is above the limit of {MAX_DEMO_RECORDS} bundled records; pass "
+                          "--allow-large if this is real large work")
+    if args.pretrain_steps < 0:
+        raise ConfigError(f"--pretrain-steps must be >= 0, got {args.pretrain_steps}")
     defense = build_defense(args.defense, **parse_assignments(args.defense_arg, "--defense-arg")) \
         if args.defense else None
-    attack = check_attack_settings(attack_name, parse_assignments(args.attack_arg, "--attack-arg"), "--attack-arg")
     case = text_victim(args.text_model, args.records, seed=args.seed, pretrain_steps=args.pretrain_steps,
                        defense=defense)
     recon = attack.reconstruct(case.observation, device=args.device, seed=args.seed, progress=not args.quiet)
+    nothing = _nothing_recovered(recon)
+    if nothing:
+        print(f"gradleak: {nothing}", file=sys.stderr)
+        return EXIT_NOTHING_RECOVERED
     tok = case.tokenizer
     scores = score_text(recon.inputs, case.truth.inputs, tok.decode, pad_id=tok.pad_id, ignore_ids=(tok.eos_id,),
                         records=case.records)
@@ -237,16 +313,42 @@ def cmd_demo_text(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_experiment_memory(config: Any) -> None:
+    """Refuse, before the victim is built, a run whose batch and model cannot fit in the memory available."""
+    from gradleak.config import check_attack_settings
+    from gradleak.memory import check_memory, run_bytes
+    from gradleak.model_spec import ModelSpec
+
+    batch = len(config.indices) or config.batch_size
+    channels = config.channels or 3
+    attack = check_attack_settings(config.attack, config.attack_kwargs, "attack_kwargs")
+    restarts = max(1, int(getattr(attack, "restarts", 1) or 1))
+    elements = restarts * batch * channels * config.image_size ** 2
+    spec = ModelSpec(config.model, {"in_channels": channels, "num_classes": config.num_classes or 100,
+                                    "image_size": config.image_size, **config.model_kwargs})
+    try:
+        params = spec.count_parameters() or 0
+    except GradleakError:
+        params = 0  # a bad model setting is reported where the model is built, with its own message
+    check_memory(run_bytes(elements, params),
+                 f"a batch of {batch} {channels}x{config.image_size}x{config.image_size} images ({restarts} "
+                 f"restarts) and a {params}-parameter model")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gradleak.experiment import run_experiment
 
     if args.text:
         return cmd_demo_text(args)
+    wrong = _given(args, _TEXT_ONLY)
+    if wrong:
+        raise ConfigError(f"{wrong[0]} applies only with --text")
 
     if args.indices is None and args.batch_size == 1:
         args.indices = "0"  # the first bundled image (a face by default), so the demo is the same everywhere
 
     config = _experiment_config(args)
+    _check_experiment_memory(config)
     result = run_experiment(config, out=args.out, progress=not args.quiet)
     _print_summary(result.metrics, Path(args.out))
     return 0
@@ -261,7 +363,9 @@ def cmd_capture(args: argparse.Namespace) -> int:
     truth_path = Path(args.truth) if args.truth else path.with_name(path.stem + ".truth.safetensors")
     check_new_file(truth_path, "--truth", force=args.force)
     check_distinct({"--out": path, "--truth": truth_path})
-    obs, truth = make_victim(_experiment_config(args))
+    config = _experiment_config(args)
+    _check_experiment_memory(config)
+    obs, truth = make_victim(config)
     path = save_capture(obs, path, force=True)
     save_truth(truth, truth_path, capture=obs)
     print(f"capture: {path} ({obs.update_kind}, batch {obs.batch_size}, model {obs.model_spec.name})")
@@ -402,6 +506,39 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_token_labels(obs: Any) -> None:
+    """Leaked labels of a language-modelling capture are token ids shaped like the batch: each in the vocabulary,
+    or -100 (no target). The Observation checks classification labels only; a causal-LM capture's labels reach
+    the attack's loss (an index out of range there is a traceback from inside PyTorch)."""
+    labels, inputs = obs.labels, obs.inputs
+    if labels is None or obs.task.kind == "classification" or getattr(inputs, "kind", None) != "tokens":
+        return
+    shape = (obs.batch_size, inputs.seq_len)
+    if tuple(labels.shape) != shape:
+        raise ConfigError(f"the capture's labels have shape {tuple(labels.shape)}; {obs.task.kind} labels are token "
+                          f"ids shaped {shape}")
+    ids = labels[labels != -100]
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= inputs.vocab_size):
+        raise ConfigError(f"the capture's labels hold token id {int(ids.min()) if int(ids.min()) < 0 else int(ids.max())}"
+                          f"; {obs.task.kind} labels must lie in [0, {inputs.vocab_size}) or be -100")
+
+
+def _check_observation_memory(obs: Any, attack: Any, device: str) -> None:
+    """Refuse, before the attack starts, an observation whose batch and model cannot fit in the memory available
+    (with --allow-large the size bounds no longer do)."""
+    import math
+
+    from gradleak.memory import check_memory, run_bytes
+
+    if not str(device).startswith("cpu"):
+        return  # the accelerator's memory: its allocator's error is caught and named at the top level
+    restarts = max(1, int(getattr(attack, "restarts", 1) or 1))
+    elements = restarts * obs.batch_size * math.prod(obs.input_shape)
+    params = sum(int(v.numel()) for v in obs.weights.values())
+    check_memory(run_bytes(elements, params), f"attacking a batch of {obs.batch_size} inputs of shape "
+                 f"{tuple(obs.input_shape)} ({restarts} restarts) on a {params}-parameter model")
+
+
 def cmd_attack(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
 
@@ -415,7 +552,19 @@ def cmd_attack(args: argparse.Namespace) -> int:
     with allow_large() if args.allow_large else nullcontext():
         obs = _observation_from_args(args)
         truth = load_truth(args.truth, capture=obs) if args.truth else None
+    _check_token_labels(obs)
+    if obs.inputs.kind == "tokens":
+        attack = _text_attack(args.attack, _attack_kwargs(args))
+        wrong = [f for f in ("iterations", "restarts", "checkpoint") if getattr(args, f) is not None]
+        if wrong:
+            raise ConfigError(f"{_flag(wrong[0])} does not apply to text attacks (give their settings with "
+                              "--attack-arg)")
+    _check_observation_memory(obs, attack, args.device)
     recon = attack.reconstruct(obs, device=args.device, seed=args.seed, progress=not args.quiet)
+    nothing = _nothing_recovered(recon)
+    if nothing:
+        print(f"gradleak: {nothing}", file=sys.stderr)
+        return EXIT_NOTHING_RECOVERED
     scores = score(recon.inputs, recon.labels, truth) if truth is not None else None
     out = Path(args.out)
     metrics = write_report(out, obs, recon, scores, truth, seed=args.seed, device=args.device,
@@ -524,12 +673,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             psnr = row.get("psnr")
             print(f"  {row['key']} {row['status']}: " + (f"{psnr:.2f} dB" if psnr is not None else row["error"]))
 
-    summary = run_sweep(config, address=args.address, retry_errors=args.retry_errors or None, on_result=show)
+    summary = run_sweep(config, address=args.address, retry_errors=args.retry_errors or None, on_result=show,
+                        force=args.force)
     dupes = f" ({summary.duplicates} repeated grid points run once)" if summary.duplicates else ""
     print(f"sweep: {summary.total} experiments{dupes}, {summary.skipped} already done, {summary.ran} run "
           f"({summary.failed} failed) in {summary.wall_time_s:.1f} s; table: {summary.table}")
     if not args.no_report and summary.table.exists():
-        print(f"report: {write_html(summary.table, config=Path(args.config).read_text(encoding='utf-8'))}")
+        print(f"report: {write_html(summary.table, config=_read_text(args.config, 'sweep config'))}")
     if summary.errors:
         print(f"gradleak: error: {summary.errors} of {summary.total} experiments failed (see the table's error "
               "column; --retry-errors runs them again)", file=sys.stderr)
@@ -537,18 +687,36 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_text(path: str, flag: str) -> str:
+    """A small UTF-8 text file the user named (a config shown in a report); every failure is one line."""
+    from gradleak.config import MAX_CONFIG_BYTES
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"{flag} {path}: no such file" if not file.exists() else f"{flag} {path}: not a file")
+    if file.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{flag} {path}: above the {MAX_CONFIG_BYTES}-byte limit of a config file")
+    try:
+        return file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{flag} {path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot be read ({exc.strerror or exc})") from None
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from gradleak.report.html import write_html
 
-    config = Path(args.config).read_text() if args.config else None
+    config = _read_text(args.config, "--config") if args.config else None
     print(f"report: {write_html(args.source, args.out, config=config)}")
     return 0
 
 
 def cmd_split(args: argparse.Namespace) -> int:
     from gradleak.split.defenses import SplitDefense
-    from gradleak.split.run import run_split
+    from gradleak.split.run import check_split_settings, run_split
 
+    check_split_settings(args.image_size, args.cut, args.steps, args.observe)  # before the defense's checks too
     defense = SplitDefense(args.smashed_noise, args.nopeek, args.gradient_noise)
     metrics = run_split(args.out, args.dataset, args.image_size, args.cut, args.steps, args.observe,
                         args.positive_class, defense, args.seed)
@@ -557,14 +725,19 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gradleak", description="Gradient inversion: attacks, defenses, audits.")
+    parser = argparse.ArgumentParser(
+        prog="gradleak", description="Gradient inversion: attacks, defenses, audits.",
+        epilog="exit status: 0 done; 1 some sweep experiments failed (see the table); 2 bad input, or a run the "
+        "machine's memory cannot hold (one line on stderr, nothing run); 3 the attack ran and recovered nothing "
+        "(DAGER found no token sequence: one line on stderr, no report written, so that a script never takes an "
+        "empty reconstruction for a result)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="attack one bundled real face with iDLG on LeNet and report",
                           description="Simulate a client on a bundled image, attack its gradient, write a report.")
     _victim_args(demo, dataset="faces", num_classes=100)
     _defense_args(demo)
-    _attack_args(demo, attack="idlg")
+    _attack_args(demo, attack=None, default_help=" (default: idlg; dager with --text)")
     _common(demo, out_default="out/demo")
     txt = demo.add_argument_group("text (--text)")
     txt.add_argument("--text", action="store_true",
@@ -653,14 +826,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="allow the config's model module to be imported; repeatable")
     fla.add_argument("--secure-aggregation", action="store_true", help="Flower SecAgg+: the server sees sums only")
     fla.add_argument("--filter-threshold", type=float, default=None, metavar="DB",
-                     help="filter updates whose predicted attack PSNR (gradleak.risk) is above DB before FedAvg")
+                     help="filter updates whose predicted attack PSNR (gradleak.risk) is above DB before FedAvg; "
+                     "DB must lie in the risk score's range (about 5 to 50 dB)")
     fla.add_argument("--filter-action", choices=("drop", "clip", "flag"), default=None,
-                     help="what the filter does with a risky update (default: drop)")
+                     help="what the filter does with a risky update (default: drop; needs a threshold)")
     fla.add_argument("--attack", default=None)
     fla.add_argument("--iterations", type=int, default=None)
     fla.add_argument("--aggregate-as", choices=("client", "batch"), default=None,
                      help="attack an aggregate as one client's update (client) or as one batch of all (batch)")
     fla.add_argument("--out", default=None, help="report folder (default from the config: out/fl-audit)")
+    fla.add_argument("--allow-large", action="store_true",
+                     help="lift the bounds on the examples per round and image size")
     fla.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
     fla.add_argument("--quiet", action="store_true")
     fla.set_defaults(func=cmd_fl_audit)
@@ -676,6 +852,9 @@ def build_parser() -> argparse.ArgumentParser:
     swp.add_argument("--max-experiments", type=int, default=None, metavar="N",
                      help="allow a grid of up to N experiments (default: [sweep] max_experiments, 10000)")
     swp.add_argument("--no-report", action="store_true", help="do not write report.html next to the table")
+    swp.add_argument("--force", action="store_true",
+                     help="write into a folder or table that another sweep (or anything but this sweep) wrote; "
+                     "without it such a table is refused, never overwritten or merged")
     swp.add_argument("--quiet", action="store_true")
     swp.set_defaults(func=cmd_sweep)
 
@@ -698,6 +877,7 @@ def build_parser() -> argparse.ArgumentParser:
     spl.add_argument("--nopeek", type=float, default=0.0, help="defense: NoPeek distance-correlation weight")
     spl.add_argument("--gradient-noise", type=float, default=0.0, help="defense: returned-gradient perturbation")
     spl.add_argument("--seed", type=int, default=0)
+    spl.add_argument("--allow-large", action="store_true", help="lift the bounds on image size, steps and --observe")
     spl.add_argument("--out", default="split-run", help="report folder [split-run]")
     spl.set_defaults(func=cmd_split)
     return parser
@@ -729,8 +909,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return int(args.func(args))
         return int(args.func(args))
     except GradleakError as exc:
-        print(f"gradleak: error: {exc}", file=sys.stderr)
+        print(f"gradleak: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+        from gradleak.memory import out_of_memory_message
+
+        message = out_of_memory_message(exc)
+        if message is None:
+            raise
+        print(f"gradleak: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

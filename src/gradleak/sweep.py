@@ -60,6 +60,10 @@ METRIC_COLUMNS = (
 )
 RUN_FILES = ("grid.png", "trace.png", "metrics.json")
 RESULT_FILE = "result.json"
+#: a table's sidecar: it says gradleak wrote the table, for which sweep
+MARKER_SUFFIX = ".gradleak.json"
+#: files of a sweep folder that a sweep writes (besides its table and sidecar)
+SWEEP_FILES = ("sweep_config.json", "report.html")
 STATUSES = ("ok", "error")
 
 
@@ -87,6 +91,11 @@ class SweepSettings:
     @property
     def table_path(self) -> Path:
         return Path(self.out) / self.table
+
+    @property
+    def marker_path(self) -> Path:
+        """The table's sidecar, ``<table>.gradleak.json``: which sweep wrote the table (see ``claim_output``)."""
+        return Path(self.out) / (self.table + MARKER_SUFFIX)
 
 
 @dataclass(frozen=True)
@@ -141,6 +150,13 @@ class SweepConfig:
     def to_dict(self) -> dict[str, Any]:
         """The config as the tables of its file (``sweep``, ``base``, ``grid``), plus where it came from."""
         return {"source": self.source, "sweep": dataclasses.asdict(self.settings), "base": self.base, "grid": self.grid}
+
+    def digest(self) -> str:
+        """What makes this sweep this sweep: its name, its base experiment and its grid's axes (SHA-256 of them as
+        sorted JSON). The axes' values are left out on purpose: growing an axis (more seeds) resumes the same
+        sweep; another base, other axes or another name is another sweep."""
+        identity = {"name": self.settings.name, "base": self.base, "axes": sorted(self.grid)}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
     def combinations(self) -> Iterator[dict[str, Any]]:
         """The axis values of each experiment, in grid order (axes in file order, last varies fastest)."""
@@ -427,16 +443,63 @@ def rebuild_table(table: ResultsTable, out: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def _marker(path: Path) -> dict[str, Any] | None:
+    """A sidecar's content, or ``None`` when it is not one gradleak wrote."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) and data.get("written_by") == "gradleak sweep" else None
+
+
+def claim_output(config: SweepConfig, force: bool = False) -> None:
+    """Refuse, before anything is written, a table or folder this sweep did not write; then mark the table as its.
+
+    A sweep rewrites its table and the ``report.html`` beside it, and folds every ``runs/*/result.json`` of its
+    folder into the table. So it writes only where (a) the table's sidecar ``<table>.gradleak.json`` names this
+    sweep (same ``SweepConfig.digest``), or (b) nothing of a sweep is there yet: no table, no other sweep's
+    sidecar, no ``runs/``, ``sweep_config.json`` or ``report.html``. Anything else (an unrelated CSV named as the
+    table, another sweep's folder, a table from before sidecars existed) is a ``ConfigError`` unless ``force``,
+    which takes the folder over for this sweep."""
+    settings = config.settings
+    out, table, marker = Path(settings.out), settings.table_path, settings.marker_path
+    digest = config.digest()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"sweep out {str(out)!r} is an existing file, not a folder")
+    if not force:
+        hint = "choose another out or table, or pass --force to write there anyway"
+        others = sorted(out.glob(f"*{MARKER_SUFFIX}")) if out.is_dir() else []
+        for path in others:
+            other = _marker(path)
+            if other is not None and other.get("digest") != digest:
+                raise ConfigError(f"{out} holds the results of another sweep ({other.get('name')!r} from "
+                                  f"{other.get('source')}, per {path.name}); {hint}")
+        if table.exists() and _marker(marker) is None:
+            raise ConfigError(f"{table} exists and was not written by gradleak for this sweep (no {marker.name} "
+                              f"beside it); {hint}")
+        if not others:
+            leftovers = [n for n in ("runs", *SWEEP_FILES) if (out / n).exists()]
+            if leftovers:
+                raise ConfigError(f"{out} already holds {leftovers[0]} of something other than this sweep; {hint}")
+    out.mkdir(parents=True, exist_ok=True)
+    mark = {"written_by": "gradleak sweep", "name": settings.name, "digest": digest, "source": config.source,
+            "table": settings.table}
+    if _marker(marker) != mark:
+        _write_atomic(marker, json.dumps(mark, indent=2).encode())
+
+
 def run_sweep(
     config: SweepConfig,
     address: str | None = None,
     retry_errors: bool | None = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    force: bool = False,
 ) -> SweepSummary:
     """Run every experiment of ``config`` not yet done as a Ray task; stream rows in as they finish.
 
     The table is first rebuilt from the stored per-run results (see the module docstring), so a sweep killed
-    at any point, even mid-write, resumes with one complete row per experiment."""
+    at any point, even mid-write, resumes with one complete row per experiment. A table or folder another sweep
+    (or anything but gradleak) wrote is refused first, unless ``force`` (see ``claim_output``)."""
     import ray
 
     start = time.perf_counter()
@@ -444,8 +507,7 @@ def run_sweep(
     retry = settings.retry_errors if retry_errors is None else retry_errors
     table = ResultsTable(settings.table_path)
     out = Path(settings.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"sweep out {str(out)!r} is an existing file, not a folder")
+    claim_output(config, force)
     rows = rebuild_table(table, out)
     unique: dict[str, tuple[ExperimentConfig, dict[str, Any]]] = {}
     experiments = config.experiments()
@@ -517,6 +579,6 @@ def run_sweep(
 
 
 __all__ = [
-    "ResultsTable", "SweepConfig", "SweepSettings", "SweepSummary", "experiment_key", "rebuild_table", "record_result",
-    "run_sweep",
+    "ResultsTable", "SweepConfig", "SweepSettings", "SweepSummary", "claim_output", "experiment_key", "rebuild_table",
+    "record_result", "run_sweep",
 ]

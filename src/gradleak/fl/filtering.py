@@ -9,6 +9,7 @@ round is kept in ``.rounds``. The same rule for non-Flower loops is ``gradleak.r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -20,6 +21,20 @@ from torch import nn
 from gradleak.errors import ConfigError
 from gradleak.fl.recording import StrategyWrapper, _pick, _reply_metrics, _tensors
 from gradleak.risk import RiskModel, indicators
+
+
+def check_threshold(threshold: float, risk_model: RiskModel | None = None, name: str = "filter threshold") -> None:
+    """A threshold must lie in the risk score's range [floor, ceiling) dB: below the floor every update is above
+    it (each round aggregates nothing), at or above the ceiling none is (the filter does nothing)."""
+    model = risk_model or RiskModel.load()
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise ConfigError(f"{name} must be a finite number of dB, got {threshold!r}")
+    if threshold < model.floor:
+        raise ConfigError(f"{name} {threshold:g} dB is below the risk score's range [{model.floor:.1f}, "
+                          f"{model.ceiling:.1f}) dB: every update would be filtered in every round")
+    if threshold >= model.ceiling:
+        raise ConfigError(f"{name} {threshold:g} dB is not below the risk score's ceiling "
+                          f"{model.ceiling:.1f} dB: no update would ever be filtered")
 
 
 @dataclass
@@ -57,13 +72,14 @@ class FilteringStrategy(StrategyWrapper):
             raise ConfigError(f"filter action must be 'drop', 'clip' or 'flag', got {action!r}")
         if not 0.0 <= clip_factor <= 1.0:
             raise ConfigError(f"filter clip_factor must be in [0, 1], got {clip_factor}")
+        self.risk_model = risk_model or RiskModel.load()
+        check_threshold(threshold, self.risk_model)
         super().__init__(strategy, arrayrecord_key)
         self.model = model_factory()
         self.num_classes = num_classes
         self.threshold = float(threshold)
         self.action = action
         self.clip_factor = float(clip_factor)
-        self.risk_model = risk_model or RiskModel.load()
         self.rounds: list[RoundFilterReport] = []
         self._sent: dict[int, dict[str, torch.Tensor]] = {}
 

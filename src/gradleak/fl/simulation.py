@@ -18,10 +18,12 @@ from typing import Any, Literal
 
 import torch
 
+from gradleak import limits
+from gradleak.data import check_image_size
 from gradleak.errors import ConfigError
 from gradleak.fl.audit import AuditTarget
 from gradleak.fl.clients import ClientSetup, make_client_app, make_secagg_client_app
-from gradleak.fl.filtering import RoundFilterReport
+from gradleak.fl.filtering import RoundFilterReport, check_threshold
 from gradleak.fl.recording import RecordedUpdate, RecordingLegacyStrategy, RecordingStrategy, UpdateRecorder
 from gradleak.model_spec import is_trusted, split_import_path
 from gradleak.observation import GroundTruth, ModelSpec
@@ -56,7 +58,8 @@ class FederationConfig:
     ray_num_cpus: int | None = 2
     examples_by_client: tuple[int, ...] = ()
     filter_threshold: float | None = None
-    filter_action: Literal["drop", "clip", "flag"] = "drop"
+    #: ``None``: 'drop' where a threshold is set; an action without a threshold is refused (it would do nothing)
+    filter_action: Literal["drop", "clip", "flag"] | None = None
 
     def __post_init__(self) -> None:
         if self.num_clients < 2:
@@ -65,6 +68,7 @@ class FederationConfig:
             raise ConfigError(f"secure_aggregation (SecAgg+) needs >= 3 clients, got {self.num_clients}")
         if self.rounds < 1 or self.examples_per_round < 1 or self.local_steps < 1:
             raise ConfigError("rounds, examples_per_round and local_steps must be >= 1")
+        self._check_sizes()
         if self.protocol not in ("fedsgd", "fedavg", "dp"):
             raise ConfigError(f"protocol must be 'fedsgd', 'fedavg' or 'dp', got {self.protocol!r}")
         if not self.local_lr > 0:
@@ -72,13 +76,37 @@ class FederationConfig:
         if len(self.examples_by_client) > self.num_clients or any(n < 1 for n in self.examples_by_client):
             raise ConfigError(f"examples_by_client must hold at most num_clients = {self.num_clients} positive "
                               f"integers, got {list(self.examples_by_client)}")
-        if self.filter_action not in ("drop", "clip", "flag"):
+        if self.filter_action not in (None, "drop", "clip", "flag"):
             raise ConfigError(f"filter_action must be 'drop', 'clip' or 'flag', got {self.filter_action!r}")
-        if self.filter_threshold is not None and not math.isfinite(self.filter_threshold):
-            raise ConfigError(f"filter_threshold must be a finite number of dB, got {self.filter_threshold}")
+        if self.filter_action is not None and self.filter_threshold is None:
+            raise ConfigError(f"filter_action {self.filter_action!r} needs a filter_threshold (--filter-threshold "
+                              "DB): without one no update is filtered")
+        if self.filter_threshold is not None:
+            check_threshold(self.filter_threshold, name="filter_threshold")
         if self.filter_threshold is not None and self.secure_aggregation:
             raise ConfigError("filter_threshold needs each client's update; under secure aggregation the server "
                               "sees only their sum")
+
+
+    def _check_sizes(self) -> None:
+        """The sizes the clients allocate, bounded as a capture's are (``gradleak.limits``, ``--allow-large``):
+        each client's batch of images, its local steps, and the image size (before any dataset is loaded)."""
+        check_image_size(self.image_size, self.channels, "image_size")
+        channels = self.channels or 3
+        for n, what in [(self.examples_per_round, "examples_per_round"),
+                        *((n, f"examples_by_client[{i}]") for i, n in enumerate(self.examples_by_client))]:
+            limits.check("batch_size", n, what)
+            limits.check("batch_elements", n * channels * self.image_size ** 2, f"{what} x image elements")
+        limits.check("local_steps", self.local_steps, "local_steps")
+        if self.local_batch_size is not None:
+            if self.local_batch_size < 1:
+                raise ConfigError(f"local_batch_size must be >= 1, got {self.local_batch_size}")
+            limits.check("batch_size", self.local_batch_size, "local_batch_size")
+
+    @property
+    def action(self) -> Literal["drop", "clip", "flag"]:
+        """What the filter does with a risky update."""
+        return self.filter_action or "drop"
 
 
 @dataclass
@@ -115,6 +143,11 @@ def _setup(config: FederationConfig) -> tuple[ClientSetup, AuditTarget]:
     num_classes = config.num_classes or ds.num_classes
     if num_classes < ds.num_classes:
         raise ConfigError(f"num_classes {num_classes} is smaller than the {ds.num_classes} classes of {ds.name!r}")
+    shard = len(ds) // config.num_clients
+    largest = max((config.examples_per_round, *config.examples_by_client))
+    if largest > shard:
+        raise ConfigError(f"a client's batch of {largest} examples per round is more than its shard holds: "
+                          f"{len(ds)} images of {ds.name!r} over {config.num_clients} clients is {shard} each")
     c, h, _ = ds.input_shape
     kwargs = {"in_channels": c, "num_classes": num_classes, "image_size": h, **config.model_kwargs}
     if ":" in config.model:
@@ -165,7 +198,7 @@ def _server_app(config: FederationConfig, setup: ClientSetup, initial: dict[str,
 
             # the recorder sits inside the filter: it records exactly the updates FedAvg aggregates
             strategy = FilteringStrategy(strategy, setup.model_spec.build, num_classes=setup.model_spec.kwargs.get(
-                "num_classes"), threshold=config.filter_threshold, action=config.filter_action)
+                "num_classes"), threshold=config.filter_threshold, action=config.action)
             out["filter_rounds"] = strategy.rounds
         result = strategy.start(grid=grid, initial_arrays=ArrayRecord(initial), num_rounds=config.rounds,
                                 train_config=ConfigRecord(_train_config(config)))

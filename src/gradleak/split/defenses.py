@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -26,8 +27,8 @@ class SplitDefense:
     def __post_init__(self) -> None:
         for name in ("smashed_noise", "nopeek", "gradient_noise"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value >= 0 or value != value:
-                raise ConfigError(f"SplitDefense.{name} must be a number >= 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ConfigError(f"split defense {name} must be a finite number >= 0, got {value!r}")
 
     @property
     def name(self) -> str:

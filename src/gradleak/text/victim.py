@@ -17,8 +17,10 @@ import torch
 
 from gradleak.defenses.base import Defense
 from gradleak.defenses.dp import DPSGD
+from gradleak import limits
 from gradleak.errors import ConfigError
 from gradleak.inputs import TokenInput
+from gradleak.memory import FLOAT_BYTES, check_memory
 from gradleak.observation import GroundTruth, Observation
 from gradleak.tasks import Task
 from gradleak.text.corpus import Record, private_records
@@ -44,6 +46,23 @@ def encode_records(tokenizer: Tokenizer, records: list[Record], seq_len: int | N
     return torch.tensor([(r + [tokenizer.pad_id] * length)[:length] for r in rows], dtype=torch.long)
 
 
+#: activations one token keeps per layer and hidden unit through a transformer's forward and backward (attention
+#: projections and scores, MLP in and out, norms, residuals: about 20 kept for the backward, plus the gradients in
+#: flight): an upper figure for GPT-2/BERT blocks
+ACTIVATIONS_PER_HIDDEN = 24
+
+
+def text_step_bytes(model: str, records: int, seq_len: int, vocab_size: int) -> int:
+    """Estimated peak bytes of one client step on ``records`` x ``seq_len`` tokens of text model ``model``: the
+    logits and their gradient (``vocab_size`` per token, x 3) and every layer's activations
+    (``ACTIVATIONS_PER_HIDDEN`` x hidden size per token), in float32."""
+    _, settings = TEXT_MODELS[model]
+    hidden = settings.get("n_embd", settings.get("hidden_size", 768))
+    layers = settings.get("n_layer", settings.get("num_hidden_layers", 12))
+    tokens = records * seq_len
+    return tokens * (3 * vocab_size + ACTIVATIONS_PER_HIDDEN * hidden * layers) * FLOAT_BYTES
+
+
 def text_victim(model: str = "gpt2-small", batch_size: int = 8, *, seed: int = 0, vocab_size: int = 2048,
                 pretrain_steps: int = 0, lora_rank: int | None = None, lora_steps: int = 0, defense: Any = None,
                 records: list[Record] | None = None, max_len: int | None = None,
@@ -55,9 +74,22 @@ def text_victim(model: str = "gpt2-small", batch_size: int = 8, *, seed: int = 0
     adapter is fresh, ``B = 0``, and only ``B``'s gradient is nonzero); ``max_len``: records cut to this many
     tokens (their end-of-sequence token included), to fit a batch under a span test's width; ``pretrain_batch``:
     records per pre-training step (AdamW's step size does not depend on it; the cost is linear in it)."""
+    if records is None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"a text batch needs at least one record, got batch_size {batch_size!r}")
+        limits.check("batch_size", batch_size, "text batch_size (records)")
+    elif not records:
+        raise ConfigError("a text batch needs at least one record, got none")
+    if isinstance(pretrain_steps, bool) or not isinstance(pretrain_steps, int) or pretrain_steps < 0:
+        raise ConfigError(f"pretrain_steps must be an integer >= 0, got {pretrain_steps!r}")
+    limits.check("local_steps", pretrain_steps, "pretrain_steps")
+    if model not in TEXT_MODELS:
+        raise ConfigError(f"unknown text model {model!r}; known: {', '.join(TEXT_MODELS)}")
     tokenizer = load_tokenizer("bpe", vocab_size)
     records = records if records is not None else private_records(batch_size, seed=1000 + seed)
     ids = encode_records(tokenizer, records)
+    check_memory(text_step_bytes(model, ids.shape[0], ids.shape[1], tokenizer.vocab_size),
+                 f"a text batch of {ids.shape[0]} records of {ids.shape[1]} tokens on {model}")
     if max_len is not None and ids.shape[1] > max_len:
         ids = encode_records(tokenizer, records, max_len)
         cut = ids[:, -1] != tokenizer.pad_id  # cut records end with their end-of-sequence token
