@@ -4,11 +4,17 @@ Recovered sequences are first matched one-to-one to the true ones (Hungarian ass
 disagreement), since an attack recovers a batch as a set. *Secrets recovered* is what an auditor reports: the share
 of the batch's PII spans (names, emails, phone numbers, accounts, ...) that appear verbatim in the decoded
 reconstruction matched to their record.
+
+Text baselines (``bag_baselines``): what an attacker gets from the leaked token bag alone, without ordering it
+from the update (the text side of ``gradleak.baselines``): random draws from the bag, and the bag in the order
+of its tokens' frequency in public text. A record counts as leaked only when its ROUGE-1 beats the best of them by
+``Margins.rouge1``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -30,13 +36,27 @@ class TextScores:
     assignment: list[int]
     recovered_text: list[str]
     true_text: list[str]
+    #: per baseline name, per true record: {"rouge1": [...], "rouge2": [...]} (``with_baselines``)
+    baselines: dict[str, dict[str, list[float]]] | None = None
+    #: per true record: ROUGE-1 beats the best baseline's by the margin (``with_baselines``)
+    leaked: list[bool] | None = None
+
+    def with_baselines(self, baselines: dict[str, dict[str, list[float]]], margin: float) -> TextScores:
+        """These scores beside ``baselines`` (``bag_baselines``), each record judged leaked or not."""
+        best = [max(b["rouge1"][i] for b in baselines.values()) for i in range(len(self.rouge1))]
+        return replace(self, baselines=baselines, leaked=[r >= b + margin for r, b in zip(self.rouge1, best)])
+
+    def baseline_means(self) -> dict[str, dict[str, float]]:
+        n = len(self.rouge1)
+        return {name: {k: sum(v) / n for k, v in b.items()} for name, b in (self.baselines or {}).items()}
 
     def means(self) -> dict[str, float | None]:
         n = len(self.exact)
         total = sum(self.secrets_total)
         return {"rouge1": sum(self.rouge1) / n, "rouge2": sum(self.rouge2) / n, "rougeL": sum(self.rougeL) / n,
                 "exact": sum(self.exact) / n, "token_accuracy": sum(self.token_accuracy) / n,
-                "secrets_recovered": None if total == 0 else sum(self.secrets_found) / total}
+                "secrets_recovered": None if total == 0 else sum(self.secrets_found) / total,
+                "leaked": None if self.leaked is None else sum(self.leaked) / n}
 
 
 def _strip(ids: list[int], ignore: set[int]) -> list[int]:
@@ -81,3 +101,39 @@ def score_text(recovered: torch.Tensor, truth: torch.Tensor, decode, *, pad_id: 
         out["recovered_text"].append(r_text)
         out["true_text"].append(t_text)
     return TextScores(assignment=assignment, **out)
+
+
+def bag_baselines(truth: torch.Tensor, bag: set[int] | list[int], decode, *, pad_id: int | None = None,
+                  ignore_ids: tuple[int, ...] = (), public: list[list[int]] | None = None, draws: int = 5,
+                  seed: int = 0) -> dict[str, dict[str, list[float]]]:
+    """ROUGE-1/2 per true record ``(B, L)`` of what the leaked token ``bag`` gives without the update:
+    ``"random from bag"``: each record's length in tokens drawn uniformly from the bag (mean of ``draws`` draws);
+    ``"bag by public frequency"``: the bag's tokens, most frequent in ``public`` token sequences first (ties by
+    id), cut or cycled to the record's length. Padding and ``ignore_ids`` are never drawn."""
+    from rouge_score import rouge_scorer
+
+    ignore = {i for i in (pad_id, *ignore_ids) if i is not None}
+    tokens = sorted(int(t) for t in bag if int(t) not in ignore)
+    true = [_strip(t, ignore) for t in truth.tolist()]
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2"], use_stemmer=False)
+    out = {name: {"rouge1": [], "rouge2": []} for name in ("random from bag", "bag by public frequency")}
+    if not tokens:
+        for b in out.values():
+            b["rouge1"] = b["rouge2"] = [0.0] * len(true)
+        return out
+    counts = Counter(t for seq in (public or []) for t in seq)
+    ordered = sorted(tokens, key=lambda t: (-counts[t], t))
+    gen = torch.Generator().manual_seed(seed)
+    for t in true:
+        text = decode(t)
+        r1 = r2 = 0.0
+        for _ in range(draws):
+            guess = [tokens[int(i)] for i in torch.randint(len(tokens), (len(t),), generator=gen)]
+            s = scorer.score(text, decode(guess))
+            r1, r2 = r1 + s["rouge1"].fmeasure / draws, r2 + s["rouge2"].fmeasure / draws
+        out["random from bag"]["rouge1"].append(r1)
+        out["random from bag"]["rouge2"].append(r2)
+        s = scorer.score(text, decode([ordered[k % len(ordered)] for k in range(len(t))]))
+        out["bag by public frequency"]["rouge1"].append(s["rouge1"].fmeasure)
+        out["bag by public frequency"]["rouge2"].append(s["rouge2"].fmeasure)
+    return out
