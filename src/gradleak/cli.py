@@ -80,9 +80,21 @@ def _attack_args(p: argparse.ArgumentParser, attack: str | None, default_help: s
 
 
 def _attack_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """``--attack-arg`` settings with ``--iterations``, ``--restarts`` and ``--checkpoint`` merged in; a flag the
+    named attack has no setting for is refused by its own name (DAGER has no iterations)."""
+    import dataclasses
+
+    from gradleak.attacks import ATTACKS
+
     kwargs = parse_assignments(args.attack_arg, "--attack-arg")
+    name = getattr(args, "attack", None) or "idlg"
+    factory = ATTACKS.get(name)
+    fields = {f.name for f in dataclasses.fields(factory)} if dataclasses.is_dataclass(factory) else None
     for key in ("iterations", "restarts", "checkpoint"):
         if getattr(args, key, None) is not None:
+            if fields is not None and key not in fields:
+                raise ConfigError(f"{_flag(key)} does not apply to attack {name!r} (its settings: "
+                                  f"{', '.join(sorted(fields))}; give them with --attack-arg)")
             kwargs[key] = getattr(args, key)
     return kwargs
 
@@ -95,7 +107,8 @@ def _experiment_config(args: argparse.Namespace) -> Any:
         model=args.model, model_kwargs=parse_assignments(args.model_arg, "--model-arg"), num_classes=args.num_classes,
         model_mode=args.model_mode, protocol=args.protocol, local_steps=args.local_steps, local_lr=args.local_lr,
         local_batch_size=args.local_batch_size, leak_labels=args.leak_labels, clients=args.clients,
-        attack=getattr(args, "attack", None) or "idlg", attack_kwargs=_attack_kwargs(args) if hasattr(args, "attack") else {},
+        attack=getattr(args, "attack", None) or "idlg",
+        attack_kwargs=_attack_kwargs(args) if hasattr(args, "attack") else {},
         seed=args.seed, device=args.device, **_defense_fields(args),
     )
 
@@ -195,8 +208,8 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
               f"{metrics['per_sample']['true_label']}")
     details = metrics.get("details", {})
     if details.get("sequences_found") is not None:
-        print(f"{metrics['attack']['name']}: {details['sequences_found']} sequences found "
-              f"({metrics['wall_time_s']:.1f} s)")
+        print(f"{metrics['attack']['name']}: {details['sequences_found']} sequences found for a batch of "
+              f"{metrics['observation']['batch_size']} ({metrics['wall_time_s']:.1f} s)")
     recovered = details.get("recovered")
     if recovered is not None:
         print(f"samples the attack flags as recovered: {sum(recovered)} of {len(recovered)} (details in metrics.json)")
@@ -216,6 +229,9 @@ def _nothing_recovered(recon: Any) -> str | None:
     if found != 0:
         return None
     why = recon.details.get("stopped")
+    counts = recon.details.get("candidates_per_position") or []
+    if not why and counts and max(counts) == 0:
+        why = "no token lies inside the layer-1 span at any position"
     rank = recon.details.get("layer1_rank")
     reason = f" ({why})" if why else f" (layer-1 rank {rank})" if rank is not None else ""
     return (f"{recon.attack} found no token sequence in the update{reason}; nothing was written (exit status "
@@ -519,8 +535,9 @@ def _check_token_labels(obs: Any) -> None:
                           f"ids shaped {shape}")
     ids = labels[labels != -100]
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= inputs.vocab_size):
-        raise ConfigError(f"the capture's labels hold token id {int(ids.min()) if int(ids.min()) < 0 else int(ids.max())}"
-                          f"; {obs.task.kind} labels must lie in [0, {inputs.vocab_size}) or be -100")
+        worst = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+        raise ConfigError(f"the capture's labels hold token id {worst}; {obs.task.kind} labels must lie in "
+                          f"[0, {inputs.vocab_size}) or be -100")
 
 
 def _check_observation_memory(obs: Any, attack: Any, device: str) -> None:

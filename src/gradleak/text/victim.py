@@ -63,6 +63,15 @@ def text_step_bytes(model: str, records: int, seq_len: int, vocab_size: int) -> 
     return tokens * (3 * vocab_size + ACTIVATIONS_PER_HIDDEN * hidden * layers) * FLOAT_BYTES
 
 
+def _check_text_memory(model: str, records: int, seq_len: int, vocab_size: int) -> None:
+    check_memory(text_step_bytes(model, records, seq_len, vocab_size),
+                 f"a text batch of {records} records of {seq_len} tokens on {model}")
+
+
+#: records generated to measure the bundled records' length before generating many of them
+_LENGTH_SAMPLE = 32
+
+
 def text_victim(model: str = "gpt2-small", batch_size: int = 8, *, seed: int = 0, vocab_size: int = 2048,
                 pretrain_steps: int = 0, lora_rank: int | None = None, lora_steps: int = 0, defense: Any = None,
                 records: list[Record] | None = None, max_len: int | None = None,
@@ -86,10 +95,12 @@ def text_victim(model: str = "gpt2-small", batch_size: int = 8, *, seed: int = 0
     if model not in TEXT_MODELS:
         raise ConfigError(f"unknown text model {model!r}; known: {', '.join(TEXT_MODELS)}")
     tokenizer = load_tokenizer("bpe", vocab_size)
+    if records is None and batch_size > _LENGTH_SAMPLE:  # generating many records takes long: estimate first
+        sample = encode_records(tokenizer, private_records(_LENGTH_SAMPLE, seed=1000 + seed))
+        _check_text_memory(model, batch_size, sample.shape[1], tokenizer.vocab_size)
     records = records if records is not None else private_records(batch_size, seed=1000 + seed)
     ids = encode_records(tokenizer, records)
-    check_memory(text_step_bytes(model, ids.shape[0], ids.shape[1], tokenizer.vocab_size),
-                 f"a text batch of {ids.shape[0]} records of {ids.shape[1]} tokens on {model}")
+    _check_text_memory(model, ids.shape[0], ids.shape[1], tokenizer.vocab_size)
     if max_len is not None and ids.shape[1] > max_len:
         ids = encode_records(tokenizer, records, max_len)
         cut = ids[:, -1] != tokenizer.pad_id  # cut records end with their end-of-sequence token
