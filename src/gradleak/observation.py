@@ -85,7 +85,8 @@ def check_plain_tensor(tensor: Any, what: str, *, cpu: bool = True) -> None:
 def _check_tensors(tensors: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], what: str,
                    model_name: str) -> None:
     for name, tensor in tensors.items():
-        check_plain_tensor(tensor, f"{what} entry {name!r}", cpu=False)
+        if not isinstance(tensor, torch.Tensor):
+            raise CaptureError(f"{what} entry {name!r} is a {type(tensor).__name__}, not a tensor")
         if name not in reference:
             raise CaptureError(f"{what} key {name!r} is not a parameter of model {model_name!r} "
                                f"(parameters: {', '.join(list(reference)[:6])}, ...)")
@@ -94,6 +95,7 @@ def _check_tensors(tensors: dict[str, torch.Tensor], reference: dict[str, torch.
                                f"expects {tuple(reference[name].shape)}")
         if reference[name].dtype.is_floating_point and not tensor.dtype.is_floating_point:
             raise CaptureError(f"{what} tensor {name!r} has dtype {tensor.dtype}; a floating-point tensor is expected")
+        check_plain_tensor(tensor, f"{what} tensor {name!r}", cpu=False)
         if tensor.dtype.is_floating_point and not torch.isfinite(tensor).all():
             raise CaptureError(f"{what} tensor {name!r} contains NaN or Inf")
 
