@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from gradleak.errors import ConfigError
+from gradleak.limits import parse_json
 
 FEATURES: tuple[str, ...] = (
     "log_batch", "classifier_rank", "negative_bias", "log_norm_per_sample", "first_layer_share", "sparsity",
@@ -128,8 +129,8 @@ class RiskModel:
 
     @classmethod
     def from_json(cls, text: str, source: str = "risk model") -> RiskModel:
+        raw = parse_json(text, f"{source}: not a risk model JSON", ConfigError)
         try:
-            raw = json.loads(text)
             return cls({k: float(v) for k, v in raw["coefficients"].items()}, float(raw["intercept"]),
                        float(raw.get("floor", 0.0)), float(raw.get("ceiling", 100.0)), dict(raw.get("info", {})))
         except (ValueError, KeyError, TypeError, AttributeError) as err:
