@@ -15,7 +15,8 @@ Ground truth, when a simulation knows it, goes to a separate file (format ``grad
 handed to a red team carries nothing private; it names the capture it belongs to by ``update_digest``.
 
 Reading validates the whole file before any work (``Observation.validate``): a model named by import path is built
-only if the user trusted its module (``trust``); nothing else a file names is ever imported or executed.
+only if the user trusted that very factory (``trust``), with settings bound to its signature; nothing else a file
+names is ever imported or executed. The metadata JSON is read by ``gradleak.limits.parse_json`` (nesting bounded).
 """
 
 from __future__ import annotations
@@ -130,8 +131,9 @@ def _v1_description(meta: dict[str, Any]) -> tuple[ModelSpec, ImageInput, Task]:
 def load_capture(path: str | Path, *, trust: Iterable[str] = ()) -> Observation:
     """Read and validate a capture; every problem raises ``CaptureError`` naming the file and the key.
 
-    ``trust`` lists modules whose code the user allows to run (a capture whose model is named by import path is
-    refused unless its module is trusted here or by ``gradleak.trust_model``)."""
+    ``trust`` lists the factories (``pkg.mod:factory``, ``path/file.py:factory``) the user allows to run: a capture
+    whose model is named by import path is refused unless that factory is trusted here or by
+    ``gradleak.trust_model``; trusting a module alone trusts none of its functions."""
     path = Path(path)
     trust_model(*trust)
     meta, tensors = _read(path, CAPTURE_FORMAT)
