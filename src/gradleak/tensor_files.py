@@ -4,8 +4,8 @@ Two formats are read, neither of which can run code: safetensors, and PyTorch fi
 ``torch.load(weights_only=True)`` (tensors and plain containers only; anything else is refused by PyTorch's
 restricted unpickler), whatever the file's name says. Only dense, real tensors in CPU memory are accepted (a
 sparse, ``meta``, complex or quantized entry is one error naming the file and the key). A file may hold the mapping
-itself or wrap it once (``{"state_dict": {...}}``, Lightning and many training scripts do). Names lose wrapper prefixes (``_module.`` from Opacus, ``module.`` from
-DataParallel/DDP) so they match the plain model.
+itself or wrap it once (``{"state_dict": {...}}``, Lightning and many training scripts do). Names lose wrapper
+prefixes (``_module.`` from Opacus, ``module.`` from DataParallel/DDP) so they match the plain model.
 """
 
 from __future__ import annotations
