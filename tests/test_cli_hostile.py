@@ -74,6 +74,15 @@ def test_sweep_refuses_a_table_or_folder_it_did_not_write(tmp_path: Path, capsys
                         "there anyway")
     assert not (shared / "b.csv").exists()
 
+    # a folder this sweep wrote before sidecars existed is recognised by its sweep_config.json
+    legacy = tmp_path / "legacy"
+    old = load_sweep_config(_sweep_file(tmp_path, "l.toml", legacy, name="l"))
+    legacy.mkdir()
+    (legacy / "sweep_config.json").write_text(json.dumps(old.to_dict(), default=str))
+    (legacy / "results.csv").write_text("key,status\n")
+    sweep.claim_output(old)
+    assert (legacy / "results.csv.gradleak.json").is_file()
+
     # the same sweep resumes, and may grow an axis; --force takes a folder over
     sweep.claim_output(load_sweep_config(_sweep_file(tmp_path, "a2.toml", shared, name="a", seeds="[0, 1]")))
     sweep.claim_output(load_sweep_config(config), force=True)

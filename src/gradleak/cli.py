@@ -670,7 +670,7 @@ def cmd_fl_audit(args: argparse.Namespace) -> int:
         best = "n/a" if row["psnr_best"] is None else f"{row['psnr_best']:.1f} dB"
         print(f"round {row['round']} {row['source']}: best PSNR {best}{'  LEAKED' if row['leaked'] else ''}"
               f"{'  error: ' + row['error'] if row['error'] else ''}")
-    print(f"report: {Path(settings.out) / 'report.html'}, {Path(settings.out) / 'audit.csv'}")
+    _print_written(Path(settings.out), ("report.html", "audit.csv"))
     return 0
 
 

@@ -155,8 +155,7 @@ class SweepConfig:
         """What makes this sweep this sweep: its name, its base experiment and its grid's axes (SHA-256 of them as
         sorted JSON). The axes' values are left out on purpose: growing an axis (more seeds) resumes the same
         sweep; another base, other axes or another name is another sweep."""
-        identity = {"name": self.settings.name, "base": self.base, "axes": sorted(self.grid)}
-        return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+        return _identity(self.settings.name, self.base, self.grid)
 
     def combinations(self) -> Iterator[dict[str, Any]]:
         """The axis values of each experiment, in grid order (axes in file order, last varies fastest)."""
@@ -178,6 +177,12 @@ class SweepConfig:
             except (ConfigError, TypeError, ValueError) as exc:
                 raise ConfigError(f"{self.source}: grid point {combo} is not a valid experiment: {exc}") from exc
         return out
+
+
+def _identity(name: Any, base: Any, grid: Any) -> str:
+    """SHA-256 of a sweep's name, base experiment and axis names, as sorted JSON (``SweepConfig.digest``)."""
+    identity = {"name": name, "base": base, "axes": sorted(grid)}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _fields(data: Any, source: str, table: str) -> dict[str, Any]:
@@ -452,15 +457,25 @@ def _marker(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("written_by") == "gradleak sweep" else None
 
 
+def _legacy_digest(out: Path) -> str | None:
+    """The digest of the sweep whose ``sweep_config.json`` lies in ``out`` (written by every run, before sidecars
+    existed too), or ``None``."""
+    try:
+        data = json.loads((out / "sweep_config.json").read_bytes().decode("utf-8"))
+        return _identity(data["sweep"]["name"], data["base"], data["grid"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
 def claim_output(config: SweepConfig, force: bool = False) -> None:
     """Refuse, before anything is written, a table or folder this sweep did not write; then mark the table as its.
 
     A sweep rewrites its table and the ``report.html`` beside it, and folds every ``runs/*/result.json`` of its
     folder into the table. So it writes only where (a) the table's sidecar ``<table>.gradleak.json`` names this
     sweep (same ``SweepConfig.digest``), or (b) nothing of a sweep is there yet: no table, no other sweep's
-    sidecar, no ``runs/``, ``sweep_config.json`` or ``report.html``. Anything else (an unrelated CSV named as the
-    table, another sweep's folder, a table from before sidecars existed) is a ``ConfigError`` unless ``force``,
-    which takes the folder over for this sweep."""
+    sidecar, no ``runs/``, ``sweep_config.json`` or ``report.html``, or (c) the folder's ``sweep_config.json``
+    is this sweep's (a folder from before sidecars existed). Anything else (an unrelated CSV named as the table,
+    another sweep's folder) is a ``ConfigError`` unless ``force``, which takes the folder over for this sweep."""
     settings = config.settings
     out, table, marker = Path(settings.out), settings.table_path, settings.marker_path
     digest = config.digest()
@@ -474,13 +489,15 @@ def claim_output(config: SweepConfig, force: bool = False) -> None:
             if other is not None and other.get("digest") != digest:
                 raise ConfigError(f"{out} holds the results of another sweep ({other.get('name')!r} from "
                                   f"{other.get('source')}, per {path.name}); {hint}")
-        if table.exists() and _marker(marker) is None:
+        adopted = _legacy_digest(out) == digest  # this sweep's folder from before sidecars existed
+        if table.exists() and _marker(marker) is None and not adopted:
             raise ConfigError(f"{table} exists and was not written by gradleak for this sweep (no {marker.name} "
                               f"beside it); {hint}")
-        if not others:
+        if not others and not adopted:
             leftovers = [n for n in ("runs", *SWEEP_FILES) if (out / n).exists()]
             if leftovers:
-                raise ConfigError(f"{out} already holds {leftovers[0]} of something other than this sweep; {hint}")
+                raise ConfigError(f"{out} already holds {leftovers[0]} but no sidecar (*{MARKER_SUFFIX}) naming this "
+                                  f"sweep; {hint}")
     out.mkdir(parents=True, exist_ok=True)
     mark = {"written_by": "gradleak sweep", "name": settings.name, "digest": digest, "source": config.source,
             "table": settings.table}
