@@ -21,6 +21,7 @@ from gradleak.errors import AttackError, CaptureError, ConfigError
 from gradleak.experiment import ExperimentConfig, make_victim
 from gradleak.limits import MAX_JSON_DEPTH, parse_json, read_json_file
 from gradleak.metrics import score
+from gradleak.model_spec import ModelSpec
 from gradleak.observation import GroundTruth
 
 
@@ -152,6 +153,12 @@ def test_hugging_face_configs_are_checked_and_counted_before_building(tmp_path: 
     _one_line(capsys, ["attack", "--model", "hf:gpt2", "--model-config", str(cfg), "--weights", str(tensors),
                        "--update", str(tensors), "--input-kind", "tokens", "--seq-len", "4", "--vocab-size", "50",
                        "--quiet", "--out", str(tmp_path / "o")], message)
+
+
+def test_a_registry_model_of_endless_layers_is_refused_before_building() -> None:
+    """Every source is bounded before anything is made: 20,000 layers take seconds even on the meta device."""
+    with pytest.raises(CaptureError, match="settings of model 'mlp': a list of layers is 20000, above the limit"):
+        ModelSpec("mlp", {"in_channels": 1, "image_size": 8, "hidden": [1] * 20_000}).build()
 
 
 # 5 ------------------------------------------------------------------------------------------------------------------

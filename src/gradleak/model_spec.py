@@ -203,6 +203,18 @@ def _check_factory_settings(factory: Callable[..., Any], path: str, kwargs: dict
         raise CaptureError(f"model factory {path!r} cannot be called with settings {sorted(kwargs)}: {exc}") from None
 
 
+def _check_list_lengths(value: Any, where: str) -> None:
+    """A list in a model's settings is, in practice, one entry per layer (``mlp``'s ``hidden``): bounded like a
+    config's layers, since each layer costs time even on the meta device (20,000 take seconds)."""
+    if isinstance(value, dict):
+        for v in value.values():
+            _check_list_lengths(v, where)
+    elif isinstance(value, (list, tuple)):
+        limits.check("layers", len(value), f"{where}: a list of layers")
+        for v in value:
+            _check_list_lengths(v, where)
+
+
 def _scalar_or_list(value: Any) -> bool:
     if value is None or isinstance(value, (bool, int, float, str)):
         return True
@@ -376,6 +388,8 @@ class ModelSpec:
         if self.source == "import":
             factory = _import_factory(self.name, self.trusted)  # trust comes before anything of the user's runs
             _check_factory_settings(factory, self.name, self.kwargs, self.trusted)
+        if self.source == "registry" or (self.source == "import" and not self.trusted):
+            _check_list_lengths(self.kwargs, f"settings of model {self.name!r}")
         config = self._huggingface_config() if self.source == "huggingface" else None
         try:
             with torch.device("meta"):
