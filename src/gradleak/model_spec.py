@@ -359,11 +359,15 @@ class ModelSpec:
         labels = config_data.get("num_labels")  # transformers makes a dict of this many names when it reads it
         if isinstance(labels, int) and not isinstance(labels, bool):
             limits.check("num_classes", labels, f"Hugging Face config of {self.name!r}: num_labels")
-        try:
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()  # its warnings about a stranger's config would print lines of
+        try:  # their own before (or instead of) gradleak's one line; what matters is checked below
             config = transformers.AutoConfig.for_model(self.name, **config_data)
         except Exception as exc:  # transformers refused the config: the file's fault, said in one line
             raise CaptureError(f"Hugging Face model {self.name!r} cannot be built from its config: "
                                f"{type(exc).__name__}: {_one_line(exc)}") from exc
+        finally:
+            transformers.logging.set_verbosity(verbosity)
         _check_hf_config(self.name, config)
         return config
 
