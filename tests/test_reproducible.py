@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 #: what may differ between two runs of the same command: times, and whether the backend was timed or reused
 VOLATILE = {"wall_time_s", "chosen_by"}
@@ -21,6 +23,7 @@ def _strip(value):
     return value
 
 
+@pytest.mark.numerics  # same seed, same path, twice: exact
 def test_demo_twice_gives_identical_numbers(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADLEAK_CACHE": str(tmp_path / "cache")}
     runs = []

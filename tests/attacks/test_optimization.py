@@ -54,6 +54,7 @@ def test_batched_restarts_equal_separate_evaluations() -> None:
     assert float(matcher.value_and_grad(x_true, ys[:, :1], soft=False)[0]) < 0.2 * float(values.min())
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("objective", ["cosine", "l1"])
 @pytest.mark.parametrize("restarts", [1, 3])
 def test_values_equal_value_and_grad_without_the_double_backward(objective: str, restarts: int) -> None:
@@ -63,7 +64,10 @@ def test_values_equal_value_and_grad_without_the_double_backward(objective: str,
     xs = torch.randn(1, restarts, 2, *obs.input_shape, generator=torch.Generator().manual_seed(0))
     ys = truth.labels.view(1, 1, 2).expand(1, restarts, 2)
     expected = matcher.value_and_grad(xs, ys, soft=False, coupled=False)[0]
-    torch.testing.assert_close(matcher.values(xs, ys, soft=False), expected, rtol=0, atol=0)
+    # two engine paths (no double backward vs. with it) may pick different kernels, so equality is to a stated
+    # tolerance, not bit for bit: measured 0 (bit-equal) on AVX-512 MKL and on MKL_CBWR=COMPATIBLE with
+    # ATEN_CPU_CAPABILITY=default; rtol 1e-5 is ~100 float32 roundings of the objective, atol 0
+    torch.testing.assert_close(matcher.values(xs, ys, soft=False), expected, rtol=1e-5, atol=0)
 
 
 def test_best_restart_is_the_lowest_objective_and_truth_free() -> None:
@@ -106,6 +110,7 @@ def test_stop_on_convergence() -> None:
     assert 3 <= stopped.iterations < 20
 
 
+@pytest.mark.numerics  # same path twice: stays exact
 def test_checkpoint_resume_equals_uninterrupted(tmp_path) -> None:
     obs, _ = _victim(indices=(3,))
     config = EngineConfig(iterations=12, restarts=2, checkpoint_every=4, schedule="step", **ADAM)
@@ -134,6 +139,7 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path) -> None:
         optimize(obs, other, checkpoint=path, **run)
 
 
+@pytest.mark.numerics  # same path twice: stays exact
 def test_lbfgs_checkpoint_resumes(tmp_path) -> None:
     obs, _ = _victim(indices=(3,))
     config = EngineConfig(iterations=30, checkpoint_every=1)

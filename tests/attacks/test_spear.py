@@ -14,6 +14,8 @@ from gradleak.metrics import score
 from gradleak.observation import ModelSpec
 from gradleak.victim import simulate
 
+pytestmark = pytest.mark.numerics  # rank/span decisions, exact recovery: .ci/run runs these on two CPU paths
+
 
 def _observe(batch: int, hidden: tuple[int, ...] = (200,)):
     ds = load_dataset("photos", size=16)

@@ -82,6 +82,7 @@ def test_layer_weights_apply_per_parameter() -> None:
         UpdateMatcher([obs], EngineConfig(objective="l2", layer_weights={"nope": 2.0}), "cpu")
 
 
+@pytest.mark.numerics  # the fallback is the vmap path itself: equal bit for bit (same path twice)
 def test_models_that_cannot_fold_fall_back_to_vmap() -> None:
     obs, _ = make_victim(ExperimentConfig(dataset="photos", model="resnet18", model_kwargs={"norm": "group"},
                                           indices=(3,), leak_labels=True))
@@ -113,6 +114,7 @@ if "test-mixes-channels" not in MODELS.names():
     MODELS.register("test-mixes-channels")(_MixesChannels)
 
 
+@pytest.mark.numerics  # the fallback is the vmap path itself: equal bit for bit (same path twice)
 def test_a_forward_that_mixes_channels_is_caught_by_the_check() -> None:
     obs, _ = make_victim(ExperimentConfig(dataset="photos", image_size=8, model="test-mixes-channels", indices=(3,),
                                           leak_labels=True))

@@ -23,6 +23,7 @@ when the system is rank deficient (rank by pivoted Cholesky). Batch size 1 only.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -34,12 +35,16 @@ from torch.nn import functional as F
 
 from gradleak.attacks.analytic import assemble, to_pixels
 from gradleak.attacks.base import ATTACKS, Attack, Callback, Reconstruction
+from gradleak.attacks.rank import RankDecision, decide_rank, surface
 from gradleak.errors import ConfigError
 from gradleak.observation import Observation
 
 
 #: Relative pivot threshold of the numerical rank, on Gram matrices (singular values below ~1e-3 of the
-#: largest count as zero): the observed update is float32, so finer distinctions are noise.
+#: largest count as zero): the observed update is float32, so finer distinctions are noise. Also the ``rcond``
+#: of the minimum-norm solve. Far above the float32 floor (1e-7 on singular values, 1e-14 on the Gram), so the
+#: decision does not turn on the last bits; ``rank.decide_rank`` reports how far the cut's pivots stand from it
+#: (``rank_decision`` in each layer's report) and says a cut that falls in no gap.
 RANK_RTOL = 1e-6
 
 
@@ -161,21 +166,33 @@ def _gradient_matrix(conv: nn.Conv2d, in_shape: tuple[int, ...], delta: torch.Te
     return m[..., ph : ph + h, pw : pw + w].reshape(c_out * kh * kw, h * w)
 
 
-def _factor(gram: torch.Tensor, rtol: float) -> tuple[torch.Tensor | None, int, float]:
-    """Cholesky factor of a Gram matrix when it has full numerical rank (else ``None``), the rank, and a
+def _factor(gram: torch.Tensor, rtol: float) -> tuple[torch.Tensor | None, RankDecision, float]:
+    """Cholesky factor of a Gram matrix when it has full numerical rank (else ``None``), the rank decision, and a
     condition estimate of the underlying system (ratio of the extreme pivots). The rank comes from LAPACK's
-    pivoted Cholesky (``pstrf``) when plain Cholesky shows the matrix is (nearly) singular."""
+    pivoted Cholesky (``pstrf``) when plain Cholesky shows the matrix is (nearly) singular; the squared pivots,
+    which a pivoted Cholesky sorts and which track the Gram's eigenvalues, go through ``rank.decide_rank`` with
+    the explicit tolerance ``rtol`` (relative to the largest diagonal entry), which reports the cut's gap."""
+    top = float(gram.diagonal().max())
     lower, info = torch.linalg.cholesky_ex(gram)
     diag = lower.diagonal().abs()
-    if int(info) == 0 and float(diag.min() ** 2) > rtol * float(gram.diagonal().max()):
-        return lower, gram.shape[0], float(diag.max() / diag.min())
-    from scipy.linalg import lapack
+    if int(info) == 0 and float(diag.min() ** 2) > rtol * top:
+        squares = torch.sort(diag.double() ** 2, descending=True).values
+        return lower, _decision(squares, top, rtol), float(diag.max() / diag.min())
+    from scipy.linalg import lapack  # only when the system is rank deficient
 
-    factor, _, rank, status = lapack.dpstrf(gram.cpu().numpy(), lower=1, tol=rtol * float(gram.diagonal().max()))
+    factor, _, rank, status = lapack.dpstrf(gram.cpu().numpy(), lower=1, tol=rtol * top)
     if status < 0:
         raise ConfigError(f"pivoted Cholesky failed (LAPACK info {status})")
     pivots = torch.from_numpy(abs(factor.diagonal()[: max(rank, 1)]).copy())
-    return None, int(rank), float(pivots.max() / pivots.min().clamp_min(1e-300))
+    decision = _decision(pivots.double() ** 2, top, rtol)
+    return None, dataclasses.replace(decision, rank=int(rank)), float(pivots.max() / pivots.min().clamp_min(1e-300))
+
+
+def _decision(squares: torch.Tensor, top: float, rtol: float) -> RankDecision:
+    """The decision on squared pivots (descending) at ``rtol`` times ``top``: the pivots a pivoted Cholesky stops
+    at are not computed, so the gap at the cut is the last kept pivot over the tolerance."""
+    scale = float(squares[0]) if squares.numel() and float(squares[0]) > 0 else 1.0
+    return decide_rank(squares, 0.0, rtol=rtol * top / scale)
 
 
 def solve_conv(
@@ -211,7 +228,8 @@ def solve_conv(
     mtm = m.T @ m
     normal = ata * sf + torch.block_diag(*([mtm * sg] * c_in))
     rhs = ato * sf + ((g @ m) * sg).reshape(-1)
-    lower, rank, condition = _factor(normal, RANK_RTOL)
+    lower, decision, condition = _factor(normal, RANK_RTOL)
+    rank = decision.rank
     if lower is not None:
         x = torch.cholesky_solve(rhs[:, None], lower)[:, 0]
     else:  # rank deficient: the minimum-norm least-squares solution, as R-GAP does
@@ -222,8 +240,9 @@ def solve_conv(
         "unknowns": n,
         "forward_equations": int(out_pre.numel()),
         "gradient_equations": int(m.shape[0]) * c_in,
-        "gradient_rank": _factor(mtm, RANK_RTOL)[1] * c_in,
+        "gradient_rank": _factor(mtm, RANK_RTOL)[1].rank * c_in,
         "rank": rank,
+        "rank_decision": decision.details(),
         "solvable": rank == n,
         "condition_estimate": condition,
         "forward_residual": float((predicted - out_pre).norm() / out_pre.norm().clamp_min(1e-300)),
@@ -291,7 +310,9 @@ class RGAP(Attack):
             callback(0, images[None])
         label_out = torch.tensor([int(torch.argmin(dz))]).long()
         details = {"recovered": recovered, **head_info, "layers": reports,
-                   "solvable": all(r["solvable"] for r in reports)}
+                   "solvable": all(r["solvable"] for r in reports),
+                   "rank_decision": {r["layer"]: r["rank_decision"] for r in reports}}
+        surface(details, "rgap")
         return Reconstruction(
             inputs=images, labels=label_out, attack=self.name, settings=self.settings(), iterations=1,
             wall_time_s=time.perf_counter() - start, details=details,

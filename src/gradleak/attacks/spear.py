@@ -47,6 +47,7 @@ from gradleak.attacks.analytic import assemble, input_linear_layer, to_pixels
 from gradleak.attacks.base import ATTACKS, Attack, Callback, Reconstruction
 from gradleak.attacks.cocktail import CocktailPartyAttack
 from gradleak.attacks.feature_inversion import DISTANCES, invert_features, layer_input
+from gradleak.attacks.rank import check_rtol, decide_rank, record, spectrum, surface
 from gradleak.errors import ConfigError
 from gradleak.observation import Observation
 
@@ -280,8 +281,10 @@ class SpearAttack(Attack):
     pairing step; ``zero_tol``: size relative to a column's norm under which an entry counts as zero;
     ``min_extra_zeros``: zeros beyond ``B - 1`` a candidate needs; ``min_zero_share``: the share of the layer's
     live units a candidate must zero at least (behind a ReLU about half; a null vector of ``B - 1`` rows that
-    zeros a few more by coincidence, as parallel rows do, is not a sample); ``rank_tol``: singular values under
-    ``rank_tol * s_max`` are dropped.
+    zeros a few more by coincidence, as parallel rows do, is not a sample); ``rank_tol``: unset (the default), the
+    rank (at most the batch size) is cut where the float64 spectrum of the weight gradient drops to its rounding
+    noise (``gradleak.attacks.rank``; reported in ``details["rank_decision"]``, and said when ambiguous); a number
+    in (0, 1): singular values under ``rank_tol * s_max`` are dropped instead.
     """
 
     name: ClassVar[str] = "spear"
@@ -297,7 +300,7 @@ class SpearAttack(Attack):
     zero_tol: float = 1e-7
     min_extra_zeros: int = 4
     min_zero_share: float = 0.1
-    rank_tol: float = 1e-5
+    rank_tol: float | None = None
     invert_iterations: int = 400
     invert_lr: float = 0.1
     invert_tv: float = 0.3
@@ -321,6 +324,7 @@ class SpearAttack(Attack):
             raise ConfigError("spear: invert_iterations and invert_tv must be >= 0, invert_lr positive")
         if self.invert_distance not in DISTANCES:
             raise ConfigError(f"spear: invert_distance must be one of {DISTANCES}, not {self.invert_distance!r}")
+        check_rtol(self.rank_tol, "spear (rank_tol)")
         start = time.perf_counter()
         model = obs.build_model()
         name, module, reads_input = target_layer(model, obs, self.layer)
@@ -335,11 +339,10 @@ class SpearAttack(Attack):
                 raise ConfigError(f"the update withholds {key!r}: SPEAR needs it")
         g = grads[prefix + "weight"].double().to(device)
         gb = grads[prefix + "bias"].double().to(device)
-        u, s, _ = torch.linalg.svd(g, full_matrices=False)
-        rank = int((s > self.rank_tol * s[0]).sum())
+        u, s, floor = spectrum(grads[prefix + "weight"].to(device))  # float64 SVD, floor of the shared dtype
         b = obs.batch_size
-        if rank > b:
-            rank = b  # float noise beyond the batch size
+        decision = decide_rank(s, floor, most=b, rtol=self.rank_tol)  # beyond the batch size: float noise
+        rank = decision.rank
         if rank >= module.out_features:
             raise ConfigError(f"spear: layer {name!r} has {module.out_features} units, needs more than batch {b}")
         basis = u[:, :rank]
@@ -388,6 +391,8 @@ class SpearAttack(Attack):
         details: dict[str, Any] = {"layer": name, "rank": rank, "directions": len(q), "candidates": pool.shape[1],
                                    "guide_rounds": guided, "guide_stopped": guide_stopped,
                                    "irls_rounds": rounds}
+        record(details, name or "layer", decision)
+        surface(details, "spear")
         recovered_x: list[torch.Tensor] = []
         labels = None
         certified: list[bool] = []

@@ -14,6 +14,8 @@ from gradleak.text.victim import text_victim
 
 pytest.importorskip("transformers")
 
+pytestmark = pytest.mark.numerics  # rank/span decisions, exact recovery: .ci/run runs these on two CPU paths
+
 
 def _score(case, recon):
     tok = case.tokenizer

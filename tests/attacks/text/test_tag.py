@@ -32,6 +32,7 @@ def test_tag_beats_random_tokens(record_case, text_scores, random_tokens) -> Non
     assert recon.labels.tolist() == case.truth.labels.tolist()  # from the classifier bias, not leaked
 
 
+@pytest.mark.numerics  # same seed, same path, twice: exact
 def test_tag_is_deterministic_and_keeps_known_positions(record_case) -> None:
     case, obs = record_case
     a = ATTACKS.build("tag", steps=3).reconstruct(obs, seed=5).inputs

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from gradleak.attacks.rank import MIN_GAP, RankDecision, decide_rank, spectrum
+
 
 @dataclass
 class Span:
@@ -26,23 +28,37 @@ class Span:
     #: an orthonormal basis of the span's orthogonal complement ``(d, d - rank)``, when the SVD gave one (the
     #: gradient has at least as many columns as the input dimension): distances are then one product
     complement: torch.Tensor | None = None
+    #: how the rank was decided (``gradleak.attacks.rank``): its gap, and whether it is ambiguous
+    decision: RankDecision | None = None
+    #: all left singular vectors, so that another rank can be cut from the same SVD (``at_rank``)
+    vectors: torch.Tensor | None = None
 
     @property
     def rank(self) -> int:
         return int(self.basis.shape[1])
 
     @classmethod
-    def of_gradient(cls, grad: torch.Tensor, inputs_on: str, rtol: float = 1e-4, max_rank: int | None = None) -> Span:
-        """The span of a weight gradient's columns (``inputs_on="columns"``) or rows (``"rows"``); singular values
-        below ``rtol`` times the largest are numerical noise."""
-        g = grad.detach().double()
-        g = g if inputs_on == "columns" else g.T
-        u, s, _ = torch.linalg.svd(g, full_matrices=False)
-        rank = int((s > rtol * s[0]).sum()) if s.numel() and s[0] > 0 else 0
-        if max_rank is not None:
-            rank = min(rank, max_rank)
+    def of_gradient(cls, grad: torch.Tensor, inputs_on: str, rtol: float | None = None, max_rank: int | None = None,
+                    *, least: int = 0, min_gap: float = MIN_GAP) -> Span:
+        """The span of a weight gradient's columns (``inputs_on="columns"``) or rows (``"rows"``). The rank is cut
+        where the spectrum (float64 SVD of the float64-cast gradient) drops from the inputs' directions to the
+        gradient's rounding noise (``rank.decide_rank``), within ``[least, max_rank]``; ``rtol``: an explicit
+        tolerance instead (singular values below ``rtol`` times the largest are dropped)."""
+        u, s, floor = spectrum(grad, inputs_on)
+        decision = decide_rank(s, floor, least=least, most=max_rank, min_gap=min_gap, rtol=rtol)
+        return cls.cut(u, s, decision)
+
+    @classmethod
+    def cut(cls, u: torch.Tensor, s: torch.Tensor, decision: RankDecision) -> Span:
+        """The span of the first ``decision.rank`` left singular vectors ``u``."""
+        rank = decision.rank
         square = u.shape[0] == u.shape[1]
-        return cls(u[:, :rank], s, u[:, rank:] if square else None)
+        return cls(u[:, :rank], s, u[:, rank:] if square else None, decision, u)
+
+    def at_rank(self, rank: int) -> Span:
+        """The span cut at another rank (one of ``decision.candidates``), from the same SVD."""
+        assert self.vectors is not None and self.decision is not None
+        return Span.cut(self.vectors, self.singular_values, self.decision.with_rank(rank, self.singular_values))
 
     def distance(self, candidates: torch.Tensor) -> torch.Tensor:
         """Relative distance ``|x - P x| / |x|`` of each candidate row ``(..., d)`` to the span."""

@@ -28,11 +28,19 @@ from typing import Any, ClassVar
 import torch
 
 from gradleak.attacks.base import ATTACKS, Attack, Callback, Reconstruction
+from gradleak.attacks.rank import RankDecision, largest_gap, record, spectrum, surface
 from gradleak.attacks.text.dager import _GPT2, _find, architecture
 from gradleak.attacks.text.spans import Span
 from gradleak.errors import ConfigError
 from gradleak.inputs import TokenInput
 from gradleak.observation import Observation
+
+
+def _bound_gap(s: torch.Tensor, rank: int) -> float:
+    """``s[rank-1] / s[rank]``, reported beside a rank fixed by the batch's token count."""
+    if rank <= 0 or rank >= s.numel():
+        return 0.0
+    return float(s[rank - 1] / s[rank].clamp_min(1e-300))
 
 
 def _largest_gap(sorted_distances: torch.Tensor, most: int) -> int:
@@ -78,18 +86,18 @@ class SubspaceAttack(Attack):
         raise ConfigError(f"subspace attack needs layer {layer}'s c_attn gradient; the update holds none")
 
     def _cut(self, grad: torch.Tensor, inputs_on: str, most: int, least: int = 1) -> Span:
-        """The top singular directions: up to the largest drop ``s_k / s_{k+1}`` for ``least <= k <= most`` when that
-        drop exceeds ``gap`` (the true tokens' directions stand above a noise floor), else all ``most``. The batch
-        holds at least ``least`` (= batch size) distinct inputs, so no cut falls below it."""
-        span = Span.of_gradient(grad, inputs_on, 0.0, max_rank=most)
-        s = span.singular_values
-        if self.gap > 0 and span.rank > 1:
-            ratios = s[: span.rank - 1] / s[1: span.rank].clamp_min(1e-300)
-            ratios[: max(least, 1) - 1] = 0.0
-            k = int(torch.argmax(ratios))
-            if float(ratios[k]) > self.gap:
-                return Span(span.basis[:, : k + 1], s)
-        return span
+        """The top singular directions (float64 SVD, ``rank.spectrum``): up to the largest drop ``s_k / s_{k+1}``
+        for ``least <= k <= most`` when that drop reaches ``gap`` (the true tokens' directions stand above the
+        update's noise, which here is quantisation or added noise, not rounding: ``rank.largest_gap``), else all
+        ``most`` (flagged ambiguous when ``gap`` was asked for). The batch holds at least ``least`` (= batch size)
+        distinct inputs, so no cut falls below it."""
+        u, s, floor = spectrum(grad, inputs_on)
+        if self.gap > 0:
+            decision = largest_gap(s, least=least, most=most, min_gap=self.gap, floor=floor)
+        else:  # the bound alone: no decision from the spectrum
+            most = min(most, int(s.numel()))
+            decision = RankDecision(most, _bound_gap(s, most), False, floor, "bound")
+        return Span.cut(u, s, decision)
 
     def reconstruct(self, obs: Observation, *, device: torch.device | str = "cpu", seed: int | None = None,
                     callback: Callback | None = None, progress: bool = False) -> Reconstruction:
@@ -157,8 +165,12 @@ class SubspaceAttack(Attack):
         rows = [(s + [pad] * length)[:length] for s in finished][:batch]
         while len(rows) < batch:
             rows.append([pad] * length)
-        details = {"rank": [span1.rank, span2.rank], "candidates_per_position": [len(c) for c in per_position],
-                   "sequences_found": len(finished)}
+        details: dict[str, Any] = {"rank": [span1.rank, span2.rank],
+                                   "candidates_per_position": [len(c) for c in per_position],
+                                   "sequences_found": len(finished)}
+        record(details, "layer1", span1.decision)
+        record(details, "layer2", span2.decision)
+        surface(details, "subspace")
         return Reconstruction(inputs=torch.tensor(rows, dtype=torch.long), labels=None, attack=self.name,
                               settings=self.settings(), iterations=1, wall_time_s=time.perf_counter() - start,
                               details=details)

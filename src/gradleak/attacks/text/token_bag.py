@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from gradleak.attacks.rank import surface
 from gradleak.errors import ConfigError
 from gradleak.inputs import TokenInput
 from gradleak.observation import Observation
@@ -41,7 +42,9 @@ def token_bag(obs: Observation, *, rtol: float = 1e-6) -> set[int]:
 
     attack = DAGER()
     arch = architecture(model.eval(), update)
-    span = arch.span(0, attack.rtol)
+    span = arch.span(0, attack.rtol)  # rank cut at the spectrum's gap (gradleak.attacks.rank)
+    if span.decision is not None and span.decision.ambiguous:
+        surface({"rank_decision": {"layer1": span.decision.details()}}, "token_bag")
     if span.full:
         raise ConfigError("the batch holds as many tokens as the first layer is wide: its span covers everything")
     bag: set[int] = set()
