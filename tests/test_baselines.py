@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradleak.baselines import ImageGuesses, Margins, leaked_images, majority_label_accuracy, score_guesses
+from gradleak.baselines import ImageGuesses, Margins, majority_label_accuracy
 from gradleak.data import load_dataset
 from gradleak.errors import ConfigError
 from gradleak.inputs import ImageInput
-from gradleak.metrics import psnr, ssim
+from gradleak.metrics import leaked_images, psnr, score_guesses, ssim
 
 
 @pytest.fixture(scope="module")

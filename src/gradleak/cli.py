@@ -206,6 +206,7 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
         )
         print(f"recovered labels {metrics['per_sample']['recovered_label']}, true "
               f"{metrics['per_sample']['true_label']}")
+        print(f"verdict: {metrics['verdict']}")
     details = metrics.get("details", {})
     if details.get("sequences_found") is not None:
         print(f"{metrics['attack']['name']}: {details['sequences_found']} sequences found for a batch of "
@@ -276,7 +277,8 @@ def cmd_demo_text(args: argparse.Namespace) -> int:
     from gradleak.defenses import build_defense
     from gradleak.report.files import write_report
     from gradleak.report.text import write_text_report
-    from gradleak.text.metrics import score_text
+    from gradleak.baselines import Margins
+    from gradleak.text.metrics import score_text, text_baselines
     from gradleak.text.victim import text_victim
 
     wrong = _given(args, _IMAGE_ONLY)
@@ -304,12 +306,16 @@ def cmd_demo_text(args: argparse.Namespace) -> int:
     tok = case.tokenizer
     scores = score_text(recon.inputs, case.truth.inputs, tok.decode, pad_id=tok.pad_id, ignore_ids=(tok.eos_id,),
                         records=case.records)
+    scores = scores.with_baselines(text_baselines(case.observation, case.truth.inputs, tok, seed=args.seed),
+                                   Margins().rouge1)
     out = Path(args.out)
     means = scores.means()
     write_report(out, case.observation, recon, None, None, seed=args.seed, device=args.device,
                  extra={"text": {"mean": means, "recovered": scores.recovered_text, "truth": scores.true_text,
                                  "exact": scores.exact, "secrets_found": scores.secrets_found,
                                  "secrets_total": scores.secrets_total, "assignment": scores.assignment,
+                                 "baselines": scores.baselines, "baseline_means": scores.baseline_means(),
+                                 "leaked": scores.leaked, "margin_rouge1": Margins().rouge1,
                                  "tokenizer": tok.name, "model": args.text_model}})
     strip = {tok.pad_id, tok.eos_id}
     truth_ids = [[t for t in row if t not in strip] for row in case.truth.inputs.tolist()]
@@ -325,6 +331,11 @@ def cmd_demo_text(args: argparse.Namespace) -> int:
     print(f"{attack_name}: ROUGE-1 {means['rouge1']:.3f}  ROUGE-2 {means['rouge2']:.3f}  exact "
           f"{means['exact']:.2f}  secrets recovered {'-' if secrets is None else f'{secrets:.2f}'}  "
           f"({recon.wall_time_s:.1f} s)")
+    best = max(scores.baseline_means().items(), key=lambda kv: kv[1]["rouge1"])
+    leaked = sum(scores.leaked or [])
+    print(f"verdict: {f'{leaked}/{len(scores.exact)} records leaked' if leaked else 'no leak'} (best guess: "
+          f"{best[0]}, ROUGE-1 {best[1]['rouge1']:.3f}, ROUGE-2 {best[1]['rouge2']:.3f}; margin "
+          f"{Margins().rouge1:g} ROUGE-1)")
     print(f"report: {html}, {out / 'metrics.json'}")
     return 0
 
@@ -556,6 +567,39 @@ def _check_observation_memory(obs: Any, attack: Any, device: str) -> None:
                  f"{tuple(obs.input_shape)} ({restarts} restarts) on a {params}-parameter model")
 
 
+def _margins(args: argparse.Namespace) -> Any:
+    from gradleak.baselines import Margins
+
+    return Margins(psnr_db=args.margin_psnr, ssim=args.margin_ssim)
+
+
+def _attacker_guesses(args: argparse.Namespace, obs: Any) -> tuple[Any, Any]:
+    """What the attacker could produce without the update, for images: mid-gray, the capture's mean image and,
+    with ``--public``, the images of a public set (the user's promise: none of them is in the private batch)."""
+    from gradleak.baselines import ImageGuesses
+    from gradleak.data import load_dataset
+
+    if obs.inputs.kind != "image":
+        return None, None
+    if not args.public:
+        return ImageGuesses.of(obs.inputs), None
+    c, h, w = obs.inputs.shape
+    if h != w:
+        raise ConfigError(f"--public: the capture's images are {h}x{w}; public sets are loaded square")
+    ds = load_dataset(args.public, size=h, channels=c)
+    return ImageGuesses.of(obs.inputs, ds.images, seed=args.seed), ds.labels
+
+
+def _baseline_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--public", default=None, metavar="DATASET",
+                   help="the attacker's public images, disjoint from the private batch (bundled name or FORMAT:PATH): "
+                   "their best match is a baseline, and they make the re-identification line-up")
+    p.add_argument("--margin-psnr", type=float, default=3.0, metavar="DB",
+                   help="a sample is leaked when it beats the best guess by this PSNR (default 3 dB) ...")
+    p.add_argument("--margin-ssim", type=float, default=0.1,
+                   help="... and by this SSIM (default 0.1)")
+
+
 def cmd_attack(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
 
@@ -582,7 +626,11 @@ def cmd_attack(args: argparse.Namespace) -> int:
     if nothing:
         print(f"gradleak: {nothing}", file=sys.stderr)
         return EXIT_NOTHING_RECOVERED
-    scores = score(recon.inputs, recon.labels, truth) if truth is not None else None
+    scores = None
+    if truth is not None:
+        guesses, public_labels = _attacker_guesses(args, obs)
+        scores = score(recon.inputs, recon.labels, truth, guesses=guesses, public_labels=public_labels,
+                       margins=_margins(args))
     out = Path(args.out)
     metrics = write_report(out, obs, recon, scores, truth, seed=args.seed, device=args.device,
                            extra={"capture": str(args.capture)} if args.capture else
@@ -782,6 +830,7 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("capture", nargs="?", default=None,
                      help="capture file (.safetensors) written by `gradleak capture` or `gradleak.record`")
     att.add_argument("--truth", default=None, help="ground-truth file, to score the reconstruction")
+    _baseline_args(att)
     _own_files_args(att)
     _attack_args(att, attack="idlg")
     _common(att, out_default="out/attack")

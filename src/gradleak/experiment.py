@@ -14,6 +14,7 @@ import torch
 
 from gradleak.attacks import ATTACKS
 from gradleak.attacks.base import Reconstruction
+from gradleak.baselines import ImageGuesses
 from gradleak.data import load_dataset
 from gradleak.defenses.base import Defense
 from gradleak.errors import ConfigError
@@ -143,6 +144,15 @@ def make_victim(config: ExperimentConfig) -> tuple[Observation, GroundTruth]:
     )
 
 
+def public_set(config: ExperimentConfig, obs: Observation) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attacker's auxiliary data for this experiment: the dataset's images that share nothing with the
+    private batch (``obs.info["indices"]``; ``ImageDataset.disjoint_from``), at the victim's size, with their
+    labels (the label prior)."""
+    ds = load_dataset(config.dataset, size=config.image_size, channels=config.channels)
+    rest = torch.tensor(ds.disjoint_from(list(obs.info.get("indices", ()))), dtype=torch.long)
+    return ds.images[rest], ds.labels[rest]
+
+
 def run_experiment(config: ExperimentConfig, out: str | Path | None = None, progress: bool = False) -> ExperimentResult:
     """Run one experiment; with ``out``, write the report there."""
     from gradleak.report.files import metrics_dict, write_report
@@ -150,7 +160,9 @@ def run_experiment(config: ExperimentConfig, out: str | Path | None = None, prog
     obs, truth = make_victim(config)
     attack = ATTACKS.build(config.attack, **config.attack_kwargs)
     recon = attack.reconstruct(obs, device=config.device, seed=config.seed, progress=progress)
-    scores = score(recon.inputs, recon.labels, truth)
+    public, public_labels = public_set(config, obs)
+    guesses = ImageGuesses.of(obs.inputs, public, seed=config.seed)  # the attacker's guesses: never the truth
+    scores = score(recon.inputs, recon.labels, truth, guesses=guesses, public_labels=public_labels)
     extra = {"config": config.to_dict()}
     if out is not None:
         metrics = write_report(out, obs, recon, scores, truth, seed=config.seed, device=config.device, extra=extra)

@@ -88,4 +88,5 @@ def photos(size: int = 32, channels: int | None = None) -> ImageDataset:
         images.append(tiles)
         labels.append(torch.full((tiles.shape[0],), label, dtype=torch.long))
     raw = torch.cat(images)
-    return ImageDataset("photos", to_nchw_float(raw, size, channels), torch.cat(labels), PHOTO_SOURCES)
+    return ImageDataset("photos", to_nchw_float(raw, size, channels), torch.cat(labels), PHOTO_SOURCES,
+                        label_is_source=True)

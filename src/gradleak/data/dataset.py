@@ -16,7 +16,8 @@ class ImageDataset:
     """Images in [0, 1] as float32 ``(N, C, H, W)``, labels as int64 ``(N,)``.
 
     ``mean`` and ``std`` are per-channel statistics of ``images``; victims normalise with them and the
-    attacker is told them (they are public in every real pipeline).
+    attacker is told them (they are public in every real pipeline). ``label_is_source``: images of one label are
+    crops of one picture (the bundled photos), so a set *disjoint* from a private batch leaves out its labels.
     """
 
     name: str
@@ -25,6 +26,7 @@ class ImageDataset:
     class_names: tuple[str, ...]
     mean: tuple[float, ...] = field(default=())
     std: tuple[float, ...] = field(default=())
+    label_is_source: bool = False
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
@@ -52,6 +54,13 @@ class ImageDataset:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+    def disjoint_from(self, indices: list[int]) -> list[int]:
+        """The indices of images that share nothing with the images at ``indices``: not those images, and, where
+        a label names the source picture, no crop of the same picture."""
+        private = set(indices)
+        labels = {int(self.labels[i]) for i in indices} if self.label_is_source else set()
+        return [i for i in range(len(self)) if i not in private and int(self.labels[i]) not in labels]
 
     def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The images and labels at ``indices`` (errors name the bad index)."""

@@ -6,9 +6,17 @@
       "schema": "gradleak.metrics", "version": 1,
       "attack": {"name": str, "settings": {...}},
       "observation": {"model": str, "batch_size": int, "update_kind": str, "input_shape": [C, H, W], ...},
-      "mean": {"psnr": float|null, "ssim": float|null, "mse": float|null, "label_accuracy": float|null},
+      "mean": {"psnr": float|null, "ssim": float|null, "mse": float|null, "label_accuracy": float|null,
+               "best_baseline_psnr": float|null, "best_baseline_ssim": float|null, "leaked": float|null,
+               "reid_top1_pixels": float (with a public set), "reid_top1_features": float (with a feature model)},
       "per_sample": {"psnr": [..], "ssim": [..], "mse": [..], "label_correct": [..]|null,
-                     "true_label": [..]|null, "recovered_label": [..]|null, "assignment": [..]},
+                     "true_label": [..]|null, "recovered_label": [..]|null, "assignment": [..],
+                     "leaked": [bool]|null},
+      "baselines": {"psnr": {guess: [..]}, "ssim": {guess: [..]}, "best_psnr": [..], "best_ssim": [..],
+                    "label_accuracy": float|null, "mean": {guess: {"psnr", "ssim"}}} | null,
+      "margins": {"psnr_db": float, "ssim": float, "rouge1": float},
+      "reidentification": {space: {"space", "ranks": [..], "lineup": int, "top1": float, "chance": float}},
+      "verdict": str,
       "iterations": int, "best_restart": int, "restart_objectives": [..], "final_objective": float|null,
       "wall_time_s": float, "details": {...attack-specific findings, e.g. "recovered": [bool]},
       "seed": int|null, "device": str, "versions": {"gradleak": str, "torch": str}
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +37,7 @@ import torch
 from safetensors.torch import save_file
 
 from gradleak.attacks.base import Reconstruction
+from gradleak.baselines import Margins
 from gradleak.metrics import Scores
 from gradleak.observation import GroundTruth, Observation
 from gradleak.outputs import check_out_dir, clear_stale
@@ -55,7 +65,9 @@ def metrics_dict(
     from gradleak import __version__
 
     means: dict[str, float | None] = {"psnr": None, "ssim": None, "mse": None, "label_accuracy": None}
-    per_sample: dict[str, Any] = {k: None for k in ("psnr", "ssim", "mse", "label_correct", "assignment")}
+    per_sample: dict[str, Any] = {k: None for k in ("psnr", "ssim", "mse", "label_correct", "assignment", "leaked")}
+    judged: dict[str, Any] = {"baselines": None, "margins": asdict(Margins()), "reidentification": {},
+                              "verdict": "no ground truth: not scored"}
     if scores is not None:
         means = {k: (None if v is None else _finite(v)) for k, v in scores.means().items()}
         per_sample = {
@@ -64,7 +76,12 @@ def metrics_dict(
             "mse": scores.mse,
             "label_correct": scores.label_correct,
             "assignment": scores.assignment,
+            "leaked": scores.leaked,
         }
+        judged = {"baselines": None if scores.baselines is None else scores.baselines.to_json(),
+                  "margins": asdict(scores.margins),
+                  "reidentification": {k: r.to_json() for k, r in scores.reidentification.items()},
+                  "verdict": scores.verdict()}
     per_sample["true_label"] = None if truth is None or truth.labels is None else truth.labels.tolist()
     per_sample["recovered_label"] = None if recon.labels is None else recon.labels.tolist()
     final = float(recon.restart_objectives[recon.best_restart]) if recon.restart_objectives.numel() else None
@@ -86,6 +103,7 @@ def metrics_dict(
         },
         "mean": means,
         "per_sample": per_sample,
+        **judged,
         "iterations": recon.iterations,
         "best_restart": recon.best_restart,
         "restart_objectives": [_finite(float(v)) for v in recon.restart_objectives],

@@ -19,7 +19,14 @@ from dataclasses import dataclass, replace
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from gradleak.text.corpus import Record
+from gradleak.attacks.text.token_bag import token_bag
+from gradleak.errors import ConfigError
+from gradleak.observation import Observation
+from gradleak.text.corpus import Record, private_records
+from gradleak.text.tokenizer import Tokenizer
+
+#: seed offset of the records that stand for public text (the victims' records use small seeds)
+PUBLIC_SEED = 7_000_003
 
 
 @dataclass(frozen=True)
@@ -137,3 +144,17 @@ def bag_baselines(truth: torch.Tensor, bag: set[int] | list[int], decode, *, pad
         out["bag by public frequency"]["rouge1"].append(s["rouge1"].fmeasure)
         out["bag by public frequency"]["rouge2"].append(s["rouge2"].fmeasure)
     return out
+
+
+def text_baselines(obs: Observation, truth: torch.Tensor, tokenizer: Tokenizer, *, seed: int = 0,
+                   public_records: int = 500) -> dict[str, dict[str, list[float]]]:
+    """``bag_baselines`` from what the attacker has: the token bag the update leaks (``token_bag``; the whole
+    vocabulary where the bag cannot be read, a weaker guess) and token frequencies of public text (records
+    generated under another seed: the same kind of text, none of the private records)."""
+    try:
+        bag = token_bag(obs)
+    except ConfigError:
+        bag = set(range(tokenizer.vocab_size))
+    public = [tokenizer.encode(r.text) for r in private_records(public_records, seed=PUBLIC_SEED + seed)]
+    return bag_baselines(truth, bag, tokenizer.decode, pad_id=tokenizer.pad_id, ignore_ids=(tokenizer.eos_id,),
+                         public=public, seed=seed)
