@@ -428,8 +428,9 @@ def _own_files_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-classes", type=int, default=None, help="classification: number of classes")
     g.add_argument("--batch-size", type=int, default=1, help="examples behind the update")
     g.add_argument("--model-mode", choices=("train", "eval"), default="train")
-    p.add_argument("--trust-model", action="append", default=[], metavar="MODULE",
-                   help="allow a capture's model module (import path) to be imported and run; repeatable")
+    p.add_argument("--trust-model", action="append", default=[], metavar="MODULE:FACTORY",
+                   help="allow a capture's model factory (import path and function) to be imported and called; "
+                   "repeatable; a bare module trusts none of its functions")
     p.add_argument("--allow-large", action="store_true",
                    help="lift the bounds on batch size, input size and model size read from files")
 
@@ -444,16 +445,14 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
 
 
 def _model_spec_from_args(args: argparse.Namespace) -> Any:
+    from gradleak.limits import read_json_file
     from gradleak.model_spec import ModelSpec, trust_model
 
     source, kwargs = args.model, parse_assignments(args.model_arg, "--model-arg")
     if source.startswith("hf:"):
         if not args.model_config:
             raise ConfigError("hf: models need --model-config (the model's config.json)")
-        try:
-            config = json.loads(Path(args.model_config).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{args.model_config}: not a readable JSON config ({exc})") from None
+        config = read_json_file(args.model_config, error=ConfigError)  # depth-bounded: the file is a stranger's
         if not isinstance(config, dict):
             raise ConfigError(f"{args.model_config}: a config must be a JSON object")
         config.pop("model_type", None)
@@ -683,7 +682,7 @@ def cmd_fl_audit(args: argparse.Namespace) -> int:
 
     trust_model(*args.trust_model)
     if args.model and ":" in args.model:
-        trust_model(args.model.rsplit(":", 1)[0])  # named on the command line: the user trusts it
+        trust_model(args.model)  # named on the command line: the user trusts that factory
     fed_over = {k: v for k, v in {"num_clients": args.clients, "rounds": args.rounds, "protocol": args.protocol,
                                   "dataset": args.dataset, "model": args.model,
                                   "filter_threshold": args.filter_threshold,
@@ -888,8 +887,8 @@ def build_parser() -> argparse.ArgumentParser:
     fla.add_argument("--dataset", default=None)
     fla.add_argument("--model", default=None, help="registry name or your factory package.module:factory "
                      "(naming it here trusts it; called with in_channels, num_classes, image_size, model_kwargs)")
-    fla.add_argument("--trust-model", action="append", default=[], metavar="MODULE",
-                     help="allow the config's model module to be imported; repeatable")
+    fla.add_argument("--trust-model", action="append", default=[], metavar="MODULE:FACTORY",
+                     help="allow the config's model factory to be imported and called; repeatable")
     fla.add_argument("--secure-aggregation", action="store_true", help="Flower SecAgg+: the server sees sums only")
     fla.add_argument("--filter-threshold", type=float, default=None, metavar="DB",
                      help="filter updates whose predicted attack PSNR (gradleak.risk) is above DB before FedAvg; "

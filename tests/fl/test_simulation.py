@@ -92,7 +92,10 @@ def test_federation_of_a_user_model_named_by_file_path(tmp_path):
                               num_classes=10, model=source)
     with pytest.raises(ConfigError, match="not trusted|--trust-model"):
         run_federation(config)
-    trust_model(source.rsplit(":", 1)[0])
+    trust_model(source.rsplit(":", 1)[0])  # the module alone trusts none of its functions
+    with pytest.raises(ConfigError, match="--trust-model"):
+        run_federation(config)
+    trust_model(source)
     run = run_federation(config)
     assert run.target.model_spec.source == "import" and len(run.updates) == 2
     report = audit(run.updates, run.target, "idlg", ATTACK, truth=run.truth, out=tmp_path)

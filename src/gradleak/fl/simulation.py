@@ -154,9 +154,9 @@ def _setup(config: FederationConfig) -> tuple[ClientSetup, AuditTarget]:
         # the user's own factory (package.module:factory), called with in_channels, num_classes, image_size and
         # model_kwargs; a config file may come from someone else, so its module must be trusted by the user
         module, attr = split_import_path(config.model)
-        if not is_trusted(module):
-            raise ConfigError(f"model {config.model!r} would import {module!r}, which runs its code; pass "
-                              f"--trust-model {module} if you trust it")
+        if not is_trusted(config.model):  # the factory itself: trusting a module trusts none of its functions
+            raise ConfigError(f"model {config.model!r} would import {module!r} and call {attr!r}, which runs its "
+                              f"code; pass --trust-model {config.model} if you trust it")
         # a file path is made absolute: Flower's clients run in Ray workers, whose working folder may differ
         name = f"{Path(module).resolve()}:{attr}" if module.endswith(".py") else config.model
         spec = ModelSpec(name, kwargs, source="import", trusted=True)
