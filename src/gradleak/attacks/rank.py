@@ -13,13 +13,14 @@ AVX-512 and its conditional-numerical-reproducibility path.
 - the **noise floor** is twice the spectral norm expected of the rounding of every entry of the gradient as
   stored (relative error uniform in ``+-eps/2`` of its dtype, independent entries: a random ``m x n`` matrix with
   entries of r.m.s. ``eps |G|_F / (2 sqrt(3 m n))`` has spectral norm about that times ``sqrt(m) + sqrt(n)``).
-  Measured: the pure-noise singular values of bert-tiny's float32 query gradient reach 0.85 of that estimate
-  without the factor 2, on both CPU code paths;
+  Rounding accumulated over the summed per-token terms adds to it. Measured, the largest pure-noise singular
+  value over this floor, on both CPU code paths: 0.4 (bert-tiny, one dominant token), 0.5-0.7 (storage rounding
+  alone, ``tests/attacks/test_rank.py``), 1.8-2.5 (gpt2-mini LoRA, 59 tokens), 2.5-3.9 (bert-mini, 94 tokens;
+  GPT-2-small, 330 tokens);
 - the cut is the largest ratio ``s[k-1] / s[k]`` between consecutive singular values among the cuts whose first
-  dropped value can be noise (``s[k]`` below ``floor * REACH``: rounding accumulated over many summed terms lies
-  above the storage estimate, 3.8 times it on GPT-2-small's batch of 330 tokens) and whose last kept value is not
-  (``s[k-1]`` above ``floor / WINDOW``), clamped to ``[least, most]``. A ratio of at least ``min_gap`` is a clear
-  decision; below it the rank is the count of singular values above the floor and the decision is flagged
+  dropped value can be noise (``s[k]`` below ``floor * REACH``, for the accumulated rounding above) and whose last
+  kept value is not (``s[k-1]`` above ``floor / WINDOW``), clamped to ``[least, most]``. A ratio of at least
+  ``min_gap`` is a clear decision; below it the rank is the count of singular values above the floor and the decision is flagged
   ``ambiguous``, with the cuts within ``WINDOW`` of the floor on either side as ``candidates`` for a caller that
   can test them (DAGER does).
 
@@ -42,14 +43,15 @@ import torch
 
 from gradleak.errors import ConfigError
 
-#: the smallest ratio of consecutive singular values that counts as a clear cut (measured: true-vs-noise cuts on
-#: GPT-2 and LoRA gradients are 1e2..1e8; the cuts with no gap at the float32 floor are below 2)
+#: the smallest ratio of consecutive singular values that counts as a clear cut. Measured on both CPU code paths:
+#: true-vs-noise cuts 30-36 (trained GPT-2-small, layer 2), 200-6e4 (GPT-2-small, bert-mini, LoRA), 12-14
+#: (bert-tiny seed 2); the cuts at the float32 floor with no gap (bert-tiny seeds 0 and 1) 1.3-1.7
 MIN_GAP = 10.0
 #: cuts within this factor of the noise floor, on either side, are the candidates of an ambiguous decision
 WINDOW = 4.0
-#: a clear gap may drop to values up to this factor above the floor (measured noise: 0.85 to 3.8 times the floor)
+#: a clear gap may drop to values up to this factor above the floor (measured noise: 0.4 to 3.9 times the floor)
 REACH = 100.0
-#: the floor is this many times the expected spectral norm of the storage rounding (measured noise: 0.85 of it)
+#: the floor is this many times the expected spectral norm of the storage rounding alone
 FLOOR_FACTOR = 2.0
 
 
