@@ -60,7 +60,8 @@ class ImprintBlock(nn.Module):
         else:
             m = torch.full((num_pixels,), 1.0 / num_pixels)
         probabilities = torch.arange(1, bins, dtype=torch.float64) / bins
-        quantiles = torch.distributions.Normal(0.0, 1.0).icdf(probabilities)
+        # no argument validation: it reads a value (.item()), which the meta device used to count parameters has not
+        quantiles = torch.distributions.Normal(0.0, 1.0, validate_args=False).icdf(probabilities)
         thresholds = statistic_mean + statistic_std * torch.cat([torch.tensor([-12.0], dtype=torch.float64), quantiles])
         spread = gain * torch.randn(num_pixels, generator=generator)
         with torch.no_grad():
