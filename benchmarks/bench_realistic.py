@@ -1,0 +1,163 @@
+"""The realistic evaluation protocol (issue 21): attacks where users train, every figure beside what a guess gets.
+
+    .venv/bin/python benchmarks/bench_realistic.py --help
+    .venv/bin/python benchmarks/bench_realistic.py --quick          # the README table (photos, ConvNet-64, 32x32)
+    .venv/bin/python benchmarks/bench_realistic.py --datasets photos faces --sizes 32 64 --batches 1 8 32 \\
+        --stages init epoch trained --protocols fedsgd fedavg        # the whole grid (hours on 2 CPU cores)
+
+Each row is one victim setting, attacked on ``--samples`` private batches (seeds ``seed .. seed+samples-1``):
+- **stage**: ``init`` (the server's model at initialisation), ``epoch`` (trained about one epoch, batches of 32, on
+  the images outside the private batch), ``trained`` (``--trained-steps`` steps; the accuracy it reached on those
+  images is printed). Pretraining is cached (``training.pretrained``).
+- **batch** 1, 8, 32; **protocol** ``fedsgd`` (one gradient) or ``fedavg`` (``--local-epochs`` epochs of
+  ``--local-batches`` mini-batches of the private batch, SGD ``--local-lr``: the weight delta); BatchNorm stays in
+  train mode (``model_mode=train``) where the model has it (ResNet-18).
+- **attack**: Inverting Gradients (``inverting``, Geiping et al. 2020) on FedSGD, its unrolled variant (``fedavg``)
+  on FedAvg; threat model: honest-but-curious server (it only reads the update it receives).
+Columns: the share of samples **leaked** (the reconstruction beats the best of the attacker's guesses (mid-gray,
+the public mean image, the best image of a disjoint public set) by 3 dB PSNR and 0.1 SSIM), **top-1
+re-identification** in a line-up of the true sample and up to 99 public images (pixels, and the features of a
+LeNet trained on the public images), mean PSNR/SSIM beside the best guess's, and wall time per batch.
+A row whose leaked share is 0 is "no leak", whatever its PSNR. Same seed, same numbers (apart from times).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+
+from gradleak.data import load_dataset
+from gradleak.experiment import ExperimentConfig, make_victim, public_set
+from gradleak.metrics import score
+from gradleak.attacks import ATTACKS
+from gradleak.baselines import ImageGuesses
+from gradleak.model_spec import ModelSpec
+from gradleak.reidentification import classifier_features, rank_in_lineup
+from gradleak.training import accuracy, pretrained
+from gradleak.victim import normalize
+
+PRETRAIN_BATCH = 32
+
+
+def stage_steps(stage: str, public_size: int, trained_steps: int) -> int:
+    """Pretraining steps of a stage: none, one pass over the public images in batches of 32, or ``trained_steps``."""
+    return {"init": 0, "epoch": math.ceil(public_size / PRETRAIN_BATCH), "trained": trained_steps}[stage]
+
+
+def feature_model(dataset: str, size: int, steps: int, seed: int):
+    """A LeNet trained on the whole dataset but the first private batch's images: the re-identification feature
+    space (no downloaded weights). Cached like every pretraining."""
+    ds = load_dataset(dataset, size=size)
+    c = ds.input_shape[0]
+    spec = ModelSpec("lenet", {"in_channels": c, "num_classes": ds.num_classes, "image_size": size})
+    model = spec.build()
+    model.load_state_dict(pretrained(spec, ds, list(range(len(ds))), steps=steps, seed=seed))
+    return classifier_features(model, lambda x: normalize(x, ds.mean, ds.std))
+
+
+def run_row(args: argparse.Namespace, dataset: str, size: int, model: str, stage: str, batch: int,
+            protocol: str) -> dict:
+    attack_name = "inverting" if protocol == "fedsgd" else "fedavg"
+    ds = load_dataset(dataset, size=size)
+    embed = feature_model(dataset, size, args.feature_steps, args.seed)
+    leaked, reid_px, reid_ft, psnrs, ssims, best_p, best_s, times, accs = ([] for _ in range(9))
+    for s in range(args.samples):
+        seed = args.seed + s
+        config = ExperimentConfig(
+            dataset=dataset, image_size=size, batch_size=batch, model=model,
+            model_kwargs={"width": args.width} if model == "convnet" else {},
+            pretrain_steps=stage_steps(stage, len(ds) - batch, args.trained_steps), protocol=protocol,
+            local_steps=args.local_epochs * args.local_batches if protocol == "fedavg" else 1,
+            local_batch_size=max(1, batch // args.local_batches) if protocol == "fedavg" else None,
+            local_lr=args.local_lr, attack=attack_name, attack_kwargs={"iterations": args.iterations},
+            seed=seed, device=args.device,
+        )
+        obs, truth = make_victim(config)
+        public, public_labels = public_set(config, obs)
+        start = time.perf_counter()
+        recon = ATTACKS.build(attack_name, iterations=args.iterations).reconstruct(obs, device=args.device,
+                                                                                  seed=seed)
+        times.append(time.perf_counter() - start)
+        scores = score(recon.inputs, recon.labels, truth, guesses=ImageGuesses.of(obs.inputs, public, seed=seed),
+                       public_labels=public_labels, embed=embed)
+        leaked += scores.leaked
+        reid_px += [r == 1 for r in scores.reidentification["pixels"].ranks]
+        reid_ft += [r == 1 for r in scores.reidentification["features"].ranks]
+        psnrs += scores.psnr
+        ssims += scores.ssim
+        best_p += scores.baselines.best_psnr
+        best_s += scores.baselines.best_ssim
+        if stage != "init":
+            victim = obs.build_model()
+            rest = ds.disjoint_from(obs.info["indices"])
+            accs.append(accuracy(victim, ds, rest))
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    return {"dataset": dataset, "size": size, "model": model, "stage": stage,
+            "train_acc": mean(accs) if accs else None, "batch": batch, "protocol": protocol, "attack": attack_name,
+            "leaked": mean(leaked), "reid_pixels": mean(reid_px), "reid_features": mean(reid_ft),
+            "lineup": scores.reidentification["pixels"].lineup,
+            "psnr": mean(psnrs), "best_guess_psnr": mean(best_p), "ssim": mean(ssims), "best_guess_ssim": mean(best_s),
+            "seconds": mean(times), "samples": len(psnrs)}
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| data | model | stage (train acc) | batch | protocol | attack | leaked | re-id top-1 px / feat "
+            "(chance) | PSNR vs best guess | SSIM vs best guess | s / batch |")
+    lines = [head, "|---" * 11 + "|"]
+    for r in rows:
+        acc = "" if r["train_acc"] is None else f" ({r['train_acc']:.2f})"
+        verdict = f"{r['leaked']:.0%}" if r["leaked"] > 0 else "0% (no leak)"
+        lines.append(
+            f"| {r['dataset']} {r['size']}px | {r['model']} | {r['stage']}{acc} | {r['batch']} | {r['protocol']} | "
+            f"{r['attack']} | {verdict} | {r['reid_pixels']:.0%} / {r['reid_features']:.0%} (1/{r['lineup']}) | "
+            f"{r['psnr']:.2f} vs {r['best_guess_psnr']:.2f} dB | {r['ssim']:.3f} vs {r['best_guess_ssim']:.3f} | "
+            f"{r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="the README grid: photos 32px, ConvNet-64, init and trained, "
+                   "batch 1 and 8, fedsgd, 2 samples, 200 iterations (about an hour on 2 loaded cores)")
+    p.add_argument("--datasets", nargs="+", default=["photos", "faces"])
+    p.add_argument("--sizes", nargs="+", type=int, default=[32, 64])
+    p.add_argument("--models", nargs="+", default=["convnet", "resnet18"])
+    p.add_argument("--stages", nargs="+", default=["init", "epoch", "trained"], choices=["init", "epoch", "trained"])
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
+    p.add_argument("--protocols", nargs="+", default=["fedsgd", "fedavg"], choices=["fedsgd", "fedavg"])
+    p.add_argument("--iterations", type=int, default=1000)
+    p.add_argument("--samples", type=int, default=3, help="private batches per row (seeds seed..seed+samples-1)")
+    p.add_argument("--trained-steps", type=int, default=300, help="pretraining steps of the 'trained' stage")
+    p.add_argument("--feature-steps", type=int, default=300, help="training steps of the re-identification LeNet")
+    p.add_argument("--local-epochs", type=int, default=2)
+    p.add_argument("--local-batches", type=int, default=2, help="FedAvg mini-batches per local epoch")
+    p.add_argument("--local-lr", type=float, default=0.05)
+    p.add_argument("--width", type=int, default=64, help="ConvNet width (64: the paper's ConvNet-64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    if args.quick:
+        args.datasets, args.sizes, args.models, args.stages = ["photos"], [32], ["convnet"], ["init", "trained"]
+        args.batches, args.protocols, args.iterations, args.samples = [1, 8], ["fedsgd"], 200, 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    for dataset in args.datasets:
+        for size in args.sizes:
+            for model in args.models:
+                for stage in args.stages:
+                    for batch in args.batches:
+                        for protocol in args.protocols:
+                            row = run_row(args, dataset, size, model, stage, batch, protocol)
+                            rows.append(row)
+                            print(markdown([row]).splitlines()[-1], flush=True)
+    print()
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
