@@ -63,7 +63,8 @@ from gradleak.attacks import ATTACKS
 from gradleak.attacks.optimization import optimize_many
 from gradleak.data import load_dataset
 from gradleak.experiment import ExperimentConfig, make_victim
-from gradleak.metrics import psnr
+from gradleak.baselines import ImageGuesses
+from gradleak.metrics import psnr, score
 from gradleak.observation import ModelSpec
 from gradleak.training import pretrained
 from gradleak.victim import simulate
@@ -249,19 +250,30 @@ def bench_psnr(iterations: int, pretrain_steps: int, images: int, ratio_iteratio
     budget = max(int(round(iterations * ratio)), 1)
     print(f"  interleaved over {ratio_iterations} iterations: published {statistics.median(pub_times):.3f} s/it, "
           f"gradleak {statistics.median(glk_times):.3f} s/it, ratio {ratio:.3f}", flush=True)
-    pub_psnr, glk_psnr = [], []
+    pub_psnr, glk_psnr, guess_psnr, leaks = [], [], [], {"published": 0, "gradleak": 0}
+    ds = load_dataset("photos")
     for k, (obs, truth) in enumerate(victims):
+        # the attacker's guesses: mid-gray, the mean image, the best photo crop of another picture
+        guesses = ImageGuesses.of(obs.inputs, ds.images[ds.disjoint_from([PHOTOS[k]])])
         pub = PublishedIG(obs, iterations)
         for _ in range(iterations):
             pub.step()
-        pub_psnr.append(float(psnr(pub.pixels(), truth.inputs).mean()))
         recons, _ = gradleak_run([obs], budget)
-        glk_psnr.append(float(psnr(recons[0].inputs, truth.inputs).mean()))
-        print(f"  photo {k}: published {pub_psnr[-1]:.2f} dB, gradleak {glk_psnr[-1]:.2f} dB", flush=True)
+        for side, pixels, out in (("published", pub.pixels(), pub_psnr), ("gradleak", recons[0].inputs, glk_psnr)):
+            scored = score(pixels, None, truth, guesses=guesses)
+            out.append(scored.psnr[0])
+            leaks[side] += sum(scored.leaked)
+        guess_psnr.append(scored.baselines.best_psnr[0])
+        print(f"  photo {k}: published {pub_psnr[-1]:.2f} dB, gradleak {glk_psnr[-1]:.2f} dB, best guess "
+              f"{guess_psnr[-1]:.2f} dB ({', '.join(f'{n} {v[0]:.2f}' for n, v in scored.baselines.psnr.items())})",
+              flush=True)
     print(f"  published: {iterations} iterations, mean PSNR "
-          f"{sum(pub_psnr) / images:.2f} dB  ({' '.join(f'{v:.2f}' for v in pub_psnr)})")
+          f"{sum(pub_psnr) / images:.2f} dB  ({' '.join(f'{v:.2f}' for v in pub_psnr)}); leaked "
+          f"{leaks['published']} of {images}")
     print(f"  gradleak: {budget} iterations in the same time, mean PSNR {sum(glk_psnr) / images:.2f} dB  "
-          f"({' '.join(f'{v:.2f}' for v in glk_psnr)})")
+          f"({' '.join(f'{v:.2f}' for v in glk_psnr)}); leaked {leaks['gradleak']} of {images}")
+    print(f"  best guess without the update: mean PSNR {sum(guess_psnr) / images:.2f} dB  "
+          f"({' '.join(f'{v:.2f}' for v in guess_psnr)}); a sample leaks when it beats it by 3 dB and 0.1 SSIM")
 
 
 def main() -> None:
