@@ -55,9 +55,10 @@ from gradleak.errors import ConfigError, DataError
 from gradleak.experiment import ExperimentConfig
 from gradleak.outputs import clear_stale
 
-METRIC_COLUMNS = (
-    "psnr", "ssim", "mse", "label_accuracy", "iterations", "wall_time_s", "run_dir", "worker", "finished_at",
-)
+#: every mean beside the best guess's (``best_baseline_*``: the mean over the run's samples of the best guess an
+#: attacker makes without the update) and ``leaked``, the share of samples beating that guess by the margins
+SCORE_COLUMNS = ("psnr", "best_baseline_psnr", "ssim", "best_baseline_ssim", "leaked", "mse", "label_accuracy")
+METRIC_COLUMNS = (*SCORE_COLUMNS, "iterations", "wall_time_s", "run_dir", "worker", "finished_at")
 RUN_FILES = ("grid.png", "trace.png", "metrics.json")
 RESULT_FILE = "result.json"
 #: a table's sidecar: it says gradleak wrote the table, for which sweep
@@ -353,7 +354,7 @@ def run_one(config_dict: dict[str, Any], threads: int = 1) -> dict[str, Any]:
             files = {n: (Path(tmp) / n).read_bytes() for n in RUN_FILES if (Path(tmp) / n).exists()}
         mean = result.metrics["mean"]
         return {
-            "status": "ok", "error": "", **{k: mean.get(k) for k in ("psnr", "ssim", "mse", "label_accuracy")},
+            "status": "ok", "error": "", **{k: mean.get(k) for k in SCORE_COLUMNS},
             "iterations": result.metrics.get("iterations"), "wall_time_s": round(time.perf_counter() - start, 3),
             "worker": socket.gethostname(), "files": files,
         }

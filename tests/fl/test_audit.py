@@ -8,7 +8,8 @@ pytest.importorskip("flwr")
 
 import torch  # noqa: E402
 
-from gradleak.fl.audit import AuditTarget, audit, to_observation  # noqa: E402
+from gradleak.baselines import ImageGuesses  # noqa: E402
+from gradleak.fl.audit import AuditTarget, audit, judge, to_observation  # noqa: E402
 from gradleak.fl.clients import ClientSetup, client_update  # noqa: E402
 from gradleak.fl.recording import AGGREGATE, RecordedUpdate, RecordingStrategy  # noqa: E402
 from gradleak.observation import ModelSpec  # noqa: E402
@@ -66,11 +67,47 @@ def test_audit_scores_what_it_can_and_records_what_fails(recorded, tmp_path):
 
         return GroundTruth(*setup.load().batch(setup.batch_indices(int(update.metrics["partition-id"]), 1)))
 
-    report = audit([updates[0], broken], target, "idlg", {"iterations": 200}, truth=truth, out=tmp_path)
+    ds = setup.load()
+    private = [i for pid in (0, 1) for i in setup.batch_indices(pid, 1)]
+    public = ds.images[ds.disjoint_from(private)]  # the attacker's auxiliary images: no client's
+    report = audit([updates[0], broken], target, "idlg", {"iterations": 200}, truth=truth, out=tmp_path,
+                   public=public)
     ok, failed = report.rows
-    assert ok["error"] == "" and ok["psnr_best"] >= 25.0 and ok["leaked"] and ok["label_accuracy"] == 1.0
-    assert "classifier.bias" in failed["error"] and failed["psnr_best"] is None
+    # leaked beside the best guess (gray, mean image, the best of 512 public digits), not beside a fixed dB line
+    assert ok["error"] == "" and ok["samples"] == 1 and ok["leaked"] == 1.0 and ok["label_accuracy"] == 1.0
+    assert ok["psnr_mean"] >= ok["best_baseline_psnr"] + 3.0 and ok["best_baseline_psnr"] > 12.0, ok
+    assert ok["ssim_mean"] >= ok["best_baseline_ssim"] + 0.1 and ok["above_threshold"]
+    assert report.leaked_share() == 1.0 and report.settings["public_images"] == 512
+    assert "classifier.bias" in failed["error"] and failed["psnr_best"] is None and failed["leaked"] is None
     assert (tmp_path / "report.html").is_file() and (tmp_path / "grids" / "round1_node-0.png").is_file()
+    html = (tmp_path / "report.html").read_text()
+    assert "best guess without the update" in html and "1/1 (100%)" in html and "best_baseline_psnr" in html
+
+
+def test_a_guess_returned_as_the_reconstruction_is_not_leaked(recorded):
+    """The mutation check of the audit's verdict: the best guess itself, or the public image closest to each
+    private one, handed in as the reconstruction, leaks nothing; in one client's view of an aggregate (fewer
+    reconstructions than private samples) as well."""
+    from gradleak.observation import GroundTruth
+
+    setup, target, _, _ = recorded
+    ds = setup.load()
+    private = [i for pid in range(4) for i in setup.batch_indices(pid, 1)]
+    truth = GroundTruth(*ds.batch(private))
+    public = ds.images[ds.disjoint_from(private)]
+    guesses = ImageGuesses.of(to_observation_inputs(target), public)
+    mean_image = guesses.constant["mean image"].expand_as(truth.inputs).clone()
+    closest = guesses.public[torch.cdist(truth.inputs.flatten(1), guesses.public.flatten(1)).argmin(1)]
+    for fake in (mean_image, closest, closest[:1]):
+        judged = judge(fake, truth, guesses)
+        assert not any(judged.leaked) and len(judged.leaked) == 4
+    assert all(judge(truth.inputs.clone(), truth, guesses).leaked)  # the truth itself leaks everything
+
+
+def to_observation_inputs(target: AuditTarget):
+    from gradleak.inputs import ImageInput
+
+    return ImageInput(tuple(target.input_shape), tuple(target.mean), tuple(target.std))
 
 
 def test_recording_strategy_wraps_only_flower_strategies():

@@ -148,7 +148,9 @@ def varying(rows: Sequence[dict[str, Any]], skip: Sequence[str]) -> list[str]:
     return out
 
 
-METRICS = ("psnr", "ssim", "mse", "label_accuracy", "wall_time_s")
+#: each mean beside the best guess's on the same samples (``gradleak.baselines``) and the share of samples leaked
+METRICS = ("psnr", "best_baseline_psnr", "ssim", "best_baseline_ssim", "leaked", "mse", "label_accuracy",
+           "wall_time_s")
 
 
 def _is_bundle(rows: Sequence[dict[str, Any]], column: str) -> bool:
@@ -163,11 +165,16 @@ def render_sweep(rows: Sequence[dict[str, Any]], root: Path | None = None, confi
     failed = [r for r in rows if r.get("status") != "ok"]
     skip = ("key", "status", "error", "run_dir", "worker", "finished_at", *METRICS, "iterations")
     axes = [a for a in varying(rows, skip) if not _is_bundle(rows, a)]
-    psnrs = [r["psnr"] for r in ok if isinstance(r.get("psnr"), (int, float))]
+    def numbers(key: str) -> list[float]:
+        return [r[key] for r in ok if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
+
+    psnrs, guesses, shares = numbers("psnr"), numbers("best_baseline_psnr"), numbers("leaked")
     summary = cards([
         ("experiments", str(len(rows))), ("ok", str(len(ok))), ("failed", str(len(failed))),
         ("best PSNR (dB)", f"{max(psnrs):.1f}" if psnrs else "n/a"),
         ("median PSNR (dB)", f"{sorted(psnrs)[len(psnrs) // 2]:.1f}" if psnrs else "n/a"),
+        ("median best guess PSNR (dB)", f"{sorted(guesses)[len(guesses) // 2]:.1f}" if guesses else "n/a"),
+        ("samples leaked (mean share over runs)", f"{sum(shares) / len(shares):.0%}" if shares else "n/a"),
     ])
     figures = [
         ("leakage vs defense strength", plots.leakage_vs_defense_strength(rows)),
@@ -189,7 +196,10 @@ def render_sweep(rows: Sequence[dict[str, Any]], root: Path | None = None, confi
         grids.append(f"<figure>{figure}</figure>")
     more = f"<p class='note'>First {max_grids} of {len(ok)} runs shown.</p>" if len(ok) > max_grids else ""
     sections = [
-        ("Summary", summary),
+        ("Summary", summary + "<p class='note'><code>best_baseline_psnr</code>/<code>_ssim</code>: the mean, "
+         "over a run's samples, of the best guess an attacker makes without the update (mid-gray, the public mean "
+         "image, the best image of a disjoint public set); <code>leaked</code>: the share of samples whose "
+         "reconstruction beats that guess by the margins (3 dB PSNR and 0.1 SSIM by default).</p>"),
         ("Leakage plots", _plots(figures) + "<p class='note'>Mean over seeds and any axis a plot does not show; "
          "bars: ±1 standard deviation. "
          "Defense strength is the defense's <code>strength</code> setting or its only numeric setting; "
@@ -211,22 +221,31 @@ def render_run(folder: Path, title: str = "gradleak run report") -> str:
     """A single run's report from its folder (``metrics.json``, ``grid.png``, ``trace.png``)."""
     metrics = json.loads((folder / "metrics.json").read_text())
     mean = metrics.get("mean", {})
+    leaked = mean.get("leaked")
     summary = cards([
-        ("PSNR (dB)", _fmt(mean.get("psnr"))), ("SSIM", _fmt(mean.get("ssim"), 3)),
+        ("PSNR (dB)", _fmt(mean.get("psnr"))), ("best guess PSNR (dB)", _fmt(mean.get("best_baseline_psnr"))),
+        ("SSIM", _fmt(mean.get("ssim"), 3)), ("best guess SSIM", _fmt(mean.get("best_baseline_ssim"), 3)),
+        ("samples leaked", "n/a" if leaked is None else f"{leaked:.0%}"),
         ("label accuracy", _fmt(mean.get("label_accuracy"))), ("iterations", _fmt(metrics.get("iterations"))),
         ("time (s)", _fmt(metrics.get("wall_time_s"), 1)),
     ])
+    if metrics.get("verdict"):
+        summary += f"<p class='note'>Verdict: {html.escape(str(metrics['verdict']))}</p>"
     images = [f"<figure>{img((folder / n).read_bytes(), n)}<figcaption>{n}</figcaption></figure>"
               for n in ("grid.png", "trace.png") if (folder / n).is_file()]
     per = metrics.get("per_sample", {})
     n = len(per.get("psnr") or [])
-    rows = [{"sample": i, **{k: (per.get(k) or [None] * n)[i] for k in ("psnr", "ssim", "mse", "true_label",
-            "recovered_label")}} for i in range(n)]
+    baselines = metrics.get("baselines") or {}
+    columns = {**per, "best_baseline_psnr": baselines.get("best_psnr"),
+               "best_baseline_ssim": baselines.get("best_ssim")}
+    shown = ("psnr", "best_baseline_psnr", "ssim", "best_baseline_ssim", "leaked", "mse", "true_label",
+             "recovered_label")
+    rows = [{"sample": i, **{k: (columns.get(k) or [None] * n)[i] for k in shown}} for i in range(n)]
     sections = [
         ("Summary", summary),
         ("Truth vs reconstruction", f"<div class='plots'>{''.join(images)}</div>"),
-        ("Per-sample metrics", table(rows, ["sample", "psnr", "ssim", "mse", "true_label", "recovered_label"],
-                                     numeric=("psnr", "ssim", "mse"))),
+        ("Per-sample metrics", table(rows, ["sample", *shown],
+                                     numeric=("psnr", "best_baseline_psnr", "ssim", "best_baseline_ssim", "mse"))),
     ]
     attack = metrics.get("attack", {}).get("name", "?")
     config = {k: metrics.get(k) for k in ("attack", "observation", "config", "seed", "device") if k in metrics}
@@ -234,7 +253,9 @@ def render_run(folder: Path, title: str = "gradleak run report") -> str:
 
 
 # -- federated audits -------------------------------------------------------------------------------------
-AUDIT_NUMERIC = ("psnr_best", "psnr_mean", "ssim_best", "label_accuracy", "wall_time_s")
+#: every mean beside the best guess's mean on the same samples, and the share of samples leaked
+AUDIT_NUMERIC = ("psnr_best", "psnr_mean", "best_baseline_psnr", "ssim_best", "ssim_mean", "best_baseline_ssim",
+                 "leaked", "label_accuracy", "wall_time_s")
 
 
 def render_audit_folder(folder: Path, title: str = "gradleak federated leakage audit") -> str:
@@ -252,15 +273,33 @@ def render_audit_folder(folder: Path, title: str = "gradleak federated leakage a
 def render_audit_rows(rows: Sequence[dict[str, Any]], grids: dict[tuple[int, str], bytes], config: Any,
                       title: str = "gradleak federated leakage audit") -> str:
     scored = [r for r in rows if isinstance(r.get("psnr_best"), (int, float))]
-    leaked = [r for r in rows if r.get("leaked")]
+    judged = [r for r in scored if isinstance(r.get("leaked"), (int, float)) and not isinstance(r["leaked"], bool)]
+    samples = sum(int(r.get("samples") or 0) for r in judged)
+    leaked_samples = sum(float(r["leaked"]) * int(r.get("samples") or 0) for r in judged)
     aggregate = any(r.get("aggregate") for r in rows)
-    threshold = (config or {}).get("settings", {}).get("leak_threshold_db", 25.0) if isinstance(config, dict) else 25.0
+    settings = (config or {}).get("settings", {}) if isinstance(config, dict) else {}
+    threshold = settings.get("leak_threshold_db", 25.0)
+
+    def mean_of(key: str) -> str:
+        values = [r[key] for r in judged if isinstance(r.get(key), (int, float))]
+        return f"{sum(values) / len(values):.1f}" if values else "n/a"
+
     summary = cards([
         ("updates attacked", str(len(rows))), ("rounds", str(len({r['round'] for r in rows}))),
         ("server saw", "aggregates only (secure aggregation)" if aggregate else "every client's update"),
+        ("mean PSNR (dB)", mean_of("psnr_mean")),
+        ("best guess without the update, mean PSNR (dB)", mean_of("best_baseline_psnr")),
+        ("private samples leaked (beat the best guess)",
+         f"{round(leaked_samples)}/{samples} ({leaked_samples / samples:.0%})" if samples else "n/a"),
         ("best PSNR (dB)", f"{max(r['psnr_best'] for r in scored):.1f}" if scored else "n/a"),
-        (f"updates leaking (>= {threshold:g} dB)", str(len(leaked))),
+        (f"updates with a sample >= {threshold:g} dB", str(sum(1 for r in rows if r.get("above_threshold")))),
     ])
+    margins = settings.get("margins") or {}
+    guesses = ", ".join(settings.get("guesses") or ["gray", "mean image"])
+    note = (f"<p class='note'>Best guess: the best, per private sample, of what the attacker produces without the "
+            f"update ({html.escape(guesses)}). A sample is leaked when its reconstruction beats it by "
+            f"{_fmt(margins.get('psnr_db', 3.0), 1)} dB PSNR and {_fmt(margins.get('ssim', 0.1), 2)} SSIM; "
+            "<code>leaked</code> is the share of a row's private samples.</p>")
     figs = []
     for r in rows:
         png = grids.get((r["round"], r["source"]))
@@ -269,11 +308,11 @@ def render_audit_rows(rows: Sequence[dict[str, Any]], grids: dict[tuple[int, str
         cap = f"round {r['round']}, {r['source']}: best {_fmt(r.get('psnr_best'))} dB"
         figs.append(f"<figure>{img(png, cap)}<figcaption>{html.escape(cap)}</figcaption></figure>")
     sections = [
-        ("Summary", summary),
+        ("Summary", summary + note),
         ("Leakage per round", _plots([("leakage per round", plots.leakage_per_round(rows))])),
         ("Truth vs reconstruction", f"<div class='grids'>{''.join(figs)}</div>"),
         ("Per-round, per-client leakage", table(
-            rows, ["round", "source", "aggregate", "num_clients", "batch_size", "attack", *AUDIT_NUMERIC, "leaked",
+            rows, ["round", "source", "aggregate", "num_clients", "batch_size", "samples", "attack", *AUDIT_NUMERIC,
                    *(["dp_epsilon"] if any(r.get("dp_epsilon") is not None for r in rows) else []), "error"],
             numeric=(*AUDIT_NUMERIC, "dp_epsilon"),
             row_class=lambda r: "error" if r.get("error") else ("leak" if r.get("leaked") else ""))),
