@@ -53,6 +53,25 @@ def test_sweep_report_is_self_contained(tmp_path):
                    torch.__version__):
         assert needle in html
     assert "http://" not in html and "https://" not in html
+    # every mean beside the best guess, and the share leaked, in the table and the summary
+    head = re.search(r"<h2>Metrics</h2><table><thead><tr>(.*?)</tr>", html).group(1)
+    columns = re.findall(r"<th>([^<]+)</th>", head)
+    for mean, beside in (("psnr", "best_baseline_psnr"), ("ssim", "best_baseline_ssim")):
+        assert columns.index(beside) == columns.index(mean) + 1
+    assert "leaked" in columns and "median best guess PSNR (dB)" in html and "samples leaked" in html
+    rows = ResultsTable(tmp_path / "results.csv").typed_rows()
+    assert all(r["best_baseline_psnr"] > 10 and r["leaked"] == 0.0 for r in rows)  # 8 DLG steps leak nothing
+
+
+def test_run_report_shows_the_best_guess_and_the_verdict(tmp_path):
+    from gradleak.experiment import run_experiment
+
+    run_experiment(ExperimentConfig(dataset="digits", image_size=16, num_classes=100, attack="dlg",
+                                    attack_kwargs={"iterations": 4}), out=tmp_path / "run")
+    html = write_html(tmp_path / "run").read_text()
+    for needle in ("best guess PSNR (dB)", "samples leaked", "Verdict: no leak", "<th>best_baseline_psnr</th>",
+                   "<th>leaked</th>"):
+        assert needle in html, needle
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make setup installs it)")
