@@ -119,13 +119,17 @@ def test_dager_recovers_the_bert_tiny_record_exactly(seed: int, text_scores) -> 
 def test_dager_assembles_a_batch_of_2_encoder_records_exactly(text_scores) -> None:
     """bert-mini (width 256), batch 2 of bundled records: the layer-1 ranking misorders tokens at 3 positions and
     leaves which record holds which token open; the assembly's local search on the layer-2 span distance finds
-    both records token for token. Without it (``assemble_sweeps=0``) neither record is exact."""
+    both records token for token. Without it (``assemble_sweeps=0``) at most one record is exact: which one the
+    layer-1 ranking gets right by itself is the code path's choice (measured, plain: exact 0.0 and ROUGE-2 0.733
+    on the default AVX-512 path, exact 0.5 and ROUGE-2 0.841 under MKL_CBWR=COMPATIBLE ATEN_CPU_CAPABILITY=
+    default, at the layer-1 rank 94 cut at the gap and at the old rtol=1e-8 rank 143 alike; the assembled
+    records are exact on both)."""
     case = text_victim("bert-mini", 2, seed=0)
     plain = text_scores(case, ATTACKS.build("dager", assemble_sweeps=0).reconstruct(case.observation).inputs)
     recon = ATTACKS.build("dager").reconstruct(case.observation)
     means = text_scores(case, recon.inputs)
     assert means["exact"] == 1.0 and means["rouge2"] == 1.0 and means["secrets_recovered"] == 1.0, means
-    assert plain["exact"] == 0.0, plain
+    assert plain["exact"] <= 0.5 and plain["rouge2"] <= 0.9, plain  # measured 0.0/0.733 and 0.5/0.841
     assert recon.details["assembly_cost"] < recon.details["assembly_start"] / 3
 
 
