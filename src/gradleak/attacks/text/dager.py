@@ -311,8 +311,8 @@ class DAGER(Attack):
             how = "layer-2 test: sequences certified"
         else:
             pool = self._pool(arch, obs)
-            inputs = [arch.first_inputs(p)[pool.to(arch.first_inputs(p).device)]
-                      for p in range(obs.inputs.seq_len)]  # type: ignore[union-attr]
+            firsts = (arch.first_inputs(p) for p in range(obs.inputs.seq_len))  # type: ignore[union-attr]
+            inputs = [x[pool.to(x.device)] for x in firsts]
             eos = getattr(getattr(arch.model, "config", None), "eos_token_id", None)
             for r in candidates:
                 scores[r] = (self._ranking_margin(span1.at_rank(r), inputs, pool, max(obs.batch_size, 1), eos),)
