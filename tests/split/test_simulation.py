@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gradleak.errors import ConfigError
-from gradleak.split import SplitDefense, train_split
+from gradleak.split import SplitDefense, errors_removed, train_split
 
 
 def test_returned_gradients_are_the_servers_true_gradients(digits16):
@@ -20,12 +20,21 @@ def test_returned_gradients_are_the_servers_true_gradients(digits16):
     torch.testing.assert_close(client(run.truth.inputs), obs.smashed)
 
 
-def test_training_learns_and_is_reproducible(digits16):
+def test_training_beats_the_majority_class_and_is_reproducible(digits16):
     a = train_split(digits16, cut=1, steps=40, observe=4, seed=3)
     b = train_split(digits16, cut=1, steps=40, observe=4, seed=3)
     assert a.test_accuracy == b.test_accuracy
-    assert a.test_accuracy > 0.5  # 10 classes: chance is 0.1
+    assert a.learned and a.test_accuracy > a.majority_accuracy + 0.4  # majority class: about 0.11
     torch.testing.assert_close(a.observation.smashed, b.observation.smashed)
+
+
+def test_majority_accuracy_and_public_set_come_from_the_held_out_split(digits16):
+    run = train_split(digits16, cut=2, steps=0, observe=4, seed=0)
+    test_labels = torch.cat([run.truth.labels, run.public_labels])  # the test split: observed, then public
+    assert run.majority_accuracy == pytest.approx(float(test_labels.bincount().max()) / len(test_labels))
+    assert len(run.public_images) == len(run.public_labels) == len(test_labels) - 4
+    assert not run.learned  # untrained: near the majority class
+    assert errors_removed(0.55, 0.1) == pytest.approx(0.5) and errors_removed(0.9, 0.9) == 0.0
 
 
 def test_hostile_configuration(digits16):

@@ -34,3 +34,18 @@ def leakage_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     if len(set(y.tolist())) != 2:
         raise DataError("leakage_auc needs both classes among the labels")
     return float(roc_auc_score(y, scores.detach().cpu().double().numpy()))
+
+
+def infer_labels(scores: torch.Tensor, positive_rate: float) -> torch.Tensor:
+    """Labels the attacker infers: the ``round(positive_rate * N)`` highest scores are called positive.
+
+    ``positive_rate`` is the prior the attacker knows (the share of positives in public data), so the attack
+    commits to as many positives as the prior predicts and its accuracy can be set beside the majority class."""
+    if scores.ndim != 1:
+        raise DataError(f"scores must be (N,), got shape {tuple(scores.shape)}")
+    if not 0.0 <= positive_rate <= 1.0:
+        raise DataError(f"positive_rate must lie in [0, 1], got {positive_rate}")
+    k = round(positive_rate * len(scores))
+    labels = torch.zeros(len(scores), dtype=torch.long)
+    labels[scores.detach().cpu().double().topk(k).indices] = 1
+    return labels
