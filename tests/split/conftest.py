@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from gradleak.baselines import Margins
 from gradleak.data import load_dataset
@@ -34,3 +35,13 @@ def assert_learned():
 @pytest.fixture
 def inversion_leaks():
     return _inversion_leaks
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The split CNN's convolutions are tiny: one torch thread runs them faster than two contending ones (the
+    package's tests run on 2 shared cores), so these modules use one and give the count back after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
