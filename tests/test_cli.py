@@ -104,7 +104,7 @@ def test_bad_values_are_one_line_errors(tmp_path: Path, capsys, argv: list[str],
         (["--attack-arg", "repair_positions=abc"], "attack 'dager' setting 'repair_positions' must be an integer, "
                                                    "got str 'abc'"),
         (["--attack-arg", "nosuch=1"], "attack 'dager' has no setting 'nosuch'"),
-        (["--attack-arg", "assemble_sweeps=-2"], "assemble_sweeps, assemble_options and repair_positions must be >= 0"),
+        (["--attack-arg", "assemble_sweeps=-2"], "assemble_sweeps must lie in [0, inf), got -2"),
     ],
 )
 def test_bad_text_attack_settings_are_one_line_errors(tmp_path: Path, capsys, argv: list[str], message: str) -> None:

@@ -148,7 +148,7 @@ def test_attack_settings_are_checked_when_the_config_loads(tmp_path):
     with pytest.raises(ConfigError, match=r"attack 'idlg' setting 'iterations' must be an integer, got str 'many'"):
         load_experiment_config(path)
     path.write_text('attack = "dlg"\nattack_kwargs = { iterations = 0 }\n')
-    with pytest.raises(ConfigError, match=r"iterations and restarts must be >= 1"):
+    with pytest.raises(ConfigError, match=r"iterations must lie in \[1, inf\), got 0"):
         load_experiment_config(path)
     path.write_text('attack = "dlg"\nattack_kwargs = { iteratons = 5 }\n')
     with pytest.raises(ConfigError, match=r"attack 'dlg' has no setting 'iteratons'"):

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -75,6 +77,12 @@ class Attack(ABC):
         reconstruct._checks_support = True  # type: ignore[attr-defined]
         cls.reconstruct = reconstruct  # type: ignore[method-assign]
 
+    def __post_init__(self) -> None:
+        """Refuse settings outside their ranges (``SETTING_RANGES``, ``Literal`` choices), all named at once."""
+        problems = setting_problems(self)
+        if problems:
+            raise ConfigError(f"attack {self.name!r}: " + "; ".join(problems))
+
     def check_supports(self, obs: Observation) -> None:
         """Raise ``ConfigError`` when this attack does not handle the observation's input kind or task."""
         attack = getattr(self, "name", type(self).__name__)
@@ -103,3 +111,68 @@ class Attack(ABC):
 
 
 ATTACKS: Registry[Attack] = Registry("attack")
+
+#: The range of every numeric attack setting, by name: ``(low, high, low_open, high_open, integer)``. Every attack
+#: checks its settings against it when it is built (``Attack.__post_init__``), reporting all problems at once
+#: (as Opacus's validators do), so a sweep or a command refuses a bad setting before any work. The contract test
+#: (tests/attacks/test_contract.py) fails for a numeric setting of a registered attack that has no range here.
+INF = math.inf
+SETTING_RANGES: dict[str, tuple[float, float, bool, bool, bool]] = {
+    # optimisation: budget, step sizes, regularisers
+    "iterations": (1, INF, False, True, True), "restarts": (1, INF, False, True, True),
+    "steps": (1, INF, False, True, True), "history_size": (1, INF, False, True, True),
+    "warmup": (0, INF, False, True, True), "patience": (0, INF, False, True, True),
+    "lr": (0, INF, True, True, False), "lr_free": (0, INF, True, True, False), "lr_decay": (0, 1, True, False, False),
+    "objective_scale": (0, INF, True, True, False), "tv": (0, INF, False, True, False),
+    "bn": (0, INF, False, True, False), "l2": (0, INF, False, True, False), "group": (0, INF, False, True, False),
+    "alpha": (0, INF, False, True, False), "coeff_reg": (0, INF, False, True, False),
+    "coeff_perplexity": (0, INF, False, True, False),
+    # LAMP's discrete moves and prior
+    "init_candidates": (1, INF, False, True, True), "candidates": (1, INF, False, True, True),
+    "swap_every": (1, INF, False, True, True), "swap_burnin": (0, 1, False, False, False),
+    "prior_steps": (0, INF, False, True, True),
+    # DAGER and the subspace attack: relative distances, search bounds
+    "threshold": (0, 1, True, False, False), "threshold2": (0, 1, True, False, False),
+    "max_candidates": (1, INF, False, True, True), "assemble_sweeps": (0, INF, False, True, True),
+    "assemble_options": (0, INF, False, True, True), "repair_positions": (0, INF, False, True, True),
+    "extra": (0, INF, False, True, True), "branch_ratio": (0, INF, True, True, False),
+    "gap": (0, INF, False, True, False), "stop_ratio": (0, INF, False, True, False),
+    "rtol": (0, 1, True, True, False), "rank_tol": (0, 1, True, True, False),
+    # Cocktail Party (ICA) and SPEAR
+    "ica_iters": (1, INF, False, True, True), "ica_tol": (0, INF, True, True, False),
+    "iters": (0, INF, False, True, True), "negentropy": (0, INF, False, True, False),
+    "independence": (0, INF, False, True, False), "temperature": (0, INF, True, True, False),
+    "max_trials": (1, INF, False, True, True), "chunk": (1, INF, False, True, True),
+    "guide_rounds": (0, INF, False, True, True), "irls_starts": (0, INF, False, True, True),
+    "irls_rounds": (0, INF, False, True, True), "irls_iters": (1, INF, False, True, True),
+    "pool_cap": (1, INF, False, True, True), "zero_tol": (0, 1, True, True, False),
+    "min_extra_zeros": (0, INF, False, True, True), "min_zero_share": (0, 1, False, False, False),
+    "invert_iterations": (0, INF, False, True, True), "invert_lr": (0, INF, True, True, False),
+    "invert_tv": (0, INF, False, True, False),
+    # analytic attacks
+    "tolerance": (0, INF, True, True, False), "min_rows": (1, INF, False, True, True),
+    "min_share": (0, 1, False, False, False), "pixel_tolerance": (0, 1, True, False, False),
+}
+
+
+def setting_problems(attack: Any) -> list[str]:
+    """Every setting of ``attack`` (a dataclass) outside its stated range or choices, one phrase each."""
+    problems = []
+    hints = typing.get_type_hints(type(attack))
+    for f in dataclasses.fields(attack):
+        value, hint = getattr(attack, f.name), hints.get(f.name)
+        if typing.get_origin(hint) is Literal and value not in typing.get_args(hint):
+            problems.append(f"{f.name} must be one of {', '.join(map(repr, typing.get_args(hint)))}, got {value!r}")
+        bounds = SETTING_RANGES.get(f.name)
+        if bounds is None or value is None:
+            continue
+        low, high, low_open, high_open, integer = bounds
+        kind = "an integer" if integer else "a number"
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) \
+                or not math.isfinite(value):
+            problems.append(f"{f.name} must be {kind}, got {value!r}")
+            continue
+        if (value <= low if low_open else value < low) or (value >= high if high_open else value > high):
+            lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+            problems.append(f"{f.name} must lie in {lo}{low:g}, {high:g}{hi}, got {value!r}")
+    return problems

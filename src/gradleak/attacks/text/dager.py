@@ -229,9 +229,7 @@ class DAGER(Attack):
     repair_positions: int = 3
 
     def __post_init__(self) -> None:
-        if min(self.assemble_sweeps, self.assemble_options, self.repair_positions) < 0 or self.max_candidates < 1:
-            raise ConfigError("dager: assemble_sweeps, assemble_options and repair_positions must be >= 0, "
-                              "max_candidates positive")
+        super().__post_init__()  # ranges of every setting (attacks.base.SETTING_RANGES)
         check_rtol(self.rtol, "dager")
 
     def settings(self) -> dict[str, Any]:
