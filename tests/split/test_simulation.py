@@ -10,7 +10,8 @@ from gradleak.split import SplitDefense, errors_removed, train_split
 def test_returned_gradients_are_the_servers_true_gradients(digits16):
     run = train_split(digits16, cut=2, steps=5, observe=4, seed=1)
     obs = run.observation
-    assert "images" not in {f.name for f in dataclasses.fields(obs)} and "inputs" not in {f.name for f in dataclasses.fields(obs)}
+    fields = {f.name for f in dataclasses.fields(obs)}
+    assert "images" not in fields and "inputs" not in fields
     server = obs.architecture().server(obs.cut)
     server.load_state_dict(obs.server_state)
     z = obs.smashed.clone().requires_grad_(True)

@@ -63,5 +63,6 @@ def equalise_and_noise(grad: torch.Tensor, relative_std: float, generator: torch
     flat = grad.flatten(1)
     norms = flat.norm(dim=1, keepdim=True).clamp_min(1e-12)
     target = norms.mean()
-    noise = torch.randn(flat.shape, generator=generator, dtype=flat.dtype) * (relative_std * target / flat.shape[1] ** 0.5)
+    scale = relative_std * target / flat.shape[1] ** 0.5
+    noise = torch.randn(flat.shape, generator=generator, dtype=flat.dtype) * scale
     return (flat / norms * target + noise).view_as(grad)

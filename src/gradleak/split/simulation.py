@@ -135,7 +135,8 @@ def train_split(data: ImageDataset, cut: int = 2, steps: int = 60, batch_size: i
     """
     SplitCNN.check_cut(cut)
     if steps < 0 or batch_size < 1 or observe < 1:
-        raise ConfigError(f"train_split: steps >= 0, batch_size >= 1, observe >= 1 (got {steps}, {batch_size}, {observe})")
+        raise ConfigError(f"train_split: steps >= 0, batch_size >= 1, observe >= 1 "
+                          f"(got {steps}, {batch_size}, {observe})")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     c, h, _ = data.input_shape
