@@ -39,7 +39,8 @@ def test_cosine_attack_infers_labels_beyond_the_majority_class_on_a_network_that
 
 def test_norm_attack_ranks_positives_above_chance_on_a_network_that_learned(plain, assert_learned):
     """Measured: norm AUC 0.872; its inferred labels (0.883) do not beat the majority class (0.910): on a network
-    that fits the task, the norm separates the classes less than the README's 0.987 on a less-trained one."""
+    that fits the task, the norm separates the classes less than on the less-fitted one the README once
+    reported (0.987)."""
     assert_learned(plain)
     norm = _attacks(plain)["norm"]
     print(f"undefended: norm {norm.line()}")
