@@ -77,3 +77,42 @@ def assert_matches_google():
         assert epsilon >= floor * 0.999, (epsilon, floor)
 
     return check
+
+
+@pytest.fixture(scope="session")
+def assert_leaks():
+    """``check(inputs, labels, truth, obs, public=None, share=1.0) -> Scores``: the one assertion every image
+    attack test makes. The reconstruction is scored beside the attacker's guesses (mid-gray, the public mean image
+    and, with ``public``, the best of those images: ``baselines.ImageGuesses``), and at least ``share`` of the
+    samples must be *leaked*: beat the best guess by 3 dB PSNR and 0.1 SSIM. A guess submitted in place of the
+    attack's output fails it (tests/attacks/test_contract.py checks that for every registered attack)."""
+    from gradleak.baselines import ImageGuesses
+    from gradleak.metrics import score
+
+    def check(inputs, labels, truth, obs, public=None, share: float = 1.0):
+        scores = score(inputs, labels, truth, guesses=ImageGuesses.of(obs.inputs, public))
+        leaked = sum(scores.leaked) / len(scores.leaked)
+        assert leaked >= share, (f"leaked {leaked:.2f} < {share}: PSNR {[round(p, 2) for p in scores.psnr]} vs best "
+                                 f"guess {[round(p, 2) for p in scores.baselines.best_psnr]}, SSIM "
+                                 f"{[round(p, 3) for p in scores.ssim]} vs {[round(p, 3) for p in scores.baselines.best_ssim]}")
+        return scores
+
+    return check
+
+
+@pytest.fixture(scope="session")
+def assert_text_leaks():
+    """``check(scores, obs, truth_ids, tokenizer, share=1.0) -> TextScores``: the one assertion every text attack
+    test makes: at least ``share`` of the records beat the best guess from the leaked token bag (random draws, the
+    bag by public frequency: ``text.metrics.text_baselines``) by 0.2 ROUGE-1."""
+    from gradleak.baselines import Margins
+    from gradleak.text.metrics import text_baselines
+
+    def check(scores, obs, truth_ids, tokenizer, share: float = 1.0):
+        judged = scores.with_baselines(text_baselines(obs, truth_ids, tokenizer), Margins().rouge1)
+        leaked = sum(judged.leaked) / len(judged.leaked)
+        assert leaked >= share, (f"leaked {leaked:.2f} < {share}: ROUGE-1 {[round(r, 3) for r in judged.rouge1]} "
+                                 f"vs the bag's {judged.baseline_means()}")
+        return judged
+
+    return check

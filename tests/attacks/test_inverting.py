@@ -1,13 +1,12 @@
-"""Inverting Gradients (Geiping et al. 2020) on the ConvNet: a small budget must beat noise."""
+"""Inverting Gradients (Geiping et al. 2020): paper defaults, and a reconstruction that beats every guess."""
 
 from __future__ import annotations
 
-import torch
+import pytest
 
 from gradleak.attacks import ATTACKS
 from gradleak.attacks.inverting import InvertingGradients
-from gradleak.experiment import ExperimentConfig, make_victim
-from gradleak.metrics import psnr, score
+from gradleak.experiment import ExperimentConfig, make_victim, public_set
 
 
 def test_paper_defaults_and_lookup() -> None:
@@ -18,15 +17,18 @@ def test_paper_defaults_and_lookup() -> None:
     assert engine.schedule == "step" and engine.lr == 0.1 and engine.priors["tv"] > 0
 
 
-def test_small_budget_beats_noise_on_convnet() -> None:
-    # ConvNet of Geiping et al. at width 16 (width 64 runs in benchmarks/bench_optimization.py), random init.
-    obs, truth = make_victim(ExperimentConfig(dataset="photos", model="convnet", model_kwargs={"width": 16},
-                                              indices=(3,), leak_labels=True))
-    recon = ATTACKS.build("inverting", iterations=300, init="rand", schedule="cosine").reconstruct(obs, seed=0)
-    noise = torch.rand(truth.inputs.shape, generator=torch.Generator().manual_seed(0))
-    noise_psnr = float(psnr(noise, truth.inputs).mean())
-    achieved = score(recon.inputs, recon.labels, truth).means()["psnr"]
-    assert achieved is not None and achieved > noise_psnr + 1.5, (achieved, noise_psnr)
+@pytest.mark.parametrize("photo", [3, 25])
+def test_leaks_a_photo_past_every_guess_on_lenet(photo, assert_leaks) -> None:
+    """Inverting Gradients (cosine + TV, signed Adam, 2000 steps) on DLG's LeNet, batch 1, a 32x32 photo: the
+    reconstruction beats mid-gray, the mean image and the closest crop of another photo by 3 dB and 0.1 SSIM.
+    Measured: photo 3: 17.24 dB / SSIM 0.68 against 12.88 / 0.31; photo 25: 19.65 / 0.62 against 11.77 / 0.25.
+    (At 300 steps on a random ConvNet the attack stays under mid-gray, 10.9 against 11.7 dB: the old test here
+    only asked to beat uniform noise.)"""
+    config = ExperimentConfig(dataset="photos", model="lenet", indices=(photo,), leak_labels=True)
+    obs, truth = make_victim(config)
+    recon = ATTACKS.build("inverting", iterations=2000, tv=0.05).reconstruct(obs, seed=0)
+    public, _ = public_set(config, obs)
+    assert_leaks(recon.inputs, recon.labels, truth, obs, public)
     assert float(recon.trace[-1].min()) < 0.7 * float(recon.trace[0].min())
 
 
