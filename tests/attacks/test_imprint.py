@@ -37,13 +37,16 @@ def _check(recon, truth) -> float:
     return sum(exact) / len(exact)
 
 
-def test_batch_of_64_one_client(setting) -> None:
+def test_batch_of_64_one_client(setting, assert_leaks) -> None:
     ds, x, y, server = setting
     obs, truth = simulate(server.model_spec, x, y, num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
                           model=server.build_model())
     recon = ATTACKS.build("imprint").reconstruct(obs)
     assert recon.inputs.shape == (64, 1, 32, 32)
     assert _check(recon, truth) >= 0.5
+    # half the batch past mid-gray, the mean image and the closest of the 136 faces outside it
+    private = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:64].tolist()
+    assert_leaks(recon.inputs, recon.labels, truth, obs, ds.images[ds.disjoint_from(private)], share=0.5)
 
 
 def test_sum_of_8_clients(setting, tmp_path) -> None:
@@ -75,6 +78,7 @@ def test_config_names_the_model_the_attack_and_the_clients() -> None:
     result = run_experiment(config)
     assert result.observation.info["aggregate"] == "sum" and result.observation.info["clients"] == 8
     assert sum(p >= 40 for p in result.scores.psnr) >= 32
+    assert sum(result.scores.leaked) >= 32  # beside mid-gray, the mean image and the faces outside the batch
     assert result.metrics["details"]["bins"] == 128
     with pytest.raises(ConfigError, match="clients"):
         ExperimentConfig(clients=2, protocol="fedavg")
