@@ -8,7 +8,7 @@ import torch
 from gradleak.attacks import ATTACKS
 from gradleak.attacks.optimization import EngineConfig, UnrolledMatcher, UpdateMatcher
 from gradleak.errors import ConfigError
-from gradleak.experiment import ExperimentConfig, make_victim
+from gradleak.experiment import ExperimentConfig, make_victim, public_set
 from gradleak.metrics import score
 from gradleak.victim import normalize
 
@@ -41,3 +41,13 @@ def test_beats_the_single_gradient_baseline() -> None:
     base = score(baseline.inputs, baseline.labels, truth).means()["psnr"]
     assert got is not None and base is not None and got > base + 1.0, (got, base)
     assert torch.isfinite(fedavg.trace).all()
+
+
+def test_recovers_every_image_of_the_local_steps_past_every_guess(assert_leaks) -> None:
+    """5 local SGD steps on mini-batches of 2 of a batch of 4 photos (16x16, LeNet): all four beat mid-gray, the
+    mean image and the closest crop of another photo by 3 dB and 0.1 SSIM. Measured (600 steps, TV 0.05):
+    20.21 / 28.45 / 23.23 / 20.16 dB against best guesses 13.69 / 17.88 / 17.48 / 12.82."""
+    config = ExperimentConfig(**FEDAVG)  # type: ignore[arg-type]
+    obs, truth = make_victim(config)
+    recon = ATTACKS.build("fedavg", iterations=600, tv=0.05).reconstruct(obs, seed=0)
+    assert_leaks(recon.inputs, recon.labels, truth, obs, public_set(config, obs)[0])

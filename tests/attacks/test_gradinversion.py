@@ -6,7 +6,7 @@ import torch
 
 from gradleak.attacks import ATTACKS
 from gradleak.attacks.optimization import EngineConfig, UpdateMatcher
-from gradleak.experiment import ExperimentConfig, make_victim
+from gradleak.experiment import ExperimentConfig, make_victim, public_set
 from gradleak.models import build_model
 
 
@@ -42,6 +42,15 @@ def test_restores_labels_and_lowers_its_objective() -> None:
     assert sorted(recon.labels.tolist()) == sorted(truth.labels.tolist())  # four distinct classes: Yin's rule
     assert recon.trace.shape == (20, 2)
     assert float(recon.trace[-1].min()) < float(recon.trace[0].min())
+
+
+def test_leaks_a_photo_past_every_guess(assert_leaks) -> None:
+    """GradInversion's objective and priors (Yin et al. 2021; no BatchNorm here, so no BN prior) on DLG's LeNet,
+    one 32x32 photo, 2000 steps: measured 18.22 dB / SSIM 0.56 against the best guess's 12.88 / 0.31."""
+    config = ExperimentConfig(dataset="photos", model="lenet", indices=(3,), leak_labels=True)
+    obs, truth = make_victim(config)
+    recon = ATTACKS.build("gradinversion", iterations=2000, restarts=1, warmup=0).reconstruct(obs, seed=0)
+    assert_leaks(recon.inputs, recon.labels, truth, obs, public_set(config, obs)[0])
 
 
 def test_drops_the_bn_prior_without_batchnorm() -> None:

@@ -142,7 +142,7 @@ SETTING_RANGES: dict[str, tuple[float, float, bool, bool, bool]] = {
     "ica_iters": (1, INF, False, True, True), "ica_tol": (0, INF, True, True, False),
     "iters": (0, INF, False, True, True), "negentropy": (0, INF, False, True, False),
     "independence": (0, INF, False, True, False), "temperature": (0, INF, True, True, False),
-    "max_trials": (1, INF, False, True, True), "chunk": (1, INF, False, True, True),
+    "max_trials": (0, INF, False, True, True), "chunk": (1, INF, False, True, True),
     "guide_rounds": (0, INF, False, True, True), "irls_starts": (0, INF, False, True, True),
     "irls_rounds": (0, INF, False, True, True), "irls_iters": (1, INF, False, True, True),
     "pool_cap": (1, INF, False, True, True), "zero_tol": (0, 1, True, True, False),
