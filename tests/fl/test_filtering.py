@@ -2,11 +2,12 @@
 
 One client with a single private image beside three clients with 32 each (LeNet, digits, FedAvg: 8 local SGD steps
 of mini-batch 8 at lr 0.1, 4 rounds, so the federation learns well above chance). With the filter on, the
-one-image client's update is dropped every round and the three others kept. iDLG (100 its) on what the server
-aggregated is scored beside the blind guess an attacker makes without any update (the digits' mean image, matched
-to the same private images): "recovers nothing" means not better than that guess. The issue's fixed line (nothing
-above 15 dB, best of the batch) is printed too: on digits the blind guess itself scores above 15 dB on its best
-match out of 96, so that line cannot be met by any attack output near the mean (see the issue 14 note).
+one-image client's update is dropped every round and the three others kept. Every score is judged beside the
+best guess an attacker makes without the update (gray, the mean image, the closest of 512 public digits no client
+trained on; a sample leaks when it beats it by 3 dB and 0.1 SSIM). The would-be positive control, iDLG (100 its)
+on the one-image client's own update, does not leak beside that guess, and on what FedAvg aggregated in round 1
+the same attack reads nothing with the filter or without it: the test asserts that measured truth (README,
+"Update filtering"), so it checks what the filter does (drops, keeps, accuracy), not that it protects.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import torch  # noqa: E402
 from gradleak.fl import audit  # noqa: E402
 from gradleak.fl.recording import AGGREGATE, RecordedUpdate  # noqa: E402
 from gradleak.observation import GroundTruth  # noqa: E402
-from gradleak.metrics import score  # noqa: E402
 from gradleak.fl.simulation import FederationConfig, run_federation  # noqa: E402
 from gradleak.victim import normalize  # noqa: E402
 
@@ -76,42 +76,46 @@ def test_filter_drops_batch_one_clients_and_keeps_accuracy(tmp_path):
     assert kept == {1, 2, 3} and len(run.updates) == 3 * ROUNDS
     assert len(plain.updates) == 4 * ROUNDS
 
-    # what the server aggregated each round: FedAvg's example-weighted mean of the kept clients' weights
-    aggregates = []
-    for r in range(1, ROUNDS + 1):
-        ups = [u for u in run.updates if u.round == r]
+    ds = run.setup.load()
+    used = [i for p in range(len(BATCHES)) for r in range(1, ROUNDS + 1) for i in run.setup.batch_indices(p, r)]
+    public = ds.images[ds.disjoint_from(used)]  # the attacker's auxiliary digits: no client's, in any round
+
+    def aggregate(federation, r: int) -> tuple[RecordedUpdate, GroundTruth]:
+        """What FedAvg aggregated in round ``r`` (the example-weighted mean of the clients it kept), and the images
+        behind it."""
+        ups = [u for u in federation.updates if u.round == r]
         total = sum(int(u.metrics["num-examples"]) for u in ups)
         mean = {k: sum(u.returned[k].float() * int(u.metrics["num-examples"]) for u in ups) / total
                 for k in ups[0].returned}
-        aggregates.append(RecordedUpdate(r, AGGREGATE, ups[0].sent, mean, dict(ups[0].config),
-                                         {"num-examples": total}, num_clients=len(ups)))
-    ds = run.setup.load()
+        indices = [i for u in ups for i in federation.setup.batch_indices(int(u.metrics["partition-id"]), r)]
+        return (RecordedUpdate(r, AGGREGATE, ups[0].sent, mean, dict(ups[0].config), {"num-examples": total},
+                               num_clients=len(ups)), GroundTruth(*ds.batch(indices)))
 
-    def truth(update):
-        return GroundTruth(*ds.batch([i for p in (1, 2, 3) for i in run.setup.batch_indices(p, update.round)]))
+    def judged(federation, updates, truth, name):
+        return audit(updates, federation.target, "idlg", {"iterations": 100}, truth=truth, out=tmp_path / name,
+                     aggregate_as="batch", public=public).rows[0]
 
-    # the blind guess: the dataset's mean image for every private image, matched and scored the same way
-    mean_image = ds.batch(list(range(len(ds))))[0].mean(0, keepdim=True)
-
-    def blind(t: GroundTruth) -> float:
-        return max(score(mean_image.expand_as(t.inputs).clone(), None, t).psnr)
-
-    blind_best = max(blind(truth(update)) for update in aggregates)
-
-    report = audit(aggregates, run.target, "idlg", {"iterations": 100}, truth=truth, out=tmp_path / "f",
-                   aggregate_as="batch")
-    best = report.best_psnr(aggregate=True)
-    # without the filter the batch-1 client's update (round 1) is what leaks
+    # the would-be positive control: the one-image client's own update, unfiltered
     first = [u for u in plain.updates if u.round == 1 and u.metrics["partition-id"] == 0]
-    leak = audit(first, plain.target, "idlg", {"iterations": 100}, truth=plain.truth, out=tmp_path / "p")
-    blind_one = blind(plain.truth(first[0]))
+    one = judged(plain, first, plain.truth, "one")
+    # the same attack on what FedAvg aggregated in round 1, with the filter (96 images) and without it (97)
+    kept, kept_truth = aggregate(run, 1)
+    mixed, mixed_truth = aggregate(plain, 1)
+    filtered = judged(run, [kept], lambda _: kept_truth, "filtered")
+    unfiltered = judged(plain, [mixed], lambda _: mixed_truth, "unfiltered")
     scores = [d for rep in run.filter_rounds for d in rep.decisions.values()]
-    print(f"filter decisions {scores}; aggregate best PSNR {best:.2f} dB (15 dB line: "
-          f"{'met' if best <= 15 else 'not met'}), blind guess best {blind_best:.2f} dB, unfiltered one-image "
-          f"client {leak.best_psnr():.2f} dB (blind guess {blind_one:.2f} dB), accuracy filtered {acc:.2f} % vs unfiltered {plain_acc:.2f} %")
-    assert best is not None and leak.best_psnr() is not None
-    assert leak.best_psnr() > 15.0 and leak.best_psnr() > blind_one + 1.0  # unfiltered, the one image leaks
-    assert best <= blind_best + 0.5, report.rows  # filtered, the aggregate gives nothing beyond the blind guess
+    print(f"filter decisions {scores}")
+    for name, row in (("unfiltered one-image client", one), ("round-1 aggregate, filtered", filtered),
+                      ("round-1 aggregate, unfiltered", unfiltered)):
+        print(f"{name}: {row['samples']} images, PSNR mean {row['psnr_mean']:.2f} dB (best {row['psnr_best']:.2f}), "
+              f"best guess {row['best_baseline_psnr']:.2f} dB, leaked {row['leaked']:.2f}")
+    print(f"test accuracy filtered {acc:.2f} % vs unfiltered {plain_acc:.2f} %")
+    # measured truth (README, "Update filtering"): there is no positive control here. iDLG does not read even the
+    # one-image client's own update beyond the closest public digit (16.5 dB vs 18.1 dB; 400 iterations reach
+    # 21.6 dB but SSIM 0.70 vs 0.76), and the aggregate leaks nothing with the filter or without it. The filter
+    # drops the update its risk score ranks riskiest; this attack does not show that dropping it protects anyone.
+    assert one["samples"] == 1 and one["leaked"] == 0.0, one
+    assert filtered["leaked"] == 0.0 and unfiltered["leaked"] == 0.0, (filtered, unfiltered)
     assert plain_acc > 25.0  # the federation learns (chance is 10 %), so the accuracy comparison means something
     assert abs(acc - plain_acc) <= 2.0
 
