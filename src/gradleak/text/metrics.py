@@ -71,7 +71,7 @@ def _strip(ids: list[int], ignore: set[int]) -> list[int]:
 
 
 def score_text(recovered: torch.Tensor, truth: torch.Tensor, decode, *, pad_id: int | None = None,
-               ignore_ids: tuple[int, ...] = (), records: list[Record] | None = None) -> TextScores:
+               ignore_ids: tuple[int, ...] = (), records: list[Record] | None = None, match: bool = True) -> TextScores:
     """Score recovered token ids ``(B', L)`` against the true ids ``(B, L)``; ``decode(ids) -> str``. Padding and
     ``ignore_ids`` (e.g. an end-of-sequence marker) are left out of both. ``records`` (the truth's records, in
     order) supply the secrets to look for."""
@@ -86,7 +86,10 @@ def score_text(recovered: torch.Tensor, truth: torch.Tensor, decode, *, pad_id: 
             length = max(len(t), len(r), 1)
             agree = sum(a == b for a, b in zip(t, r))
             cost[i, j] = 1.0 - agree / length
-    rows, cols = linear_sum_assignment(cost.numpy()) if rec else ([], [])
+    if not match:  # already in truth order (a guess made per record)
+        rows, cols = list(range(min(len(true), len(rec)))), list(range(min(len(true), len(rec))))
+    else:
+        rows, cols = linear_sum_assignment(cost.numpy()) if rec else ([], [])
     assignment = [-1] * len(true)
     for i, j in zip(rows, cols):
         assignment[int(i)] = int(j)
@@ -110,51 +113,63 @@ def score_text(recovered: torch.Tensor, truth: torch.Tensor, decode, *, pad_id: 
     return TextScores(assignment=assignment, **out)
 
 
+def bag_guesses(truth: torch.Tensor, bag: set[int] | list[int], *, pad_id: int | None = None,
+                ignore_ids: tuple[int, ...] = (), public: list[list[int]] | None = None, draws: int = 5,
+                seed: int = 0) -> dict[str, list[torch.Tensor]]:
+    """What the leaked token ``bag`` gives without the update, shaped like ``truth`` ``(B, L)`` (padding and
+    ``ignore_ids`` kept where the truth has them: lengths are known): ``"random from bag"``, ``draws`` batches of
+    tokens drawn uniformly from the bag; ``"bag by public frequency"``, the bag's tokens, most frequent in
+    ``public`` token sequences first (ties by id), cycled over each record."""
+    ignore = {i for i in (pad_id, *ignore_ids) if i is not None}
+    tokens = sorted(int(t) for t in bag if int(t) not in ignore) or sorted(ignore)[:1] or [0]
+    keep = torch.zeros_like(truth, dtype=torch.bool)
+    for i in ignore:
+        keep |= truth == i
+    gen = torch.Generator().manual_seed(seed)
+    pool = torch.tensor(tokens)
+    random = [torch.where(keep, truth, pool[torch.randint(len(pool), truth.shape, generator=gen)]) for _ in range(draws)]
+    counts = Counter(t for seq in (public or []) for t in seq)
+    ordered = torch.tensor(sorted(tokens, key=lambda t: (-counts[t], t)))
+    cycled = ordered[torch.arange(truth.shape[1]) % len(ordered)].expand_as(truth)
+    return {"random from bag": random, "bag by public frequency": [torch.where(keep, truth, cycled)]}
+
+
 def bag_baselines(truth: torch.Tensor, bag: set[int] | list[int], decode, *, pad_id: int | None = None,
                   ignore_ids: tuple[int, ...] = (), public: list[list[int]] | None = None, draws: int = 5,
                   seed: int = 0) -> dict[str, dict[str, list[float]]]:
-    """ROUGE-1/2 per true record ``(B, L)`` of what the leaked token ``bag`` gives without the update:
-    ``"random from bag"``: each record's length in tokens drawn uniformly from the bag (mean of ``draws`` draws);
-    ``"bag by public frequency"``: the bag's tokens, most frequent in ``public`` token sequences first (ties by
-    id), cut or cycled to the record's length. Padding and ``ignore_ids`` are never drawn."""
-    from rouge_score import rouge_scorer
-
-    ignore = {i for i in (pad_id, *ignore_ids) if i is not None}
-    tokens = sorted(int(t) for t in bag if int(t) not in ignore)
-    true = [_strip(t, ignore) for t in truth.tolist()]
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2"], use_stemmer=False)
-    out = {name: {"rouge1": [], "rouge2": []} for name in ("random from bag", "bag by public frequency")}
-    if not tokens:
-        for b in out.values():
-            b["rouge1"] = b["rouge2"] = [0.0] * len(true)
-        return out
-    counts = Counter(t for seq in (public or []) for t in seq)
-    ordered = sorted(tokens, key=lambda t: (-counts[t], t))
-    gen = torch.Generator().manual_seed(seed)
-    for t in true:
-        text = decode(t)
-        r1 = r2 = 0.0
-        for _ in range(draws):
-            guess = [tokens[int(i)] for i in torch.randint(len(tokens), (len(t),), generator=gen)]
-            s = scorer.score(text, decode(guess))
-            r1, r2 = r1 + s["rouge1"].fmeasure / draws, r2 + s["rouge2"].fmeasure / draws
-        out["random from bag"]["rouge1"].append(r1)
-        out["random from bag"]["rouge2"].append(r2)
-        s = scorer.score(text, decode([ordered[k % len(ordered)] for k in range(len(t))]))
-        out["bag by public frequency"]["rouge1"].append(s["rouge1"].fmeasure)
-        out["bag by public frequency"]["rouge2"].append(s["rouge2"].fmeasure)
+    """ROUGE-1/2 per true record ``(B, L)`` of each ``bag_guesses`` guess (the mean over the random draws)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    guesses = bag_guesses(truth, bag, pad_id=pad_id, ignore_ids=ignore_ids, public=public, draws=draws, seed=seed)
+    for name, batches in guesses.items():
+        scored = [score_text(g, truth, decode, pad_id=pad_id, ignore_ids=ignore_ids, match=False) for g in batches]
+        out[name] = {k: [sum(getattr(s, k)[i] for s in scored) / len(scored) for i in range(len(truth))]
+                     for k in ("rouge1", "rouge2")}
     return out
 
 
-def text_baselines(obs: Observation, truth: torch.Tensor, tokenizer: Tokenizer, *, seed: int = 0,
-                   public_records: int = 500) -> dict[str, dict[str, list[float]]]:
-    """``bag_baselines`` from what the attacker has: the token bag the update leaks (``token_bag``; the whole
-    vocabulary where the bag cannot be read, a weaker guess) and token frequencies of public text (records
+def attacker_bag(obs: Observation, tokenizer: Tokenizer, *, seed: int = 0,
+                 public_records: int = 500) -> tuple[set[int], list[list[int]]]:
+    """What the text attacker knows without ordering anything: the token bag the update leaks (``token_bag``; the
+    whole vocabulary where the bag cannot be read, a weaker guess) and public text's token sequences (records
     generated under another seed: the same kind of text, none of the private records)."""
     try:
         bag = token_bag(obs)
     except ConfigError:
         bag = set(range(tokenizer.vocab_size))
     public = [tokenizer.encode(r.text) for r in private_records(public_records, seed=PUBLIC_SEED + seed)]
+    return bag, public
+
+
+def text_guesses(obs: Observation, truth: torch.Tensor, tokenizer: Tokenizer, *,
+                 seed: int = 0) -> dict[str, list[torch.Tensor]]:
+    """``bag_guesses`` from ``attacker_bag``: token ids shaped like ``truth``."""
+    bag, public = attacker_bag(obs, tokenizer, seed=seed)
+    return bag_guesses(truth, bag, pad_id=tokenizer.pad_id, ignore_ids=(tokenizer.eos_id,), public=public, seed=seed)
+
+
+def text_baselines(obs: Observation, truth: torch.Tensor, tokenizer: Tokenizer, *,
+                   seed: int = 0) -> dict[str, dict[str, list[float]]]:
+    """``bag_baselines`` from ``attacker_bag``: each guess's ROUGE-1/2 per true record."""
+    bag, public = attacker_bag(obs, tokenizer, seed=seed)
     return bag_baselines(truth, bag, tokenizer.decode, pad_id=tokenizer.pad_id, ignore_ids=(tokenizer.eos_id,),
                          public=public, seed=seed)

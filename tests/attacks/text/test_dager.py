@@ -29,15 +29,18 @@ def random_case():
 
 
 @pytest.mark.parametrize("trained", [False, True])
-def test_dager_recovers_a_batch_of_8_records_exactly(random_case, trained: bool) -> None:
+def test_dager_recovers_a_batch_of_8_records_exactly(random_case, trained: bool, assert_text_leaks) -> None:
     """Trained: 3 AdamW steps on 512 other records here, 4 records a step (AdamW moves every weight by about the
     learning rate whatever the batch, and a quarter of the batch is a quarter of the suite's pre-training time);
     benchmarks/bench_text.py runs a longer-trained model."""
     case = text_victim("gpt2-small", 8, seed=0, pretrain_steps=3, pretrain_batch=4) if trained else random_case
     recon = ATTACKS.build("dager").reconstruct(case.observation)
-    means = _score(case, recon).means()
+    scores = _score(case, recon)
+    means = scores.means()
     assert means["rouge1"] >= 0.99 and means["rouge2"] >= 0.99, means
     assert means["exact"] >= 0.9, means
+    # every record beats the leaked token bag's guesses (random draws, public-frequency order) by 0.2 ROUGE-1
+    assert_text_leaks(scores, case.observation, case.truth.inputs, case.tokenizer)
     assert means["secrets_recovered"] >= 0.9, means
     assert not recon.details["layer1_full"] and recon.details["sequences_found"] == 8
 

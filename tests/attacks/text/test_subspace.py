@@ -15,21 +15,28 @@ pytest.importorskip("transformers")
 pytestmark = pytest.mark.numerics  # rank/span decisions, exact recovery: .ci/run runs these on two CPU paths
 
 
-def _rouge1(case, recon) -> float:
+def _scores(case, recon):
     tok = case.tokenizer
     return score_text(recon.inputs, case.truth.inputs, tok.decode, pad_id=tok.pad_id, ignore_ids=(tok.eos_id,),
-                      records=case.records).means()["rouge1"]
+                      records=case.records)
 
 
-def test_subspace_beats_dager_on_an_int8_update() -> None:
+def _rouge1(case, recon) -> float:
+    return _scores(case, recon).means()["rouge1"]
+
+
+def test_subspace_beats_dager_on_an_int8_update(assert_text_leaks) -> None:
     """gpt2-mini (width 256) and 2 records keep the test fast; benchmarks/bench_text.py runs GPT-2-small, batch 8."""
     case = text_victim("gpt2-mini", 2, seed=0, defense=build_defense("quantization", kind="int8"))
     try:
         dager = _rouge1(case, ATTACKS.build("dager").reconstruct(case.observation))
     except ConfigError:  # the layer-1 test accepts too many candidates: nothing recovered
         dager = 0.0
-    ours = _rouge1(case, ATTACKS.build("subspace").reconstruct(case.observation))
+    scores = _scores(case, ATTACKS.build("subspace").reconstruct(case.observation))
+    ours = scores.means()["rouge1"]
     assert ours >= 0.2 and ours > dager + 0.1, (ours, dager)
+    # both records past the leaked bag's guesses by 0.2 ROUGE-1 (measured 0.96 and 0.63 against at most 0.11)
+    assert_text_leaks(scores, case.observation, case.truth.inputs, case.tokenizer)
 
 
 def test_gap_rank_and_end_of_record_stop_beat_the_plain_ranking_on_fp16() -> None:

@@ -8,28 +8,31 @@ import torch
 from gradleak.attacks import ATTACKS
 from gradleak.attacks.text.embedding_search import candidate_gradients, embed, gradient_distance, text_problem
 from gradleak.errors import ConfigError
+from gradleak.text.metrics import text_baselines, text_guesses
 from gradleak.text.victim import text_victim
 
 pytest.importorskip("transformers")
 
 
-def test_tag_beats_random_tokens(record_case, text_scores, random_tokens) -> None:
-    """ROUGE-1 well above random vocabulary tokens of the same length, and a closer gradient match than random
-    tokens from the batch's own bag. Measured here: TAG puts barely more tokens in place than those bag draws
-    (3.4 % against 2.7 % after 60 steps), so that is not asserted; LAMP's test asserts it."""
+def test_tag_matches_the_gradient_closer_than_every_bag_guess_but_leaks_no_text(record_case, text_scores) -> None:
+    """TAG (60 steps) matches the observed gradient more closely than every guess the leaked token bag gives
+    (random draws from the bag, the bag in public-frequency order): replacing TAG's output by a guess fails here.
+    It does **not** leak text on this case: its ROUGE-1 stays within the 0.2 margin of the best bag guess
+    (measured: 0.175 against 0.185 for random bag draws and 0.286 for the bag in public-frequency order), as the
+    README says; making TAG worth running is issue 23."""
     case, obs = record_case
     recon = ATTACKS.build("tag", steps=60).reconstruct(obs, seed=0)
-    ours = text_scores(case, recon.inputs)
-    vocab = [text_scores(case, ids) for ids in random_tokens(case, 10, bag=False)]
-    vocab_r1 = sum(s["rouge1"] for s in vocab) / len(vocab)
-    assert ours["rouge1"] >= vocab_r1 + 0.08, (ours, vocab_r1)
     problem = text_problem(obs)
     with torch.no_grad():
         def dist(ids: torch.Tensor) -> float:
             x = embed(problem, ids)[None]
             return float(gradient_distance(problem, candidate_gradients(problem, x, recon.labels[None]), "l2l1"))
-        assert dist(recon.inputs) < min(dist(ids) for ids in random_tokens(case, 5, bag=True))
+        guesses = text_guesses(obs, case.truth.inputs, case.tokenizer)
+        assert dist(recon.inputs) < min(dist(ids) for batches in guesses.values() for ids in batches)
     assert recon.labels.tolist() == case.truth.labels.tolist()  # from the classifier bias, not leaked
+    ours = text_scores(case, recon.inputs)
+    bag = text_baselines(obs, case.truth.inputs, case.tokenizer)
+    print("TAG ROUGE-1", round(ours["rouge1"], 3), "bag guesses", {k: round(v["rouge1"][0], 3) for k, v in bag.items()})
 
 
 @pytest.mark.numerics  # same seed, same path, twice: exact
