@@ -710,12 +710,16 @@ def cmd_fl_audit(args: argparse.Namespace) -> int:
         shown = ", ".join(f"node {node}: {score:.1f} dB {action}" for node, (score, action) in r.decisions.items())
         print(f"round {r.round} filter (threshold {fed.filter_threshold:g} dB): {shown}")
     report = audit(run.updates, run.target, settings.attack, settings.attack_kwargs, truth=run.truth,
-                   aggregate_as=settings.aggregate_as, leak_threshold_db=settings.leak_threshold_db,
+                   public=run.public_images(), aggregate_as=settings.aggregate_as,
+                   leak_threshold_db=settings.leak_threshold_db,
                    rounds=settings.rounds or None, device=settings.device, seed=settings.seed, out=settings.out,
                    progress=False)
     for row in report.rows:
         best = "n/a" if row["psnr_best"] is None else f"{row['psnr_best']:.1f} dB"
-        print(f"round {row['round']} {row['source']}: best PSNR {best}{'  LEAKED' if row['leaked'] else ''}"
+        guess = "" if row.get("best_baseline_psnr") is None else f" (best guess {row['best_baseline_psnr']:.1f} dB)"
+        verdict = "" if row["leaked"] is None else (f": leaked {row['leaked']:.0%} of its samples" if row["leaked"]
+                                                     else ": no leak")
+        print(f"round {row['round']} {row['source']}: best PSNR {best}{guess}{verdict}"
               f"{'  error: ' + row['error'] if row['error'] else ''}")
     _print_written(Path(settings.out), ("report.html", "audit.csv"))
     return 0

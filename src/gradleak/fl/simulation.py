@@ -135,6 +135,14 @@ class FederationRun:
         indices = [i for p in parts for i in self.setup.batch_indices(p, update.round)]
         return GroundTruth(*ds.batch(indices))
 
+    def public_images(self) -> torch.Tensor:
+        """The auditor's public set: the dataset's images that no client trained on in any round (the attacker's
+        auxiliary data, scored as a guess beside every reconstruction; ``ImageDataset.disjoint_from``)."""
+        ds = self.setup.load()
+        used = {i for p in range(self.config.num_clients) for r in range(1, self.config.rounds + 1)
+                for i in self.setup.batch_indices(p, r)}
+        return ds.images[ds.disjoint_from(sorted(used))]
+
 
 def _setup(config: FederationConfig) -> tuple[ClientSetup, AuditTarget]:
     from gradleak.data import load_dataset
