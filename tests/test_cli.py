@@ -194,3 +194,23 @@ def test_allow_large_lifts_the_image_size_bound(tmp_path: Path, capsys) -> None:
     assert "image_size 1100 makes 3630000 elements per image, above the limit" in capsys.readouterr().err
     assert main([*argv, "--allow-large"]) == 2  # the bound is lifted: the next check is the missing file
     assert f"{missing}: file not found" in capsys.readouterr().err
+
+
+def test_attack_with_truth_prints_the_verdict_beside_the_public_guesses(tmp_path: Path, capsys) -> None:
+    """``attack --truth --public``: metrics.json holds every guess's scores, the per-sample verdict and the
+    re-identification line-up; the printed verdict names the best guess. Bad margins are one line."""
+    fixtures = Path(__file__).parent / "fixtures"
+    capture, truth = fixtures / "capture_v1_digits.safetensors", fixtures / "capture_v1_digits.truth.safetensors"
+    out = tmp_path / "att"
+    assert main(["attack", str(capture), "--truth", str(truth), "--public", "faces", "--iterations", "20",
+                 "--quiet", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["baselines"]["psnr"]) == {"gray", "mean image", "public set (best)"}
+    assert metrics["per_sample"]["leaked"] is not None and metrics["reidentification"]["pixels"]["lineup"] == 100
+    best = metrics["mean"]["best_baseline_psnr"]
+    assert f"best guess {best:.2f} dB" in printed and metrics["verdict"] in printed
+    assert main(["attack", str(capture), "--truth", str(truth), "--margin-ssim", "-0.1", "--out",
+                 str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["gradleak: error: --margin-ssim must be a finite number >= 0, got -0.1"]

@@ -567,8 +567,13 @@ def _check_observation_memory(obs: Any, attack: Any, device: str) -> None:
 
 
 def _margins(args: argparse.Namespace) -> Any:
+    import math
+
     from gradleak.baselines import Margins
 
+    for flag, value in (("--margin-psnr", args.margin_psnr), ("--margin-ssim", args.margin_ssim)):
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"{flag} must be a finite number >= 0, got {value}")
     return Margins(psnr_db=args.margin_psnr, ssim=args.margin_ssim)
 
 
