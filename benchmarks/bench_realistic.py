@@ -1,7 +1,7 @@
 """The realistic evaluation protocol (issue 21): attacks where users train, every figure beside what a guess gets.
 
     .venv/bin/python benchmarks/bench_realistic.py --help
-    .venv/bin/python benchmarks/bench_realistic.py --quick          # the README table (photos, ConvNet-64, 32x32)
+    .venv/bin/python benchmarks/bench_realistic.py --quick          # the README table (photos, convnet width 64, 32x32)
     .venv/bin/python benchmarks/bench_realistic.py --datasets photos faces --sizes 32 64 --batches 1 8 32 \\
         --stages init epoch trained --protocols fedsgd fedavg        # the whole grid (hours on 2 CPU cores)
 
@@ -120,7 +120,7 @@ def markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="the README grid: photos 32px, ConvNet-64, init and trained, "
+    p.add_argument("--quick", action="store_true", help="the README grid: photos 32px, convnet (width 64), init and trained, "
                    "batch 1 and 8, fedsgd, 2 samples, 200 iterations (about an hour on 2 loaded cores)")
     p.add_argument("--datasets", nargs="+", default=["photos", "faces"])
     p.add_argument("--sizes", nargs="+", type=int, default=[32, 64])
@@ -135,7 +135,7 @@ def main() -> None:
     p.add_argument("--local-epochs", type=int, default=2)
     p.add_argument("--local-batches", type=int, default=2, help="FedAvg mini-batches per local epoch")
     p.add_argument("--local-lr", type=float, default=0.05)
-    p.add_argument("--width", type=int, default=64, help="ConvNet width (64: the paper's ConvNet-64)")
+    p.add_argument("--width", type=int, default=64, help="convnet width (64, as the paper's ConvNet-64; the layout differs, issue 25)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
