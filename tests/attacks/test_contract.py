@@ -3,7 +3,9 @@
 - its settings: built with defaults; every numeric setting has a stated range (``attacks.base.SETTING_RANGES``)
   and a value outside it is refused when the attack is built, by ``check_attack_settings`` too (so a sweep
   refuses it before Ray starts), before any ``reconstruct``;
-- its inputs: an observation of a kind or task it does not handle is refused before any work;
+- its inputs: an observation of a kind or task it does not handle is refused before any work, and on the smallest
+  victim it handles it returns inputs of the observation's shape and kind (pixels in [0, 1], token ids below the
+  vocabulary);
 - its test (the mutation check of the honest-scores issue): the attack's test module judges the attack with the
   shared leak assertion (``assert_leaks`` / ``assert_text_leaks`` of tests/conftest.py), and that assertion fails
   when the attack's output is replaced by each guess the attacker could make without the update.
@@ -103,13 +105,25 @@ def text_case():
     return text_victim("bert-tiny", 1, seed=0)
 
 
+@pytest.fixture(scope="module")
+def causal_case():
+    from gradleak.text.victim import text_victim
+
+    return text_victim("gpt2-tiny", 1, seed=0)
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_refuses_an_input_kind_it_does_not_handle_before_any_work(name: str, image_case, text_case) -> None:
+def test_refuses_an_input_kind_or_task_it_does_not_handle_before_any_work(name: str, image_case, text_case,
+                                                                          causal_case) -> None:
     attack = ATTACKS.build(name)
-    for kind, obs in (("image", image_case[0]), ("tokens", text_case.observation)):
+    cases = (("image", image_case[0]), ("tokens", text_case.observation), ("tokens", causal_case.observation))
+    refused = 0
+    for kind, obs in cases:
         if kind not in attack.input_kinds or obs.task.kind not in attack.tasks:
             with pytest.raises(ConfigError, match="handles"):
                 attack.reconstruct(obs)
+            refused += 1
+    assert refused >= 1  # every attack handles a strict subset of (images, classified text, causal LM text)
 
 
 def _judged_by_the_shared_assertion(name: str) -> bool:
@@ -143,3 +157,59 @@ def test_the_attacks_test_fails_when_the_attack_returns_a_guess(name: str, image
             scores = score_text(batches[0], truth_ids, tok.decode, pad_id=tok.pad_id, ignore_ids=(tok.eos_id,))
             with pytest.raises(AssertionError):
                 assert_text_leaks(scores, text_case.observation, truth_ids, tok)
+
+
+def _image(model: str, **kw):
+    base = dict(dataset="faces", image_size=16, num_classes=100, indices=(0, 1), model=model)
+    base.update(kw)
+    return make_victim(ExperimentConfig(**base))  # type: ignore[arg-type]
+
+
+#: per attack: the smallest victim it handles and settings that keep the run to a second or two
+SMALL_CASES = {
+    "dlg": (lambda: _image("lenet"), {"iterations": 2}),
+    "idlg": (lambda: _image("lenet"), {"iterations": 2}),
+    "inverting": (lambda: _image("lenet"), {"iterations": 2}),
+    "gradinversion": (lambda: _image("lenet"), {"iterations": 2, "restarts": 1, "warmup": 0}),
+    "fedavg": (lambda: _image("lenet", protocol="fedavg", local_steps=2, local_batch_size=1), {"iterations": 2}),
+    "linear": (lambda: _image("mlp"), {}),
+    "spear": (lambda: _image("mlp"), {"guide_rounds": 0, "max_trials": 200}),
+    "cocktail": (lambda: _image("mlp", model_kwargs={"hidden": [64]}), {"ica_iters": 5, "iters": 2}),
+    "rgap": (lambda: _image("cnn6", image_size=32, indices=(0,)), {}),
+    "imprint": (lambda: make_victim(ExperimentConfig(dataset="faces", image_size=16, batch_size=4, clients=2,
+                                                     model="imprint", model_kwargs={"base": "mlp", "bins": 16})), {}),
+    "dager": ("bert-tiny", {}),
+    "tag": ("bert-tiny", {"steps": 2}),
+    "lamp": ("bert-tiny", {"steps": 2, "init_candidates": 2, "candidates": 2, "swap_every": 1, "prior_steps": 2}),
+    "subspace": ("gpt2-tiny", {}),
+}
+
+
+def test_every_attack_has_a_small_case() -> None:
+    assert set(SMALL_CASES) == set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_returns_inputs_of_the_observations_shape_and_kind(name: str) -> None:
+    """Images: float pixels in [0, 1] shaped (B, C, H, W); tokens: integer ids below the vocabulary, (B, L)."""
+    from gradleak.text.victim import text_victim
+
+    make, settings = SMALL_CASES[name]
+    if isinstance(make, str):
+        case = text_victim(make, 1, seed=0)
+        obs = case.observation
+        if name in ("tag", "lamp"):
+            lengths = (case.truth.inputs != case.tokenizer.pad_id).sum(1).tolist()
+            obs = obs.with_update(obs.update, lengths=lengths)
+    else:
+        obs, _ = make()
+    recon = ATTACKS.build(name, **settings).reconstruct(obs, seed=0)
+    if obs.inputs.kind == "image":
+        assert recon.inputs.shape == (obs.batch_size, *obs.input_shape)
+        assert recon.inputs.is_floating_point() and 0 <= float(recon.inputs.min()) <= float(recon.inputs.max()) <= 1
+    else:
+        assert recon.inputs.ndim == 2 and recon.inputs.shape[1] == obs.inputs.seq_len
+        assert not recon.inputs.is_floating_point()
+        assert 0 <= int(recon.inputs.min()) and int(recon.inputs.max()) < obs.inputs.vocab_size
+    if recon.labels is not None:
+        assert recon.labels.shape[0] == recon.inputs.shape[0] and not recon.labels.is_floating_point()
