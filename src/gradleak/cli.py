@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -275,10 +276,7 @@ def _text_attack(name: str, kwargs: dict[str, Any]) -> Any:
 def cmd_demo_text(args: argparse.Namespace) -> int:
     """A fine-tuning client's update on bundled private records, attacked (DAGER by default) and scored."""
     from gradleak.defenses import build_defense
-    from gradleak.report.files import write_report
-    from gradleak.report.text import write_text_report
-    from gradleak.baselines import Margins
-    from gradleak.text.metrics import score_text, text_baselines
+    from gradleak.text.metrics import text_baselines
     from gradleak.text.victim import text_victim
 
     wrong = _given(args, _IMAGE_ONLY)
@@ -304,40 +302,57 @@ def cmd_demo_text(args: argparse.Namespace) -> int:
         print(f"gradleak: {nothing}", file=sys.stderr)
         return EXIT_NOTHING_RECOVERED
     tok = case.tokenizer
-    scores = score_text(recon.inputs, case.truth.inputs, tok.decode, pad_id=tok.pad_id, ignore_ids=(tok.eos_id,),
-                        records=case.records)
-    scores = scores.with_baselines(text_baselines(case.observation, case.truth.inputs, tok, seed=args.seed),
-                                   Margins().rouge1)
-    out = Path(args.out)
+    _text_report(Path(args.out), case.observation, recon, case.truth.inputs, tok,
+                 text_baselines(case.observation, case.truth.inputs, tok, seed=args.seed), records=case.records,
+                 seed=args.seed, device=args.device, title=f"{attack_name} on {args.text_model}, {args.records} "
+                 "private records", text_info={"tokenizer": tok.name, "model": args.text_model})
+    return 0
+
+
+def _text_report(out: Path, obs: Any, recon: Any, truth_ids: Any, tok: Any, baselines: dict[str, Any], *,
+                 records: list[Any] | None = None, seed: int | None, device: str, title: str,
+                 text_info: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> None:
+    """Score a text reconstruction against the true token ids beside the attacker's ``baselines`` (the guesses
+    from the leaked token bag), write ``metrics.json`` (its ``text`` key) and ``sentences.html``, and print each
+    record's truth and recovery, the means and the verdict. ``demo --text`` and ``attack`` both end here.
+    ``records`` carry the secrets to look for (a capture's truth file has none: its decoded text stands in)."""
+    from gradleak.baselines import Margins
+    from gradleak.report.files import write_report
+    from gradleak.report.text import write_text_report
+    from gradleak.text.corpus import Record
+    from gradleak.text.metrics import score_text
+
+    margin = Margins().rouge1
+    scores = score_text(recon.inputs, truth_ids, tok.decode, pad_id=tok.pad_id, ignore_ids=(tok.eos_id,),
+                        records=records).with_baselines(baselines, margin)
     means = scores.means()
-    write_report(out, case.observation, recon, None, None, seed=args.seed, device=args.device,
-                 extra={"text": {"mean": means, "recovered": scores.recovered_text, "truth": scores.true_text,
+    write_report(out, obs, recon, None, None, seed=seed, device=device,
+                 extra={**(extra or {}),
+                        "text": {"mean": means, "recovered": scores.recovered_text, "truth": scores.true_text,
                                  "exact": scores.exact, "secrets_found": scores.secrets_found,
                                  "secrets_total": scores.secrets_total, "assignment": scores.assignment,
                                  "baselines": scores.baselines, "baseline_means": scores.baseline_means(),
-                                 "leaked": scores.leaked, "margin_rouge1": Margins().rouge1,
-                                 "tokenizer": tok.name, "model": args.text_model}})
+                                 "leaked": scores.leaked, "margin_rouge1": margin, **(text_info or {})}})
     strip = {tok.pad_id, tok.eos_id}
-    truth_ids = [[t for t in row if t not in strip] for row in case.truth.inputs.tolist()]
+    truth_rows = [[t for t in row if t not in strip] for row in truth_ids.tolist()]
     rec_rows = recon.inputs.tolist()
     matched = [[t for t in rec_rows[j] if t not in strip] if j >= 0 else [] for j in scores.assignment]
-    html = write_text_report(out / "sentences.html", case.records, truth_ids, matched, scores, tok,
-                             f"{attack_name} on {args.text_model}, {args.records} private records")
+    html = write_text_report(out / "sentences.html", records or [Record(t) for t in scores.true_text], truth_rows,
+                             matched, scores, tok, title)
     for i, (truth, got) in enumerate(zip(scores.true_text, scores.recovered_text)):
         mark = "exact" if scores.exact[i] else f"ROUGE-1 {scores.rouge1[i]:.2f}"
-        print(f"[{i}] truth:     {truth}\n    recovered: {got}\n    ({mark}, secrets {scores.secrets_found[i]}/"
-              f"{scores.secrets_total[i]})")
+        secrets = f", secrets {scores.secrets_found[i]}/{scores.secrets_total[i]}" if records is not None else ""
+        print(f"[{i}] truth:     {truth}\n    recovered: {got}\n    ({mark}{secrets})")
     secrets = means["secrets_recovered"]
-    print(f"{attack_name}: ROUGE-1 {means['rouge1']:.3f}  ROUGE-2 {means['rouge2']:.3f}  exact "
+    print(f"{recon.attack}: ROUGE-1 {means['rouge1']:.3f}  ROUGE-2 {means['rouge2']:.3f}  exact "
           f"{means['exact']:.2f}  secrets recovered {'-' if secrets is None else f'{secrets:.2f}'}  "
           f"({recon.wall_time_s:.1f} s)")
     best = max(scores.baseline_means().items(), key=lambda kv: kv[1]["rouge1"])
     leaked = sum(scores.leaked or [])
     print(f"verdict: {f'{leaked}/{len(scores.exact)} records leaked' if leaked else 'no leak'} (best guess: "
           f"{best[0]}, ROUGE-1 {best[1]['rouge1']:.3f}, ROUGE-2 {best[1]['rouge2']:.3f}; margin "
-          f"{Margins().rouge1:g} ROUGE-1)")
+          f"{margin:g} ROUGE-1)")
     print(f"report: {html}, {out / 'metrics.json'}")
-    return 0
 
 
 def _check_experiment_memory(config: Any) -> None:
@@ -630,17 +645,119 @@ def cmd_attack(args: argparse.Namespace) -> int:
     if nothing:
         print(f"gradleak: {nothing}", file=sys.stderr)
         return EXIT_NOTHING_RECOVERED
+    out = Path(args.out)
+    source = {"capture": str(args.capture)} if args.capture else \
+        {"weights": str(args.weights), "update": str(args.update), "model": args.model}
+    if obs.inputs.kind == "tokens":
+        _attack_text_result(args, out, obs, recon, truth, source)
+        return 0
     scores = None
     if truth is not None:
         guesses, public_labels = _attacker_guesses(args, obs)
         scores = score(recon.inputs, recon.labels, truth, guesses=guesses, public_labels=public_labels,
                        margins=_margins(args))
-    out = Path(args.out)
-    metrics = write_report(out, obs, recon, scores, truth, seed=args.seed, device=args.device,
-                           extra={"capture": str(args.capture)} if args.capture else
-                           {"weights": str(args.weights), "update": str(args.update), "model": args.model})
+    metrics = write_report(out, obs, recon, scores, truth, seed=args.seed, device=args.device, extra=source)
     _print_summary(metrics, out)
     return 0
+
+
+#: a BPE tokenizer of gradleak's own, by name: vocabulary, version, hash of its training text
+_GRADLEAK_BPE = re.compile(r"gradleak-bpe-(\d{3,6})-v(\d+)-([0-9a-f]{12})")
+
+
+class _TokenIds:
+    """Stands in for a tokenizer the attacker cannot rebuild: a record "decodes" to its token ids, so that it is
+    shown, and ROUGE counts ids (the bag baselines are scored the same way)."""
+
+    def decode(self, ids: list[int]) -> str:
+        return "ids " + " ".join(str(i) for i in ids)
+
+
+def capture_tokenizer(obs: Any) -> tuple[Any, str | None]:
+    """The tokenizer a text capture names (``TokenInput.tokenizer``), rebuilt from its name alone when it is one
+    of gradleak's: the byte tokenizer, or a BPE read from the tokenizer cache (the library's own JSON, never
+    code) or trained again on the bundled records, kept only when the rebuilt name (it hashes the training text)
+    is the one named. Otherwise ``(None, why)``: the caller shows token ids."""
+    from gradleak.cache import cache_dir
+    from gradleak.text.tokenizer import EOS, PAD, VERSION, Tokenizer, load_tokenizer
+
+    name = getattr(obs.inputs, "tokenizer", None)
+    if not name:
+        return None, "the capture names no tokenizer (record with tokenizer=...)"
+    if name == f"gradleak-byte-v{VERSION}":
+        tok = load_tokenizer("byte")
+    else:
+        match = _GRADLEAK_BPE.fullmatch(name)
+        if match is None or int(match[2]) != VERSION:
+            return None, f"the capture names tokenizer {name!r}, not one gradleak can rebuild"
+        path = cache_dir() / "tokenizers" / f"{name}.json"
+        try:
+            if path.is_file():
+                from tokenizers import Tokenizer as BackendTokenizer
+
+                backend = BackendTokenizer.from_file(str(path))
+                tok = Tokenizer(name, backend, backend.get_vocab_size(), backend.token_to_id(PAD),
+                                backend.token_to_id(EOS))
+            else:
+                tok = load_tokenizer("bpe", int(match[1]))
+        except Exception as exc:  # noqa: BLE001 - a damaged cache file or a bad size: decode without it, say why
+            return None, f"tokenizer {name!r} could not be rebuilt ({_one_line(str(exc))})"
+        if tok.name != name:
+            return None, (f"tokenizer {name!r} was trained on other text than the bundled records and is not in "
+                          f"the tokenizer cache ({path.parent})")
+    if tok.vocab_size > obs.inputs.vocab_size:
+        return None, (f"tokenizer {name!r} has {tok.vocab_size} tokens, more than the model's vocabulary "
+                      f"({obs.inputs.vocab_size})")
+    return tok, None
+
+
+def _attack_text_result(args: argparse.Namespace, out: Path, obs: Any, recon: Any, truth: Any,
+                        source: dict[str, Any]) -> None:
+    """``attack`` on token sequences: decode the records recovered with the capture's tokenizer (token ids when
+    it is unknown), and with ``--truth`` score them as ``demo --text`` does."""
+    from gradleak.attacks.text.token_bag import token_bag
+    from gradleak.outputs import clear_stale
+    from gradleak.report.files import write_report
+    from gradleak.text.metrics import bag_baselines, text_baselines
+    from gradleak.text.tokenizer import Tokenizer
+
+    tok, unknown = capture_tokenizer(obs)
+    if tok is None:
+        pad = obs.inputs.pad_token_id if obs.inputs.pad_token_id is not None else -1
+        config = obs.model_spec.kwargs.get("config") if obs.model_spec.source == "huggingface" else None
+        eos = config.get("eos_token_id") if isinstance(config, dict) else None  # where records end: public
+        tok = Tokenizer("unknown (token ids)", _TokenIds(), obs.inputs.vocab_size, pad,
+                        eos if isinstance(eos, int) and not isinstance(eos, bool) else pad)
+        print(f"gradleak: tokenizer unknown: {unknown}; records are shown{' and scored' if truth else ''} as token "
+              "ids")
+    info = {"tokenizer": getattr(obs.inputs, "tokenizer", None), "tokenizer_known": unknown is None}
+    found = recon.details.get("sequences_found") if isinstance(recon.details, dict) else None
+    if found is not None:
+        print(f"{recon.attack}: {found} sequences found for a batch of {obs.batch_size} ({recon.wall_time_s:.1f} s)")
+    if truth is not None:
+        if unknown is None:
+            baselines = text_baselines(obs, truth.inputs, tok, seed=args.seed)
+        else:
+            try:
+                bag = token_bag(obs)
+            except GradleakError:
+                bag = set(range(obs.inputs.vocab_size))
+            baselines = bag_baselines(truth.inputs, bag, tok.decode, pad_id=tok.pad_id, ignore_ids=(tok.eos_id,),
+                                      seed=args.seed)
+        _text_report(out, obs, recon, truth.inputs, tok, baselines, seed=args.seed, device=args.device,
+                     title=f"{recon.attack} on {source.get('capture') or source.get('update')}",
+                     text_info=info, extra=source)
+        return
+    strip = {tok.pad_id, tok.eos_id}
+    rows = [[t for t in row if t not in strip] for row in recon.inputs.tolist()]
+    decoded = [tok.decode(r) for r in rows]
+    write_report(out, obs, recon, None, None, seed=args.seed, device=args.device,
+                 extra={**source, "text": {"recovered": decoded, **info}})
+    clear_stale(out, ("sentences.html",))  # written with --truth only: an earlier run's must not stand beside
+    for i, text in enumerate(decoded):
+        print(f"[{i}] recovered: {text}")
+    print("no --truth: records not scored (give the truth file to score them and write sentences.html)")
+    _print_written(out, ("metrics.json", "reconstruction.safetensors"))
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ into ``rec.observation``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -142,13 +143,16 @@ def record(
     factory: str | None = None,
     leak_labels: bool = False,
     info: dict[str, Any] | None = None,
+    tokenizer: Any = None,
 ) -> Iterator[Recording]:
     """Record the update of the training step run inside the block.
 
     ``batch`` is ``(x, y)`` (or ``x`` alone for language modelling) as the user feeds it: pixels in [0, 1] that
     the model normalises with ``mean``/``std`` (default: none), feature vectors, or token ids. ``share="delta"``
     needs the learning rate ``lr`` and the number of optimiser ``steps`` the block takes (FedAvg). ``factory``
-    names an import path that rebuilds the architecture in another process (saved in captures).
+    names an import path that rebuilds the architecture in another process (saved in captures). ``tokenizer``
+    (token ids only: a name, or gradleak's ``Tokenizer``) travels with the capture so that the attacker can
+    decode (``gradleak attack`` rebuilds gradleak's own tokenizers from their names).
     """
     x, y = (batch, None) if isinstance(batch, torch.Tensor) else batch
     if share not in ("gradient", "delta"):
@@ -157,6 +161,12 @@ def record(
         raise ConfigError("share='delta' needs the client's learning rate lr > 0")
     inner = unwrap(model)
     spec = inputs or describe_batch(inner, x, mean, std)
+    if tokenizer is not None:
+        name = tokenizer if isinstance(tokenizer, str) else getattr(tokenizer, "name", None)
+        if not isinstance(name, str) or not isinstance(spec, TokenInput):
+            raise ConfigError(f"tokenizer names the tokenizer of a token batch (a string, or gradleak's Tokenizer), "
+                              f"got {tokenizer!r} for {spec.kind} inputs")
+        spec = dataclasses.replace(spec, tokenizer=name)
     the_task = task or describe_task(inner, spec, x)
     model_spec = spec_of(inner, factory)
     weights = {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()}
