@@ -72,7 +72,9 @@ def test_attack_on_a_text_capture_without_its_tokenizer_shows_token_ids(tmp_path
     printed = capsys.readouterr()
     assert printed.out.count("tokenizer unknown: the capture names no tokenizer") == 1
     assert "ids " + " ".join(str(i) for i in ids[:5]) in printed.out and text not in printed.out
-    assert "(exact)" in printed.out and "verdict: " in printed.out and (out / "sentences.html").is_file()
+    assert "(exact)" in printed.out and (out / "sentences.html").is_file()
+    # scored as ids, the bag alone reaches ROUGE-1 near 1: the exact order is what leaks (ROUGE-2 against the bag's)
+    assert "verdict: 1/1 records leaked" in printed.out
     scores = json.loads((out / "metrics.json").read_text())["text"]
     assert scores["tokenizer_known"] is False and scores["mean"]["exact"] == 1.0
 

@@ -35,8 +35,9 @@ class Margins:
 
     3 dB of PSNR is half the error energy of the guess: visible to a person on every image size we tried. 0.1 of
     SSIM separates a reconstruction with the truth's structure from a blur of it (a mean image scores 0.0-0.3 on
-    the bundled photos, recognisable reconstructions 0.5 and up). 0.2 of ROUGE-1 is a fifth of the record's words
-    beyond what the token bag alone gives. Each is a setting: raise it for a stricter audit."""
+    the bundled photos, recognisable reconstructions 0.5 and up). 0.2 of ROUGE-1 (or of ROUGE-2) is a fifth of the
+    record's words (or word pairs) beyond what the token bag alone gives. Each is a setting: raise it for a stricter
+    audit."""
 
     psnr_db: float = 3.0
     ssim: float = 0.1

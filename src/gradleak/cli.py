@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -661,10 +660,6 @@ def cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
-#: a BPE tokenizer of gradleak's own, by name: vocabulary, version, hash of its training text
-_GRADLEAK_BPE = re.compile(r"gradleak-bpe-(\d{3,6})-v(\d+)-([0-9a-f]{12})")
-
-
 class _TokenIds:
     """Stands in for a tokenizer the attacker cannot rebuild: a record "decodes" to its token ids, so that it is
     shown, and ROUGE counts ids (the bag baselines are scored the same way)."""
@@ -674,41 +669,15 @@ class _TokenIds:
 
 
 def capture_tokenizer(obs: Any) -> tuple[Any, str | None]:
-    """The tokenizer a text capture names (``TokenInput.tokenizer``), rebuilt from its name alone when it is one
-    of gradleak's: the byte tokenizer, or a BPE read from the tokenizer cache (the library's own JSON, never
-    code) or trained again on the bundled records, kept only when the rebuilt name (it hashes the training text)
-    is the one named. Otherwise ``(None, why)``: the caller shows token ids."""
-    from gradleak.cache import cache_dir
-    from gradleak.text.tokenizer import EOS, PAD, VERSION, Tokenizer, load_tokenizer
+    """The tokenizer a text capture names, rebuilt by name (``text.tokenizer.tokenizer_named``) and kept only when
+    its vocabulary fits the model's; otherwise ``(None, why)``: the caller shows token ids."""
+    from gradleak.text.tokenizer import tokenizer_named
 
-    name = getattr(obs.inputs, "tokenizer", None)
-    if not name:
-        return None, "the capture names no tokenizer (record with tokenizer=...)"
-    if name == f"gradleak-byte-v{VERSION}":
-        tok = load_tokenizer("byte")
-    else:
-        match = _GRADLEAK_BPE.fullmatch(name)
-        if match is None or int(match[2]) != VERSION:
-            return None, f"the capture names tokenizer {name!r}, not one gradleak can rebuild"
-        path = cache_dir() / "tokenizers" / f"{name}.json"
-        try:
-            if path.is_file():
-                from tokenizers import Tokenizer as BackendTokenizer
-
-                backend = BackendTokenizer.from_file(str(path))
-                tok = Tokenizer(name, backend, backend.get_vocab_size(), backend.token_to_id(PAD),
-                                backend.token_to_id(EOS))
-            else:
-                tok = load_tokenizer("bpe", int(match[1]))
-        except Exception as exc:  # noqa: BLE001 - a damaged cache file or a bad size: decode without it, say why
-            return None, f"tokenizer {name!r} could not be rebuilt ({_one_line(str(exc))})"
-        if tok.name != name:
-            return None, (f"tokenizer {name!r} was trained on other text than the bundled records and is not in "
-                          f"the tokenizer cache ({path.parent})")
-    if tok.vocab_size > obs.inputs.vocab_size:
-        return None, (f"tokenizer {name!r} has {tok.vocab_size} tokens, more than the model's vocabulary "
+    tok, why = tokenizer_named(getattr(obs.inputs, "tokenizer", None))
+    if tok is not None and tok.vocab_size > obs.inputs.vocab_size:
+        return None, (f"tokenizer {tok.name!r} has {tok.vocab_size} tokens, more than the model's vocabulary "
                       f"({obs.inputs.vocab_size})")
-    return tok, None
+    return tok, why
 
 
 def _attack_text_result(args: argparse.Namespace, out: Path, obs: Any, recon: Any, truth: Any,

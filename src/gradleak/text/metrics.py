@@ -49,9 +49,15 @@ class TextScores:
     leaked: list[bool] | None = None
 
     def with_baselines(self, baselines: dict[str, dict[str, list[float]]], margin: float) -> TextScores:
-        """These scores beside ``baselines`` (``bag_baselines``), each record judged leaked or not."""
-        best = [max(b["rouge1"][i] for b in baselines.values()) for i in range(len(self.rouge1))]
-        return replace(self, baselines=baselines, leaked=[r >= b + margin for r, b in zip(self.rouge1, best)])
+        """These scores beside ``baselines`` (``bag_baselines``), each record judged leaked or not: its ROUGE-1
+        beats the best guess's by ``margin``, or its ROUGE-2 does (word order the bag cannot give: where records
+        are scored as token ids, the bag alone reaches ROUGE-1 near 1 at batch 1, and only order tells a leak)."""
+        n = len(self.rouge1)
+        best1 = [max(b["rouge1"][i] for b in baselines.values()) for i in range(n)]
+        best2 = [max(b["rouge2"][i] for b in baselines.values()) for i in range(n)]
+        leaked = [r1 >= b1 + margin or r2 >= b2 + margin
+                  for r1, r2, b1, b2 in zip(self.rouge1, self.rouge2, best1, best2)]
+        return replace(self, baselines=baselines, leaked=leaked)
 
     def baseline_means(self) -> dict[str, dict[str, float]]:
         n = len(self.rouge1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 
 from gradleak.cache import cache_dir
@@ -100,3 +101,37 @@ def load_tokenizer(kind: str = "bpe", vocab_size: int = 2048, texts: list[str] |
         os.replace(tmp, path)
     return Tokenizer(name, backend, backend.get_vocab_size(), backend.token_to_id(PAD),  # type: ignore[attr-defined]
                      backend.token_to_id(EOS))  # type: ignore[attr-defined]
+
+
+#: a BPE tokenizer of gradleak's own, by name: vocabulary, version, hash of its training text
+_GRADLEAK_BPE = re.compile(r"gradleak-bpe-(\d{3,6})-v(\d+)-([0-9a-f]{12})")
+
+
+def tokenizer_named(name: str | None) -> tuple[Tokenizer | None, str | None]:
+    """The tokenizer a capture names, rebuilt from its name alone when it is one of gradleak's: the byte tokenizer,
+    or a BPE read from the tokenizer cache (the library's own JSON, never code) or trained again on the bundled
+    records, kept only when the rebuilt name (it hashes the training text) is the one named. Otherwise
+    ``(None, why)`` in one line."""
+    if not name:
+        return None, "the capture names no tokenizer (record with tokenizer=...)"
+    if name == f"gradleak-byte-v{VERSION}":
+        return load_tokenizer("byte"), None
+    match = _GRADLEAK_BPE.fullmatch(name)
+    if match is None or int(match[2]) != VERSION:
+        return None, f"the capture names tokenizer {name!r}, not one gradleak can rebuild"
+    path = cache_dir() / "tokenizers" / f"{name}.json"
+    try:
+        if path.is_file():
+            from tokenizers import Tokenizer as HFTokenizer
+
+            backend = HFTokenizer.from_file(str(path))
+            tok = Tokenizer(name, backend, backend.get_vocab_size(), backend.token_to_id(PAD),
+                            backend.token_to_id(EOS))
+        else:
+            tok = load_tokenizer("bpe", int(match[1]))
+    except Exception as exc:  # noqa: BLE001 - a damaged cache file or a bad size: decode without it, say why
+        return None, f"tokenizer {name!r} could not be rebuilt ({' '.join(str(exc).split())})"
+    if tok.name != name:
+        return None, (f"tokenizer {name!r} was trained on other text than the bundled records and is not in the "
+                      f"tokenizer cache ({path.parent})")
+    return tok, None

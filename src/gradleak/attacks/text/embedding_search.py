@@ -84,14 +84,10 @@ def _word_embedding_name(model: nn.Module) -> str:
 
 def _tokenizer_eos(obs: Observation) -> int | None:
     """The end-of-sequence id of the observation's tokenizer, when it is one of ours (named in the capture)."""
-    name = getattr(obs.inputs, "tokenizer", None) or ""
-    if not name.startswith("gradleak-"):
-        return None
-    from gradleak.text.tokenizer import load_tokenizer
+    from gradleak.text.tokenizer import tokenizer_named
 
-    kind = "byte" if name.startswith("gradleak-byte") else "bpe"
-    tok = load_tokenizer(kind, obs.inputs.vocab_size) if kind == "bpe" else load_tokenizer("byte")
-    return tok.eos_id if tok.name == name else None
+    tok, _ = tokenizer_named(getattr(obs.inputs, "tokenizer", None))
+    return None if tok is None else tok.eos_id
 
 
 def text_problem(obs: Observation, lengths: list[int] | tuple[int, ...] | None = None,
