@@ -1,6 +1,14 @@
-"""``gradleak`` command line: demo, capture, attack, list. Every command has ``--help``.
+"""``gradleak`` command line. Every command has ``--help``.
 
-Errors that come from bad input (``GradleakError``) print one line naming the problem and exit with 2.
+- ``demo`` (images, or ``--text``), ``capture``, ``attack``, ``inspect``: the core loop on bundled data or a
+  capture, scored beside the attacker's guesses when the truth is given;
+- ``defend``, ``tradeoff``: a defense's price (accuracy, epsilon) and leakage against utility;
+- ``fl-audit`` (``audit``), ``sweep``, ``report``, ``split``: Flower federations, grids on Ray, HTML reports,
+  split learning;
+- ``list``: the registries.
+
+Errors that come from bad input (``GradleakError``) print one line naming the problem and exit with 2; an attack
+that ran and recovered nothing exits with 3.
 """
 
 from __future__ import annotations
