@@ -7,8 +7,9 @@
 
 Each row is one victim setting, attacked on ``--samples`` private batches (seeds ``seed .. seed+samples-1``):
 - **stage**: ``init`` (the server's model at initialisation), ``epoch`` (trained about one epoch, batches of 32, on
-  the images outside the private batch), ``trained`` (``--trained-steps`` steps; the accuracy it reached on those
-  images is printed). Pretraining is cached (``training.pretrained``).
+  the images that share nothing with the row's private batches), ``trained`` (``--trained-steps`` steps; the
+  accuracy it reached on those images is printed). One model per row; pretraining is cached
+  (``training.pretrained``).
 - **batch** 1, 8, 32; **protocol** ``fedsgd`` (one gradient) or ``fedavg`` (``--local-epochs`` epochs of
   ``--local-batches`` mini-batches of the private batch, SGD ``--local-lr``: the weight delta); BatchNorm stays in
   train mode (``model_mode=train``) where the model has it (ResNet-18).
@@ -24,20 +25,21 @@ A row whose leaked share is 0 is "no leak", whatever its PSNR. Same seed, same n
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import time
 
 import torch
 
-from gradleak.data import load_dataset
-from gradleak.experiment import ExperimentConfig, make_victim, public_set
-from gradleak.metrics import score
 from gradleak.attacks import ATTACKS
 from gradleak.baselines import ImageGuesses
+from gradleak.data import load_dataset
+from gradleak.metrics import score
 from gradleak.model_spec import ModelSpec
-from gradleak.reidentification import classifier_features, rank_in_lineup
+from gradleak.observation import LocalTraining
+from gradleak.reidentification import classifier_features
 from gradleak.training import accuracy, pretrained
-from gradleak.victim import normalize
+from gradleak.victim import normalize, simulate
 
 PRETRAIN_BATCH = 32
 
@@ -58,31 +60,54 @@ def feature_model(dataset: str, size: int, steps: int, seed: int):
     return classifier_features(model, lambda x: normalize(x, ds.mean, ds.std))
 
 
+def victims(args: argparse.Namespace, dataset: str, size: int, model: str, stage: str, batch: int, protocol: str):
+    """The ``--samples`` private batches of a row (drawn by seed as ``make_victim`` draws them) and each one's
+    observed update, from ONE model per row: initialised under ``--seed`` and, past ``init``, pretrained on the
+    images that share nothing with any of the row's batches (``ImageDataset.disjoint_from``; cached), so that the
+    stage costs one pretraining, not one per batch. Returns [(indices, observation, truth)] and the accuracy the
+    model reached on its pretraining images (``None`` at ``init``)."""
+    ds = load_dataset(dataset, size=size)
+    c = ds.input_shape[0]
+    spec = ModelSpec(model, {"in_channels": c, "num_classes": ds.num_classes, "image_size": size,
+                             **({"width": args.width} if model == "convnet" else {})})
+    draws = [torch.randperm(len(ds), generator=torch.Generator().manual_seed(args.seed + s))[:batch].tolist()
+             for s in range(args.samples)]
+    pool = ds.disjoint_from(sorted({i for d in draws for i in d}))
+    torch.manual_seed(args.seed)
+    net = spec.build()
+    steps = stage_steps(stage, len(pool), args.trained_steps)
+    acc = None
+    if steps:
+        net.load_state_dict(pretrained(spec, ds, pool, steps=steps, seed=args.seed, device=args.device))
+        acc = accuracy(net, ds, pool)
+    local = None
+    if protocol == "fedavg":
+        local = LocalTraining(args.local_epochs * args.local_batches, args.local_lr, max(1, batch // args.local_batches))
+    out = []
+    for indices in draws:
+        x, y = ds.batch(indices)
+        obs, truth = simulate(spec, x, y, num_classes=ds.num_classes, mean=ds.mean, std=ds.std, protocol=protocol,
+                              local_training=local, model=copy.deepcopy(net), model_mode="train",
+                              device=args.device, info={"dataset": ds.name, "indices": indices})
+        out.append((indices, obs, truth))
+    return out, acc
+
+
 def run_row(args: argparse.Namespace, dataset: str, size: int, model: str, stage: str, batch: int,
             protocol: str) -> dict:
     attack_name = "inverting" if protocol == "fedsgd" else "fedavg"
     ds = load_dataset(dataset, size=size)
     embed = feature_model(dataset, size, args.feature_steps, args.seed)
-    leaked, reid_px, reid_ft, psnrs, ssims, best_p, best_s, times, accs = ([] for _ in range(9))
-    for s in range(args.samples):
-        seed = args.seed + s
-        config = ExperimentConfig(
-            dataset=dataset, image_size=size, batch_size=batch, model=model,
-            model_kwargs={"width": args.width} if model == "convnet" else {},
-            pretrain_steps=stage_steps(stage, len(ds) - batch, args.trained_steps), protocol=protocol,
-            local_steps=args.local_epochs * args.local_batches if protocol == "fedavg" else 1,
-            local_batch_size=max(1, batch // args.local_batches) if protocol == "fedavg" else None,
-            local_lr=args.local_lr, attack=attack_name, attack_kwargs={"iterations": args.iterations},
-            seed=seed, device=args.device,
-        )
-        obs, truth = make_victim(config)
-        public, public_labels = public_set(config, obs)
+    leaked, reid_px, reid_ft, psnrs, ssims, best_p, best_s, times = ([] for _ in range(8))
+    cases, acc = victims(args, dataset, size, model, stage, batch, protocol)
+    for s, (indices, obs, truth) in enumerate(cases):
+        public = ds.images[ds.disjoint_from(indices)]
         start = time.perf_counter()
         recon = ATTACKS.build(attack_name, iterations=args.iterations).reconstruct(obs, device=args.device,
-                                                                                  seed=seed)
+                                                                                  seed=args.seed + s)
         times.append(time.perf_counter() - start)
-        scores = score(recon.inputs, recon.labels, truth, guesses=ImageGuesses.of(obs.inputs, public, seed=seed),
-                       public_labels=public_labels, embed=embed)
+        scores = score(recon.inputs, recon.labels, truth, guesses=ImageGuesses.of(obs.inputs, public, seed=s),
+                       embed=embed)
         leaked += scores.leaked
         reid_px += [r == 1 for r in scores.reidentification["pixels"].ranks]
         reid_ft += [r == 1 for r in scores.reidentification["features"].ranks]
@@ -90,15 +115,10 @@ def run_row(args: argparse.Namespace, dataset: str, size: int, model: str, stage
         ssims += scores.ssim
         best_p += scores.baselines.best_psnr
         best_s += scores.baselines.best_ssim
-        if stage != "init":
-            victim = obs.build_model()
-            rest = ds.disjoint_from(obs.info["indices"])
-            accs.append(accuracy(victim, ds, rest))
     mean = lambda v: sum(v) / len(v)  # noqa: E731
-    return {"dataset": dataset, "size": size, "model": model, "stage": stage,
-            "train_acc": mean(accs) if accs else None, "batch": batch, "protocol": protocol, "attack": attack_name,
-            "leaked": mean(leaked), "reid_pixels": mean(reid_px), "reid_features": mean(reid_ft),
-            "lineup": scores.reidentification["pixels"].lineup,
+    return {"dataset": dataset, "size": size, "model": model, "stage": stage, "train_acc": acc, "batch": batch,
+            "protocol": protocol, "attack": attack_name, "leaked": mean(leaked), "reid_pixels": mean(reid_px),
+            "reid_features": mean(reid_ft), "lineup": scores.reidentification["pixels"].lineup,
             "psnr": mean(psnrs), "best_guess_psnr": mean(best_p), "ssim": mean(ssims), "best_guess_ssim": mean(best_s),
             "seconds": mean(times), "samples": len(psnrs)}
 
