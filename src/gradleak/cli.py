@@ -692,10 +692,9 @@ def _attack_text_result(args: argparse.Namespace, out: Path, obs: Any, recon: An
                         source: dict[str, Any]) -> None:
     """``attack`` on token sequences: decode the records recovered with the capture's tokenizer (token ids when
     it is unknown), and with ``--truth`` score them as ``demo --text`` does."""
-    from gradleak.attacks.text.token_bag import token_bag
     from gradleak.outputs import clear_stale
     from gradleak.report.files import write_report
-    from gradleak.text.metrics import bag_baselines, text_baselines
+    from gradleak.text.metrics import text_baselines
     from gradleak.text.tokenizer import Tokenizer
 
     tok, unknown = capture_tokenizer(obs)
@@ -712,15 +711,7 @@ def _attack_text_result(args: argparse.Namespace, out: Path, obs: Any, recon: An
     if found is not None:
         print(f"{recon.attack}: {found} sequences found for a batch of {obs.batch_size} ({recon.wall_time_s:.1f} s)")
     if truth is not None:
-        if unknown is None:
-            baselines = text_baselines(obs, truth.inputs, tok, seed=args.seed)
-        else:
-            try:
-                bag = token_bag(obs)
-            except GradleakError:
-                bag = set(range(obs.inputs.vocab_size))
-            baselines = bag_baselines(truth.inputs, bag, tok.decode, pad_id=tok.pad_id, ignore_ids=(tok.eos_id,),
-                                      seed=args.seed)
+        baselines = text_baselines(obs, truth.inputs, tok, seed=args.seed, public_text=unknown is None)
         _text_report(out, obs, recon, truth.inputs, tok, baselines, seed=args.seed, device=args.device,
                      title=f"{recon.attack} on {source.get('capture') or source.get('update')}",
                      text_info=info, extra=source)

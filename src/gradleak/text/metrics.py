@@ -20,7 +20,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from gradleak.attacks.text.token_bag import token_bag
-from gradleak.errors import ConfigError
+from gradleak.errors import GradleakError
 from gradleak.observation import Observation
 from gradleak.text.corpus import Record, private_records
 from gradleak.text.tokenizer import Tokenizer
@@ -157,12 +157,14 @@ def attacker_bag(obs: Observation, tokenizer: Tokenizer, *, seed: int = 0,
                  public_records: int = 500) -> tuple[set[int], list[list[int]]]:
     """What the text attacker knows without ordering anything: the token bag the update leaks (``token_bag``; the
     whole vocabulary where the bag cannot be read, a weaker guess) and public text's token sequences (records
-    generated under another seed: the same kind of text, none of the private records)."""
+    generated under another seed: the same kind of text, none of the private records; none when
+    ``public_records`` is 0, e.g. for a tokenizer that cannot encode)."""
     try:
         bag = token_bag(obs)
-    except ConfigError:
+    except GradleakError:
         bag = set(range(tokenizer.vocab_size))
-    public = [tokenizer.encode(r.text) for r in private_records(public_records, seed=PUBLIC_SEED + seed)]
+    public = [tokenizer.encode(r.text) for r in private_records(public_records, seed=PUBLIC_SEED + seed)] \
+        if public_records else []
     return bag, public
 
 
@@ -173,9 +175,10 @@ def text_guesses(obs: Observation, truth: torch.Tensor, tokenizer: Tokenizer, *,
     return bag_guesses(truth, bag, pad_id=tokenizer.pad_id, ignore_ids=(tokenizer.eos_id,), public=public, seed=seed)
 
 
-def text_baselines(obs: Observation, truth: torch.Tensor, tokenizer: Tokenizer, *,
-                   seed: int = 0) -> dict[str, dict[str, list[float]]]:
-    """``bag_baselines`` from ``attacker_bag``: each guess's ROUGE-1/2 per true record."""
-    bag, public = attacker_bag(obs, tokenizer, seed=seed)
+def text_baselines(obs: Observation, truth: torch.Tensor, tokenizer: Tokenizer, *, seed: int = 0,
+                   public_text: bool = True) -> dict[str, dict[str, list[float]]]:
+    """``bag_baselines`` from ``attacker_bag``: each guess's ROUGE-1/2 per true record (``public_text=False``: the
+    tokenizer cannot encode, so the bag's order falls back to token ids)."""
+    bag, public = attacker_bag(obs, tokenizer, seed=seed, public_records=500 if public_text else 0)
     return bag_baselines(truth, bag, tokenizer.decode, pad_id=tokenizer.pad_id, ignore_ids=(tokenizer.eos_id,),
                          public=public, seed=seed)
