@@ -27,8 +27,9 @@ Callback = Callable[[int, torch.Tensor], None]
 
 @dataclass
 class Reconstruction:
-    """An attack's answer: pixels in [0, 1] ``(B, C, H, W)``, labels ``(B,)`` if it recovered them, and how it
-    got there (objective trace per iteration and restart, time)."""
+    """An attack's answer: the recovered batch in the observation's input kind (``inputs``: images ``(B, C, H, W)``
+    with pixels in [0, 1], token ids ``(B, L)``, or feature vectors ``(B, F)``, as ``GroundTruth.inputs``), labels
+    ``(B,)`` if it recovered them, and how it got there (objective trace per iteration and restart, time)."""
 
     inputs: torch.Tensor
     labels: torch.Tensor | None
