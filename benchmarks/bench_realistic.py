@@ -155,7 +155,7 @@ def main() -> None:
     p.add_argument("--local-epochs", type=int, default=2)
     p.add_argument("--local-batches", type=int, default=2, help="FedAvg mini-batches per local epoch")
     p.add_argument("--local-lr", type=float, default=0.05)
-    p.add_argument("--width", type=int, default=64, help="convnet width (64, as the paper's ConvNet-64; the layout differs, issue 25)")
+    p.add_argument("--width", type=int, default=64, help="convnet width (64: the paper's ConvNet-64, Geiping et al. 2020)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import pytest
 import torch
 from torch import nn
@@ -31,9 +33,47 @@ def test_lenet_is_the_dlg_architecture() -> None:
     assert torch.cat([p.flatten() for p in default.parameters()]).abs().max() < 0.5
 
 
+def _paper_convnet(width: int, channels: int, classes: int) -> nn.Sequential:
+    """The layer list of Inverting Gradients' ConvNet as the paper's code names it (Geiping et al. 2020)."""
+    plan = [(channels, width), (width, 2 * width), (2 * width, 2 * width), (2 * width, 4 * width),
+            (4 * width, 4 * width), (4 * width, 4 * width), "pool0", (4 * width, 4 * width), (4 * width, 4 * width),
+            "pool1"]
+    layers: list[tuple[str, nn.Module]] = []
+    i = 0
+    for step in plan:
+        if isinstance(step, str):
+            layers.append((step, nn.MaxPool2d(3)))
+            continue
+        layers += [(f"conv{i}", nn.Conv2d(*step, kernel_size=3, padding=1)), (f"bn{i}", nn.BatchNorm2d(step[1])),
+                   (f"relu{i}", nn.ReLU())]
+        i += 1
+    layers += [("flatten", nn.Flatten()), ("linear", nn.Linear(36 * width, classes))]
+    return nn.Sequential(OrderedDict(layers))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_convnet_is_the_inverting_gradients_convnet(mode: str) -> None:
+    ours = build_model("convnet", in_channels=3, num_classes=10, image_size=32, width=64)
+    paper = _paper_convnet(64, 3, 10)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in paper.parameters()) == 2_904_970
+    assert ours.classifier.in_features == 2304
+    kinds = [type(m) for m in ours.modules() if not isinstance(m, (nn.Sequential, type(ours)))]
+    assert kinds == [type(m) for m in paper.children() if not isinstance(m, nn.Flatten)]
+    ours_state, paper_state = ours.state_dict(), paper.state_dict()
+    torch.manual_seed(0)
+    for value in ours_state.values():  # non-trivial BatchNorm statistics so eval mode is tested too
+        if value.is_floating_point():
+            value.copy_(torch.randn_like(value) * 0.1 + (1.0 if value.dim() == 1 else 0.0))
+    paper.load_state_dict(dict(zip(paper_state, ours_state.values(), strict=True)))
+    ours.train(mode == "train")
+    paper.train(mode == "train")
+    x = torch.rand(4, 3, 32, 32)
+    assert torch.equal(ours(x), paper(x))
+
+
 def test_convnet_width_and_norms() -> None:
     wide = build_model("convnet", width=64)
-    assert wide.classifier.in_features == 256
+    assert wide.classifier.in_features == 2304
     assert any(isinstance(m, nn.BatchNorm2d) for m in wide.modules())
     group = build_model("resnet18", width=16, norm="group")
     assert not any(isinstance(m, nn.BatchNorm2d) for m in group.modules())

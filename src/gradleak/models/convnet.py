@@ -1,6 +1,9 @@
 """The ConvNet of Inverting Gradients (Geiping et al., 2020): eight 3x3 conv-BN-ReLU blocks, width configurable.
 
-Channel plan (w = width): w, 2w, 2w, 4w, 4w, 4w, pool, 4w, 4w, pool, pool, linear. Width 64 is the paper's.
+Layout (w = width), as the paper's code (``inversefed.nn.models.ConvNet``, breaching's ``ConvNet``): blocks of
+w, 2w, 2w, 4w, 4w, 4w channels, 3x3 max pool, blocks of 4w, 4w, 3x3 max pool, linear. At 32x32 the linear layer
+reads 4w x 3 x 3 = 36w features (2304 at the paper's width 64; 2,904,970 parameters with 3 channels, 10 classes).
+Until issue 25 this module had a third pool (a 256-wide linear layer at width 64): not the paper's network.
 """
 
 from __future__ import annotations
@@ -40,11 +43,11 @@ class ConvNet(nn.Module):
             layers += _block(c_in, c_out, norm)
         layers.append(nn.MaxPool2d(3))
         layers += _block(4 * w, 4 * w, norm) + _block(4 * w, 4 * w, norm)
-        layers += [nn.MaxPool2d(3), nn.MaxPool2d(3)]
+        layers.append(nn.MaxPool2d(3))
         self.features = nn.Sequential(*layers)
-        side = image_size // 3 // 3 // 3
+        side = image_size // 3 // 3
         if side < 1:
-            raise ValueError(f"ConvNet needs image_size >= 27, got {image_size}")
+            raise ValueError(f"ConvNet needs image_size >= 9, got {image_size}")
         self.classifier = nn.Linear(4 * w * side * side, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
