@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gradleak.models import MODELS
+from gradleak.models.registry import MODELS
 
 #: (out_channels, kernel, stride, padding) of the six convolutions.
 CNN6_PLAN: tuple[tuple[int, int, int, int], ...] = (

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gradleak.models import MODELS
+from gradleak.models.registry import MODELS
 
 
 def _block(c_in: int, c_out: int, norm: str) -> list[nn.Module]:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradleak.models import MODELS, build_model
+from gradleak.models.registry import MODELS, build_model
 
 MEASUREMENTS = ("random", "brightness")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gradleak.models import MODELS
+from gradleak.models.registry import MODELS
 
 
 class LeNet(nn.Module):

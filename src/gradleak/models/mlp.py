@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from gradleak.models import MODELS
+from gradleak.models.registry import MODELS
 
 
 class MLP(nn.Module):

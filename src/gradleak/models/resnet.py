@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gradleak.models import MODELS
+from gradleak.models.registry import MODELS
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
