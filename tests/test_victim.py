@@ -59,22 +59,33 @@ def test_leaked_labels_and_seeded_init(faces) -> None:
     assert not torch.equal(a.weights["classifier.weight"], c.weights["classifier.weight"])
 
 
-def test_a_step_defense_on_token_inputs_is_refused_not_ignored() -> None:
-    """DP-SGD's own step is written for image classification: on a language model simulate refuses it rather
-    than sharing the plain gradient under the defense's name."""
+def test_dp_sgd_runs_on_token_inputs_and_other_step_defenses_are_refused_not_ignored() -> None:
+    """The client step runs Opacus DP-SGD on a language model too (each record's gradient clipped): with no noise
+    and a clip of 1e-3 the shared gradient's norm is at most 1e-3, where the plain gradient's is far larger. A step
+    defense written for image classification only (microbatch clipping) is refused rather than replaced by the
+    plain gradient under its name."""
     pytest.importorskip("transformers")
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from gradleak.defenses import build_defense
     from gradleak.errors import ConfigError
     from gradleak.inputs import TokenInput
-    from gradleak.record import spec_of
     from gradleak.tasks import Task
 
     torch.manual_seed(0)
     net = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=16))
     ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(1))
-    spec = spec_of(net)
+    spec = ModelSpec.huggingface(net.config, "causal_lm")
+    kwargs = dict(input_spec=TokenInput(8, 64, None), task=Task.causal_lm(), model=net, seed=0)
+    plain, _ = simulate(spec, ids, None, **kwargs)
+    private, _ = simulate(spec, ids, None, **kwargs,
+                          defense=build_defense("dpsgd", noise_multiplier=0.0, max_grad_norm=1e-3))
+
+    def norm(update: dict[str, torch.Tensor]) -> float:
+        return float(torch.cat([g.flatten() for g in update.values()]).norm())
+
+    assert set(private.update) == set(plain.update)
+    assert norm(private.update) <= 1e-3 * (1 + 1e-4) and norm(plain.update) > 0.1
+    assert private.info["defense"]["name"] == "dpsgd"
     with pytest.raises(ConfigError, match="changes the training step"):
-        simulate(spec, ids, None, input_spec=TokenInput(8, 64, None), task=Task.causal_lm(), model=net,
-                 defense=build_defense("dpsgd"))
+        simulate(spec, ids, None, **kwargs, defense=build_defense("microbatch_dpsgd"))

@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from gradleak.errors import CaptureError
+from gradleak.errors import CaptureError, ConfigError
 from gradleak.inputs import ImageInput, input_spec_from_json
 from gradleak.limits import parse_json
 from gradleak.model_spec import ModelSpec, trust_model
@@ -59,9 +60,47 @@ def _tensors_for_file(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
 
 
+def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def rebuild_problem(spec: ModelSpec, module: nn.Module | None = None) -> str | None:
+    """Why ``module`` (default: the live module of a ``ModelSpec.from_module``) would not rebuild from what a
+    capture stores of ``spec`` (a live module: its import path and settings), or ``None`` when it does: the rebuilt
+    architecture must hold the module's every parameter and buffer, with the same shapes. Built on the ``meta``
+    device: nothing is allocated."""
+    module = module if module is not None else spec.template
+    if module is None:
+        return None
+    call = f"{spec.name}(**{spec.kwargs})" if spec.kwargs else f"{spec.name}()"
+    if spec.source == "huggingface":
+        call = f"{spec.name} from its config"
+    try:
+        portable = spec if spec.source != "instance" else ModelSpec(spec.name, dict(spec.kwargs), source="import",
+                                                                    trusted=True)
+        with torch.device("meta"):
+            rebuilt = portable.build()
+    except (CaptureError, ConfigError) as exc:
+        return f"{call} does not rebuild it ({exc})"
+    want, got = _shapes(module), _shapes(rebuilt)
+    for name, shape in want.items():
+        if name not in got:
+            return f"{call} builds no {name!r}"
+        if got[name] != shape:
+            return f"{call} builds {name!r} shaped {got[name]}, the model's is {shape}"
+    if extra := [k for k in got if k not in want]:
+        return f"{call} builds {extra[0]!r}, which the model lacks"
+    return None
+
+
 def save_capture(obs: Observation, path: str | Path, *, force: bool = True) -> Path:
-    """Write ``obs`` to ``path`` (a ``.safetensors`` file); returns the path. ``force=False`` refuses to overwrite."""
+    """Write ``obs`` to ``path`` (a ``.safetensors`` file); returns the path. ``force=False`` refuses to overwrite.
+    A live module (``gradleak.record``) is saved as its import path and settings: refused when those would not
+    rebuild it (``rebuild_problem``), since the capture would describe another model."""
     path = Path(path)
+    if (problem := rebuild_problem(obs.model_spec)) is not None:
+        raise CaptureError(f"model {type(obs.model_spec.template).__name__} cannot be saved in a capture: {problem}; "
+                           f"record it with model_kwargs={{...}} (its constructor arguments), factory= or model_spec=")
     _refuse_existing(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = _tensors_for_file({f"weights/{k}": v for k, v in obs.weights.items()})

@@ -23,7 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradleak.client_step import client_step, make_observation, make_truth, normalize
 from gradleak.errors import CaptureError, ConfigError
+from gradleak.models.imprint import ImprintBlock
 from gradleak.observation import GroundTruth, ModelSpec, Observation
 
 IMPRINT_LAYER = "block.imprint"
@@ -95,9 +97,6 @@ def calibrate_statistic(
     """Mean and standard deviation of the block's statistic on public ``images`` (pixels in [0, 1]): the server's
     estimate of its distribution, from which the bins get equal mass (Fowl et al. 2022 use public data the same
     way). The measurement is the one an imprint block with this ``seed`` uses."""
-    from gradleak.models.imprint import ImprintBlock
-    from gradleak.victim import normalize
-
     shape = input_shape or tuple(int(s) for s in images.shape[1:])
     block = ImprintBlock(shape, bins=2, seed=seed, measurement=measurement)  # type: ignore[arg-type]
     stats = normalize(images.float(), mean, std).flatten(1) @ block.imprint.weight[0]
@@ -157,22 +156,20 @@ def simulate_aggregate(
 ) -> tuple[Observation, GroundTruth]:
     """One FedSGD round of several clients seen only as an aggregate: what a server behind secure aggregation gets.
 
-    Each client computes its mean cross-entropy gradient on its own batch (``victim.simulate``) with the same
+    Each client computes its mean cross-entropy gradient on its own batch (``client_step``) with the same
     server model; the Observation's update is their ``reduce``: ``"sum"`` (what secure aggregation reveals) or
     ``"mean"`` (with equal batch sizes, the mean gradient of all images). ``batch_size`` is the total number of
     images and the ground truth holds every client's batch, in client order: an attack on the aggregate is asked
     for all of them. (``defenses.secure_aggregation`` models the other case, a target client hidden in a sum.)
     """
-    from gradleak.victim import simulate
-
     if not client_batches:
         raise ConfigError("simulate_aggregate needs at least one client batch")
     if reduce not in ("sum", "mean"):
         raise ConfigError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
     model = model if model is not None else model_spec.build()
     observations = [
-        simulate(model_spec, x, y, num_classes=num_classes, mean=mean, std=std, model=model,
-                 model_mode=model_mode, device=device)[0]  # type: ignore[arg-type]
+        client_step(model_spec, x, y, num_classes=num_classes, mean=mean, std=std, model=model,
+                    model_mode=model_mode, device=device)[0]  # type: ignore[arg-type]
         for x, y in client_batches
     ]
     total = {k: torch.stack([o.update[k] for o in observations]).sum(0) for k in observations[0].update}
@@ -180,11 +177,11 @@ def simulate_aggregate(
         total = {k: v / len(observations) for k, v in total.items()}
     sizes = [int(x.shape[0]) for x, _ in client_batches]
     first = observations[0]
-    obs = Observation(
-        model_spec=model_spec, weights=first.weights, update=total, inputs=first.inputs, task=first.task,
-        batch_size=sum(sizes), model_mode=first.model_mode,
+    obs = make_observation(
+        model_spec, first.weights, total, inputs=first.inputs, task=first.task, batch_size=sum(sizes),
+        model_mode=first.model_mode,
         info={**(info or {}), "aggregate": reduce, "clients": len(sizes), "client_batch_sizes": sizes},
     )
-    truth = GroundTruth(torch.cat([x for x, _ in client_batches]).cpu().float(),
-                        torch.cat([y for _, y in client_batches]).cpu().long())
+    truth = make_truth(torch.cat([x for x, _ in client_batches]).float(),
+                       torch.cat([y for _, y in client_batches]).long(), first.inputs)
     return obs, truth

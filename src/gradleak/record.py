@@ -24,7 +24,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from gradleak.errors import ConfigError
+from gradleak.capture import rebuild_problem
+from gradleak.client_step import make_observation, make_truth
+from gradleak.defenses.base import Privacy
+from gradleak.errors import CaptureError, ConfigError
 from gradleak.inputs import FeatureInput, ImageInput, InputSpec, TokenInput
 from gradleak.model_spec import ModelSpec
 from gradleak.observation import GroundTruth, LocalTraining, Observation
@@ -68,12 +71,55 @@ def huggingface_head(model: nn.Module) -> str:
     return "base"
 
 
-def spec_of(model: nn.Module, factory: str | None = None) -> ModelSpec:
+def spec_of(model: nn.Module, factory: str | None = None, model_kwargs: dict[str, Any] | None = None) -> ModelSpec:
     """How the attacker rebuilds the user's model: its Hugging Face config for a ``transformers`` model, else the
-    live module (saved as ``factory``, or its class's import path)."""
-    if factory is None and is_huggingface(model) and not callable(getattr(model, "get_base_model", None)):
+    live module, saved as ``factory`` (default: its class's import path) called with ``model_kwargs``."""
+    if factory is None and model_kwargs is None and is_huggingface(model) \
+            and not callable(getattr(model, "get_base_model", None)):
         return ModelSpec.huggingface(model.config, huggingface_head(model))  # type: ignore[arg-type]
-    return ModelSpec.from_module(model, factory)
+    return ModelSpec.from_module(model, factory, **(model_kwargs or {}))
+
+
+def check_rebuilds(spec: ModelSpec, module: nn.Module | None = None, who: str = "record") -> None:
+    """Raise ``ConfigError`` (one line) when the model would not rebuild from its capture (``rebuild_problem``),
+    naming what to pass."""
+    if (problem := rebuild_problem(spec, module)) is not None:
+        what = type(module if module is not None else spec.template).__name__
+        raise ConfigError(f"{who}: model {what} cannot be rebuilt from a capture: {problem}; "
+                          f"pass record(..., model_kwargs={{...}}) with its constructor arguments, "
+                          f"factory='module:function' that builds it, or model_spec=ModelSpec(...)")
+
+
+def privacy_info(privacy: Any, delta: float) -> dict[str, Any]:
+    """The DP guarantee of a recorded step as capture metadata: epsilon, delta, the accountant, the noise
+    multiplier, and the sampling the accountant assumed. ``privacy`` is gradleak's ``Privacy``, or an Opacus
+    ``PrivacyEngine`` or accountant after the step (its history is what ran; Opacus accounts Poisson sampling at
+    the recorded sample rate, which holds only when the batches came from its ``DPDataLoader``)."""
+    def number(v: float) -> float | str:
+        return v if math.isfinite(v) else str(v)
+
+    if isinstance(privacy, Privacy):
+        s = privacy.schedule
+        return {"epsilon": number(privacy.epsilon), "delta": privacy.delta, "accountant": privacy.accountant,
+                "noise_multiplier": privacy.noise_multiplier, "sample_rate": s.sample_rate,
+                "steps": s.accounted_steps, "sampling": "poisson" if s.poisson else "fixed batches (no amplification)",
+                "schedule": s.describe()}
+    accountant = getattr(privacy, "accountant", privacy)
+    if not callable(getattr(accountant, "get_epsilon", None)) or not hasattr(accountant, "history"):
+        raise ConfigError(f"record: privacy must be gradleak's Privacy or an Opacus PrivacyEngine/accountant, got "
+                          f"{type(privacy).__name__}")
+    if not accountant.history:
+        raise ConfigError("record: the Opacus accountant holds no step (did the block call optimizer.step()?)")
+    if not 0 < delta < 1:
+        raise ConfigError(f"record: delta must lie in (0, 1), got {delta}")
+    sigmas = {float(h[0]) for h in accountant.history}
+    rates = {float(h[1]) for h in accountant.history}
+    return {"epsilon": number(float(accountant.get_epsilon(delta=delta))), "delta": delta,
+            "accountant": f"opacus.{accountant.mechanism()}",
+            "noise_multiplier": sigmas.pop() if len(sigmas) == 1 else sorted(sigmas),
+            "sample_rate": rates.pop() if len(rates) == 1 else sorted(rates),
+            "steps": int(sum(h[2] for h in accountant.history)),
+            "sampling": "poisson (as Opacus's accountant assumes; true with its DPDataLoader)"}
 
 
 def describe_batch(model: nn.Module, x: torch.Tensor, mean: tuple[float, ...] | None,
@@ -141,6 +187,10 @@ def record(
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
     factory: str | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    model_spec: ModelSpec | None = None,
+    privacy: Any = None,
+    delta: float = 1e-5,
     leak_labels: bool = False,
     info: dict[str, Any] | None = None,
     tokenizer: Any = None,
@@ -149,8 +199,15 @@ def record(
 
     ``batch`` is ``(x, y)`` (or ``x`` alone for language modelling) as the user feeds it: pixels in [0, 1] that
     the model normalises with ``mean``/``std`` (default: none), feature vectors, or token ids. ``share="delta"``
-    needs the learning rate ``lr`` and the number of optimiser ``steps`` the block takes (FedAvg). ``factory``
-    names an import path that rebuilds the architecture in another process (saved in captures). ``tokenizer``
+    needs the learning rate ``lr`` and the number of optimiser ``steps`` the block takes (FedAvg).
+
+    A capture must rebuild the same architecture in another process: a ``transformers`` model by its config,
+    else the module's class (or ``factory``, an import path) called with ``model_kwargs`` (its constructor
+    arguments), or ``model_spec`` (a registry model by name). Given ones are checked on entry; without them a
+    model whose class alone does not rebuild it is refused by ``save_capture`` (``rebuild_problem``).
+    ``privacy``: the DP guarantee of the step (gradleak's ``Privacy``, or the Opacus ``PrivacyEngine`` or
+    accountant, read after the block at ``delta``) goes into ``info['privacy']``, so captures and reports carry
+    its epsilon. ``tokenizer``
     (token ids only: a name, or gradleak's ``Tokenizer``) travels with the capture so that the attacker can
     decode (``gradleak attack`` rebuilds gradleak's own tokenizers from their names).
     """
@@ -168,7 +225,14 @@ def record(
                               f"got {tokenizer!r} for {spec.kind} inputs")
         spec = dataclasses.replace(spec, tokenizer=name)
     the_task = task or describe_task(inner, spec, x)
-    model_spec = spec_of(inner, factory)
+    if model_spec is not None and (factory is not None or model_kwargs is not None):
+        raise ConfigError("record: give model_spec, or factory/model_kwargs, not both")
+    if model_spec is None:
+        model_spec = spec_of(inner, factory, model_kwargs)
+        if factory is not None or model_kwargs is not None:
+            check_rebuilds(model_spec)
+    else:
+        check_rebuilds(model_spec, module=inner)
     weights = {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()}
     before = {strip_prefix(n): p.detach().clone() for n, p in model.named_parameters()}
     mode: Literal["train", "eval"] = "train" if inner.training else "eval"
@@ -195,14 +259,13 @@ def record(
     if share == "delta":
         assert lr is not None
         local = LocalTraining(int(steps), float(lr), int(local_batch_size or x.shape[0]))
-    rec.observation = Observation(
-        model_spec=model_spec, weights=weights, update=update, inputs=spec, task=the_task,
-        batch_size=int(x.shape[0]), update_kind="gradient" if share == "gradient" else "weight_delta",
-        local_training=local, labels=None if (y is None or not leak_labels) else y.detach().cpu().long().clone(),
-        model_mode=mode, info={**(info or {}), "recorded": True,
-                                "skipped": {why: sum(1 for w in rec.skipped.values() if w == why)
-                                            for why in sorted(set(rec.skipped.values()))}},
+    extra: dict[str, Any] = {"recorded": True,
+                             "skipped": {why: sum(1 for w in rec.skipped.values() if w == why)
+                                         for why in sorted(set(rec.skipped.values()))}}
+    if privacy is not None:
+        extra["privacy"] = privacy_info(privacy, delta)
+    rec.observation = make_observation(
+        model_spec, weights, update, inputs=spec, task=the_task, batch_size=int(x.shape[0]), local_training=local,
+        labels=None if (y is None or not leak_labels) else y, model_mode=mode, info={**(info or {}), **extra},
     )
-    mask = spec.attention_mask(x) if isinstance(spec, TokenInput) else None
-    labels = None if y is None or y.dtype.is_floating_point or y.shape != (x.shape[0],) else y.detach().cpu().long()
-    rec.truth = GroundTruth(x.detach().cpu().clone(), labels, None if mask is None else mask.cpu())
+    rec.truth = make_truth(x, y, spec)

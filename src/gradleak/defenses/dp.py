@@ -12,6 +12,14 @@ This module is the one place gradleak wires Opacus: ``make_private`` (the image 
 Flower DP client's local training, training with the defense all go through it) refuses a model Opacus cannot
 handle instead of changing it with ``ModuleValidator.fix``, and ``opacus_epsilon`` is the one accountant call.
 
+On text (``dp_text_gradient``: Hugging Face GPT-2 or BERT) each record's loss is its own (causal LM: the mean
+over its predicted tokens; classification: its cross-entropy). Opacus 1.6 has grad samplers for ``nn.Embedding``,
+``nn.Linear`` and ``nn.LayerNorm``; GPT-2's ``transformers`` ``Conv1D`` has none, and Opacus computes its
+per-example gradients with its ``torch.func`` fallback (checked against autograd in ``tests/text/test_dp.py``); the
+tied input/output embedding accumulates both uses per example. Position (and token-type) ids are passed expanded
+to the batch, since the models' default ``(1, L)`` ids would make Opacus see a batch of one at the position
+embedding.
+
 ``MicrobatchDPSGD`` clips per microbatch of ``microbatch_size`` examples, as TensorFlow Privacy's
 ``DPKerasSGDOptimizer(num_microbatches=B/k)`` does: mean loss per microbatch, each microbatch gradient clipped
 to ``l2_norm_clip`` in global norm, summed, Gaussian noise of std ``noise_multiplier * l2_norm_clip`` added,
@@ -35,6 +43,7 @@ from torch.nn import functional as F
 
 from gradleak.defenses.base import DEFENSES, Defense, Privacy, Schedule, Update, check_range, randn_like
 from gradleak.errors import ConfigError
+from gradleak.tasks import IGNORE_INDEX, Task, logits_of
 
 if TYPE_CHECKING:
     from opacus import GradSampleModule
@@ -265,6 +274,59 @@ class MicrobatchDPSGD(_DPSchedule, Defense):
             return None
         eps = opacus_epsilon(self.noise_multiplier, schedule, self.delta, self.accountant)
         return Privacy(eps, self.delta, f"opacus.{self.accountant}", schedule, self.noise_multiplier)
+
+
+# -- DP-SGD on a text model's step ------------------------------------------------------------------
+def _model_kwargs(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    inner = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    kind = getattr(getattr(inner, "config", None), "model_type", None)
+    if kind not in ("gpt2", "bert"):
+        raise ConfigError(f"DP-SGD on text knows GPT-2 and BERT layouts; this model is {kind!r}")
+    b, length = ids.shape
+    kwargs = {"input_ids": ids, "position_ids": torch.arange(length, device=ids.device).expand(b, length)}
+    if kind == "bert":
+        kwargs["token_type_ids"] = torch.zeros_like(ids)
+    if mask is not None:
+        kwargs["attention_mask"] = mask
+    return kwargs
+
+
+def per_example_loss(logits: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor | None, task: Task,
+                     mask: torch.Tensor | None) -> torch.Tensor:
+    """Each record's loss ``(B,)``: causal LM averages over the record's own predicted tokens (padding left out),
+    classification is the record's cross-entropy."""
+    if task.kind == "classification":
+        if labels is None:
+            raise ConfigError("DP-SGD on a classifier needs labels")
+        return F.cross_entropy(logits, labels, reduction="none")
+    if task.kind != "causal_lm":
+        raise ConfigError(f"DP-SGD on text: causal LM or classification, not {task.kind}")
+    targets = ids[:, 1:]
+    if mask is not None:
+        targets = targets.masked_fill(mask[:, 1:] == 0, IGNORE_INDEX)
+    shifted = logits[:, :-1]
+    token = F.cross_entropy(shifted.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none")
+    counts = (targets != IGNORE_INDEX).sum(1).clamp_min(1)
+    return token.sum(1) / counts
+
+
+def dp_text_gradient(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor | None, task: Task,
+                     defense: DPSGD, *, mask: torch.Tensor | None = None,
+                     generator: torch.Generator | None = None, expected_batch_size: int | None = None) -> Update:
+    """The DP-SGD gradient of one step on a copy of ``model`` (the caller's is untouched), through
+    ``private_gradient``: ``(1/B) (sum_i clip(g_i, C) + N(0, sigma^2 C^2 I))`` with
+    ``C = max_grad_norm``, ``sigma = noise_multiplier``; noise drawn from ``generator`` (reproducible), unless the
+    defense asks for Opacus's ``secure_mode``. ``expected_batch_size`` (default: the batch's size) is what the
+    noised sum is divided by: a Poisson batch's expected size, never its drawn size, which would leak it."""
+    if not isinstance(defense, DPSGD):
+        raise ConfigError(f"dp_text_gradient runs Opacus DP-SGD ('dpsgd'), not {getattr(defense, 'name', defense)!r}")
+    kwargs = _model_kwargs(model, ids, mask)
+
+    def loss_of(wrapped: nn.Module) -> torch.Tensor:
+        return per_example_loss(logits_of(wrapped(**kwargs)), ids, labels, task, mask).mean()
+
+    return private_gradient(model, loss_of, defense, expected_batch_size=expected_batch_size or int(ids.shape[0]),
+                            generator=generator)
 
 
 DEFENSES.register(DPSGD.name)(DPSGD)

@@ -28,6 +28,7 @@ import torch
 from gradleak.attacks import ATTACKS
 from gradleak.attacks.base import Reconstruction
 from gradleak.baselines import ImageGuesses, Margins
+from gradleak.client_step import make_observation
 from gradleak.errors import ConfigError
 from gradleak.fl.recording import RecordedUpdate
 from gradleak.metrics import BaselineScores, leaked_images, psnr, score, score_guesses, ssim
@@ -101,11 +102,11 @@ def to_observation(update: RecordedUpdate, target: AuditTarget, aggregate_as: Ag
         local_batch = batch if aggregate_as == "batch" and steps == 1 else min(local_batch, batch)
     else:
         batch = examples or local_batch
-    return Observation(
-        model_spec=target.model_spec, weights=update.sent, update=delta,
+    return make_observation(
+        target.model_spec, update.sent, delta,
         inputs=ImageInput(tuple(target.input_shape), tuple(target.mean), tuple(target.std)),
-        task=Task.classification(target.num_classes), batch_size=batch, update_kind="weight_delta", local_training=LocalTraining(steps, float(lr), local_batch),
-        model_mode=target.model_mode,
+        task=Task.classification(target.num_classes), batch_size=batch,
+        local_training=LocalTraining(steps, float(lr), local_batch), model_mode=target.model_mode,
         info={"round": update.round, "source": update.source, "num_clients": update.num_clients},
     )
 

@@ -21,15 +21,16 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from gradleak.data import load_dataset
 from gradleak.data.dataset import ImageDataset
 from gradleak.defenses.base import Schedule
-from gradleak.defenses.dp import make_private, opacus_epsilon
+from gradleak.client_step import local_sgd, normalize, step_gradient_of
+from gradleak.defenses.dp import DPSGD, check_opacus_compatible
 from gradleak.errors import ConfigError
+from gradleak.inputs import ImageInput
 from gradleak.observation import LocalTraining, ModelSpec
-from gradleak.victim import local_sgd, normalize
+from gradleak.tasks import Task
 
 DP_DELTA = 1e-5
 
@@ -123,22 +124,21 @@ def dp_sgd(
     server_round: int,
     partition_id: int,
 ) -> tuple[nn.Module, float]:
-    """``steps`` DP-SGD steps through ``defenses.dp.make_private`` (per-sample clipping + Gaussian noise) on
-    contiguous mini-batches of this round's batch; returns the model and the epsilon this client has spent
-    over rounds ``1..server_round`` (``dp_schedule``: its batches are fixed slices, not Poisson samples, so the
-    accountant gets no amplification by sampling)."""
-    gsm, optimizer = make_private(
-        model, noise_multiplier=setup.dp_noise_multiplier, max_grad_norm=setup.dp_max_grad_norm,
-        expected_batch_size=batch_size, lr=lr, who="the Flower DP client",
-        generator=torch.Generator().manual_seed(hash((setup.seed, partition_id, server_round)) % 2**62),
-    )
-    for idx in _step_slices(x.shape[0], steps, batch_size):
-        optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(gsm(x[idx]), y[idx]).backward()
-        optimizer.step()
-    eps = opacus_epsilon(setup.dp_noise_multiplier, dp_schedule(setup, partition_id, server_round, steps, batch_size),
-                         DP_DELTA)
-    return gsm._module, eps
+    """``steps`` DP-SGD steps (``DPSGD``'s step through the client step's ``local_sgd``: per-sample clipping +
+    Gaussian noise, Opacus's ``DPOptimizer.pre_step``) on contiguous mini-batches of this round's batch; returns
+    the model and the epsilon this client has spent over rounds ``1..server_round`` (``dp_schedule``: its batches
+    are fixed slices, not Poisson samples, so the accountant gets no amplification by sampling)."""
+    check_opacus_compatible(model, "the Flower DP client")
+    defense = DPSGD(noise_multiplier=setup.dp_noise_multiplier, max_grad_norm=setup.dp_max_grad_norm, delta=DP_DELTA)
+    data = setup.load()
+    generator = torch.Generator().manual_seed(hash((setup.seed, partition_id, server_round)) % 2**62)
+    step = step_gradient_of(defense, ImageInput(data.input_shape, tuple(data.mean), tuple(data.std)),
+                            Task.classification(data.num_classes),
+                            generator=generator, expected_batch_size=batch_size)
+    local_sgd(model, x, y, LocalTraining(steps, lr, batch_size), step)
+    privacy = defense.privacy(dp_schedule(setup, partition_id, server_round, steps, batch_size))
+    assert privacy is not None
+    return model, privacy.epsilon
 
 
 def _step_slices(n: int, steps: int, batch_size: int) -> list[torch.Tensor]:

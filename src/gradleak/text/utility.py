@@ -17,12 +17,13 @@ from dataclasses import dataclass
 
 import torch
 
-from gradleak.defenses.base import ClientContext, Defense, Update, draw_batches
+from gradleak.client_step import changes_step, step_gradient_of
+from gradleak.defenses.base import Defense, Update, defended_update, draw_batches
 from gradleak.defenses.dp import DPSGD
 from gradleak.errors import ConfigError
-from gradleak.tasks import Task
+from gradleak.inputs import TokenInput
+from gradleak.tasks import Task, forward
 from gradleak.text.corpus import private_records
-from gradleak.text.dp import dp_text_gradient
 from gradleak.text.models import TEXT_MODELS, text_model_spec
 from gradleak.text.tokenizer import load_tokenizer
 from gradleak.text.victim import encode_records
@@ -45,7 +46,7 @@ def text_defense_cost(defense: Defense | None = None, *, model: str = "bert-tiny
                       batch_size: int = 16, lr: float = 3e-3, vocab_size: int = 512, train_records: int = 256,
                       test_records: int = 128, seq_len: int = 64, seed: int = 0) -> TextUtility:
     """Fine-tune ``model`` from random init for ``steps`` Adam steps on defended updates; score held-out records."""
-    dp = defense is not None and type(defense).step_gradient is not Defense.step_gradient
+    dp = changes_step(defense)
     if dp and not isinstance(defense, DPSGD):
         raise ConfigError(f"defense {defense.name!r} changes the training step (per-example gradients); on text "
                           "only Opacus DP-SGD ('dpsgd') does, beside the update transforms (noise, clipping, "
@@ -72,34 +73,25 @@ def text_defense_cost(defense: Defense | None = None, *, model: str = "bert-tiny
     batches, schedule = draw_batches(train_records, batch_size, steps,
                                      poisson=defense is not None and defense.sampling == "poisson", generator=draws)
 
-    def gradient(x: torch.Tensor, y: torch.Tensor) -> Update:
-        if dp:
-            return dp_text_gradient(net, x, y if encoder else None, task, defense,  # type: ignore[arg-type]
-                                    mask=(x != tokenizer.pad_id).long(), generator=noise,
-                                    expected_batch_size=schedule.batch_size)
-        net.zero_grad()
-        m = (x != tokenizer.pad_id).long()
-        task.loss(net, x, y if encoder else None, m).backward()
-        return {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
-                for n, p in params.items()}
+    spec_in = TokenInput(seq_len, tokenizer.vocab_size, tokenizer.pad_id, tokenizer.name)
+    step = step_gradient_of(defense, spec_in, task, generator=noise, expected_batch_size=schedule.batch_size)
+
+    def update_of(x: torch.Tensor, y: torch.Tensor) -> Update:
+        return step(net, x, y if encoder else None)
 
     net.train()
     for pick in batches:
         if pick.numel() == 0:  # an empty Poisson batch: the step is skipped, as Opacus's DPDataLoader does
             continue
-        update = gradient(ids[pick], labels[pick])
-        if defense is not None:
-            update = defense.transform(update, ClientContext(net, ids[pick], labels[pick], noise, gradient))
+        update = defended_update(defense, net, ids[pick], labels[pick], generator=noise, update_of=update_of)
         optimizer.zero_grad()
         for n, p in params.items():
-            p.grad = update[n].to(p.dtype)
+            p.grad = update[n].to(p.dtype) if n in update else torch.zeros_like(p)
         optimizer.step()
     net.eval()
     test_ids, test_labels, test_mask = ids[train_records:], labels[train_records:], mask[train_records:]
     with torch.no_grad():
         if encoder:
-            from gradleak.tasks import forward
-
             logits = forward(net, test_ids, test_mask)
             value = float((logits.argmax(-1) == test_labels).float().mean())
         else:

@@ -2,22 +2,20 @@
 
 ``text_victim`` tokenises records (each ends with the end-of-sequence token, as fine-tuning sets are prepared),
 pads them on the right, builds the named model from its config (random, or pre-trained here on other records),
-and runs the client's step through ``gradleak.victim.simulate``: the same code path as images, with token inputs
+and runs the client's step through ``gradleak.client_step``: the same code path as images, with token inputs
 and a causal-LM (decoders) or sequence-classification (encoders) loss. An update defense applies as for images;
-DP-SGD (Opacus, per-record clipping and noise) runs through ``gradleak.text.dp``.
+DP-SGD (Opacus, per-record clipping and noise) is the client step's too (``defenses.dp.dp_text_gradient``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from gradleak.defenses.base import Defense
-from gradleak.defenses.dp import DPSGD
 from gradleak import limits
+from gradleak.client_step import client_step
 from gradleak.errors import ConfigError
 from gradleak.inputs import TokenInput
 from gradleak.memory import FLOAT_BYTES, check_memory
@@ -26,7 +24,6 @@ from gradleak.tasks import Task
 from gradleak.text.corpus import Record, private_records
 from gradleak.text.models import TEXT_MODELS, pretrain, text_model_spec
 from gradleak.text.tokenizer import Tokenizer, load_tokenizer
-from gradleak.victim import simulate
 
 
 @dataclass
@@ -123,28 +120,17 @@ def text_victim(model: str = "gpt2-small", batch_size: int = 8, *, seed: int = 0
         targets = ["query", "value"] if encoder else ["c_attn"]
         net = get_peft_model(net, LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=targets,
                                              lora_dropout=0.0))
-        from gradleak.record import spec_of
+        from gradleak.record import spec_of  # not at import time: importing the module ``gradleak.record`` binds
+        # that package attribute to the module, shadowing the lazily exported function ``gradleak.record``
 
         spec = spec_of(net)
         if lora_steps:
             adapt_lora(net, tokenizer, ids.shape[1], lora_steps, seed=seed, encoder=encoder)
     labels = torch.tensor([r.label for r in records]) if encoder else None
     task = Task.classification(4) if encoder else Task.causal_lm()
-    steps_defense = defense is not None and type(defense).step_gradient is not Defense.step_gradient
-    if steps_defense and not isinstance(defense, DPSGD):
-        raise ConfigError(f"defense {defense.name!r} changes the training step; on text only Opacus DP-SGD "
-                          "('dpsgd') does (gradleak.text.dp)")
     input_spec = TokenInput(ids.shape[1], tokenizer.vocab_size, tokenizer.pad_id, tokenizer.name)
-    obs, truth = simulate(spec, ids, labels, input_spec=input_spec, task=task, model=net, seed=seed,
-                          defense=None if steps_defense else defense)
-    if steps_defense:  # simulate's step for token inputs is the plain gradient: DP-SGD is computed here
-        from gradleak.text.dp import dp_text_gradient
-
-        update = dp_text_gradient(net, ids, labels, task, defense, mask=(ids != tokenizer.pad_id).long(),
-                                  generator=torch.Generator().manual_seed(seed))
-        obs = dataclasses.replace(obs, update={k: v.cpu() for k, v in update.items()},
-                                  info={**obs.info, "defense": {"name": defense.name,
-                                                                "settings": defense.settings()}})
+    obs, truth = client_step(spec, ids, labels, input_spec=input_spec, task=task, model=net, seed=seed,
+                             defense=defense)
     return TextCase(obs, truth, records, tokenizer)
 
 
