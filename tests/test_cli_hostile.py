@@ -48,7 +48,7 @@ def _sweep_file(tmp_path: Path, file: str, out: Path, name: str = "a", table: st
 
 def test_sweep_refuses_a_table_or_folder_it_did_not_write(tmp_path: Path, capsys, monkeypatch) -> None:
     import gradleak.sweep as sweep
-    from gradleak.config import load_sweep_config
+    from gradleak.sweep import load_sweep_config
 
     monkeypatch.setattr(sweep, "rebuild_table", None)  # nothing may be read, rewritten or run past the refusal
     mine = tmp_path / "mine"
@@ -246,13 +246,13 @@ def test_a_run_the_memory_cannot_hold_is_refused_or_named_in_one_line(tmp_path: 
                         r"larger machine", err), err
 
     # an allocation that fails anyway (an estimate is coarse) is caught at the top and named in one line
-    import gradleak.experiment
+    import gradleak.cli.demo
 
     def fails(*args: object, **kwargs: object) -> None:
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you "
                            "tried to allocate 17179869184 bytes.")
 
-    monkeypatch.setattr(gradleak.experiment, "run_experiment", fails)
+    monkeypatch.setattr(gradleak.cli.demo, "run_experiment", fails)  # the name demo runs
     err = refused(["demo", "--image-size", "8", "--dataset", "digits", "--quiet", "--out", str(tmp_path / "d")],
                   capsys)
     assert re.fullmatch(r"gradleak: error: out of memory: an allocation asked for 16.0 GiB failed; .* is available "

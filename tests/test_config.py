@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from gradleak.config import load_audit_config, load_experiment_config, load_sweep_config
+from gradleak.experiment import load_experiment_config
+from gradleak.fl.simulation import load_audit_config
+from gradleak.sweep import load_sweep_config
 from gradleak.errors import ConfigError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

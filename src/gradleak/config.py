@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from gradleak.attacks import ATTACKS
 from gradleak.errors import ConfigError
 
 T = TypeVar("T")
@@ -234,30 +235,10 @@ def field_type(cls: type, name: str) -> Any:
     return get_type_hints(cls)[name]
 
 
-def load_experiment_config(path: str | Path) -> Any:
-    """An ``ExperimentConfig`` from a file (top-level keys, or an ``[experiment]`` table)."""
-    from gradleak.experiment import ExperimentConfig
-
-    data = read_file(path)
-    if set(data) == {"experiment"}:
-        return build(ExperimentConfig, data["experiment"], str(path), "experiment")
-    return build(ExperimentConfig, data, str(path))
-
-
-def load_sweep_config(path: str | Path, max_experiments: int | None = None) -> Any:
-    """A ``SweepConfig`` from a file with ``[sweep]``, ``[base]`` and ``[grid]`` tables; ``max_experiments``
-    overrides the file's bound on the grid size."""
-    from gradleak.sweep import SweepConfig
-
-    return SweepConfig.from_dict(read_file(path), str(path), max_experiments=max_experiments)
-
-
 def check_attack_settings(name: str, kwargs: Mapping[str, Any], where: str = "attack") -> Any:
     """Build attack ``name`` with ``kwargs`` after checking each value against the attack's field types, and
     build its engine settings where it has them, so that a bad setting is a ``ConfigError`` before any work
     (before Ray starts, before a federation runs) rather than a ``TypeError`` deep inside an attack."""
-    from gradleak.attacks import ATTACKS
-
     factory = ATTACKS.get(name)
     if not isinstance(kwargs, Mapping):
         raise ConfigError(f"{where}: settings of attack {name!r} must be a table, got {type(kwargs).__name__}")
@@ -286,18 +267,4 @@ def check_attack_settings(name: str, kwargs: Mapping[str, Any], where: str = "at
     return attack
 
 
-def load_audit_config(path: str | Path) -> tuple[Any, Any]:
-    """``(FederationConfig, AuditSettings)`` from a file with ``[federation]`` and ``[audit]`` tables."""
-    from gradleak.fl.simulation import AuditSettings, FederationConfig
-
-    data = read_file(path)
-    check_tables(data, ("federation", "audit"), str(path))
-    fed = build(FederationConfig, data.get("federation", {}), str(path), "federation")
-    settings = build(AuditSettings, data.get("audit", {}), str(path), "audit")
-    return fed, settings
-
-
-__all__ = [
-    "build", "check_attack_settings", "coerce", "describe", "load_audit_config", "load_experiment_config",
-    "load_sweep_config", "read_file",
-]
+__all__ = ["build", "check_attack_settings", "coerce", "describe", "read_file"]

@@ -15,11 +15,17 @@ import torch
 from gradleak.attacks import ATTACKS
 from gradleak.attacks.base import Reconstruction
 from gradleak.baselines import ImageGuesses
-from gradleak.data import load_dataset
+from gradleak.config import build, check_attack_settings, read_file
+from gradleak.data import check_image_size, load_dataset
+from gradleak.defenses import build_defense
 from gradleak.defenses.base import Defense
 from gradleak.errors import ConfigError
+from gradleak.malicious import simulate_aggregate
 from gradleak.metrics import Scores, score
-from gradleak.observation import GroundTruth, LocalTraining, ModelSpec, Observation
+from gradleak.model_spec import model_spec_for
+from gradleak.observation import GroundTruth, LocalTraining, Observation
+from gradleak.report.files import metrics_dict, write_report
+from gradleak.training import pretrained
 from gradleak.victim import simulate
 
 
@@ -61,9 +67,6 @@ class ExperimentConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.protocol not in ("fedsgd", "fedavg"):
             raise ConfigError(f"protocol must be 'fedsgd' or 'fedavg', got {self.protocol!r}")
-        from gradleak.config import check_attack_settings
-        from gradleak.data import check_image_size
-
         check_image_size(self.image_size, self.channels)
         if self.num_classes is not None and self.num_classes < 1:
             raise ConfigError(f"num_classes must be a positive integer, got {self.num_classes}")
@@ -75,8 +78,6 @@ class ExperimentConfig:
 
     def build_defense(self) -> Defense | None:
         """The configured defense (``defense`` by registry name, ``defense_kwargs`` its parameters), or None."""
-        from gradleak.defenses import build_defense
-
         return build_defense(self.defense, **self.defense_kwargs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,14 +109,13 @@ def make_victim(config: ExperimentConfig) -> tuple[Observation, GroundTruth]:
     if num_classes < ds.num_classes:
         raise ConfigError(f"num_classes {num_classes} is smaller than the {ds.num_classes} classes of {ds.name!r}")
     c, h, _ = ds.input_shape
-    spec = ModelSpec(config.model, {"in_channels": c, "num_classes": num_classes, "image_size": h, **config.model_kwargs})
+    spec = model_spec_for(config.model, {"in_channels": c, "num_classes": num_classes, "image_size": h,
+                                         **config.model_kwargs}, flag="--model (or trust_model)")
     private = set(indices)
     rest = [i for i in range(len(ds)) if i not in private]  # images the victim's batch does not hold
     torch.manual_seed(config.seed)
     model = spec.build()
     if config.pretrain_steps > 0:
-        from gradleak.training import pretrained
-
         model.load_state_dict(pretrained(spec, ds, rest, steps=config.pretrain_steps, seed=config.seed,
                                          device=config.device))
     local = None
@@ -127,8 +127,6 @@ def make_victim(config: ExperimentConfig) -> tuple[Observation, GroundTruth]:
         others = torch.tensor(rest, dtype=torch.long)
         population = (ds.images[others], ds.labels[others])
     if config.clients > 1:
-        from gradleak.malicious import simulate_aggregate
-
         if len(indices) % config.clients:
             raise ConfigError(f"a batch of {len(indices)} images does not split into {config.clients} equal clients")
         size = len(indices) // config.clients
@@ -155,8 +153,6 @@ def public_set(config: ExperimentConfig, obs: Observation) -> tuple[torch.Tensor
 
 def run_experiment(config: ExperimentConfig, out: str | Path | None = None, progress: bool = False) -> ExperimentResult:
     """Run one experiment; with ``out``, write the report there."""
-    from gradleak.report.files import metrics_dict, write_report
-
     obs, truth = make_victim(config)
     attack = ATTACKS.build(config.attack, **config.attack_kwargs)
     recon = attack.reconstruct(obs, device=config.device, seed=config.seed, progress=progress)
@@ -169,3 +165,11 @@ def run_experiment(config: ExperimentConfig, out: str | Path | None = None, prog
     else:
         metrics = {**metrics_dict(obs, recon, scores, truth, seed=config.seed, device=config.device), **extra}
     return ExperimentResult(config, obs, truth, recon, scores, metrics)
+
+
+def load_experiment_config(path: str | Path) -> ExperimentConfig:
+    """An ``ExperimentConfig`` from a file (top-level keys, or an ``[experiment]`` table)."""
+    data = read_file(path)
+    if set(data) == {"experiment"}:
+        return build(ExperimentConfig, data["experiment"], str(path), "experiment")
+    return build(ExperimentConfig, data, str(path))

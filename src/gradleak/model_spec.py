@@ -29,7 +29,8 @@ import inspect
 import json
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +40,7 @@ from torch import nn
 
 from gradleak import limits
 from gradleak.errors import CaptureError, ConfigError
+from gradleak.models.registry import build_model  # importing it imports the zoo package: every model registered
 
 ModelSource = Literal["registry", "import", "huggingface", "instance"]
 MODEL_SOURCES: tuple[str, ...] = ("registry", "import", "huggingface", "instance")
@@ -110,6 +112,38 @@ def split_import_path(path: str) -> tuple[str, str]:
     return module, attr
 
 
+@contextmanager
+def _on_import_path(folder: Path) -> Iterator[None]:
+    """``folder`` first on ``sys.path`` while a trusted user module is imported, so that neither a module named by
+    file path nor the modules beside it need ``PYTHONPATH``; removed afterwards (what was imported stays)."""
+    entry = str(folder)
+    added = entry not in sys.path
+    if added:
+        sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        if added and entry in sys.path:
+            sys.path.remove(entry)
+
+
+def model_spec_for(model: str, kwargs: dict[str, Any], *, flag: str = "--trust-model") -> ModelSpec:
+    """A model as configs and flags name it by one string: a registry name, or the user's own factory
+    (``package.module:factory``, ``path/file.py:factory``), which must be trusted (``trust_model``) because
+    importing it runs its code. A file path is made absolute: Ray and Flower workers may run in another folder."""
+    if not isinstance(model, str) or ":" not in model:
+        return ModelSpec(model, kwargs)
+    if model.startswith("hf:"):
+        raise ConfigError(f"model {model!r}: a Hugging Face architecture needs its config (attack --model hf:TYPE "
+                          "--model-config FILE); image victims take registry names or your factory")
+    module, attr = split_import_path(model)
+    if not is_trusted(model):  # the factory itself: trusting a module trusts none of its functions
+        raise ConfigError(f"model {model!r} would import {module!r} and call {attr!r}, which runs its code; pass "
+                          f"{flag} {model} if you trust it")
+    name = f"{Path(module).resolve()}:{attr}" if module.endswith(".py") else model
+    return ModelSpec(name, kwargs, source="import", trusted=True)
+
+
 def _import_factory(path: str, trusted: bool = False) -> Callable[..., Any]:
     module_name, attr = split_import_path(path)
     if not (trusted or is_trusted(path)):
@@ -134,9 +168,11 @@ def _import_factory(path: str, trusted: bool = False) -> Callable[..., Any]:
                     raise CaptureError(f"cannot import model file {module_name!r}")
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[unique] = module
-                spec.loader.exec_module(module)
+                with _on_import_path(file.parent):  # the file's own imports of modules beside it
+                    spec.loader.exec_module(module)
         else:
-            module = importlib.import_module(module_name)
+            with _on_import_path(Path.cwd()):  # as `python -m` finds it; the `gradleak` script does not
+                module = importlib.import_module(module_name)
     except CaptureError:
         raise
     except Exception as exc:  # the user's module failed to import: say so in one line
@@ -325,8 +361,6 @@ class ModelSpec:
     # -- building ----------------------------------------------------------------------------------------
     def _construct(self) -> nn.Module:
         if self.source == "registry":
-            from gradleak.models import build_model
-
             try:
                 return build_model(self.name, **self.kwargs)
             except ConfigError as exc:
@@ -372,7 +406,7 @@ class ModelSpec:
         return config
 
     def _construct_huggingface(self, config: Any = None) -> nn.Module:
-        import transformers
+        import transformers  # heavy (seconds): loaded only when a Hugging Face model is built
 
         config = self._huggingface_config() if config is None else config
         head = self.kwargs.get("head", "base")

@@ -44,15 +44,19 @@ import json
 import math
 import os
 import socket
+import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gradleak.config import build, check_tables, coerce, describe, field_names, field_type
+import torch
+
+from gradleak.config import build, check_tables, coerce, describe, field_names, field_type, read_file
 from gradleak.errors import ConfigError, DataError
-from gradleak.experiment import ExperimentConfig
+from gradleak.experiment import ExperimentConfig, run_experiment
 from gradleak.outputs import clear_stale
 
 #: every mean beside the best guess's (``best_baseline_*``: the mean over the run's samples of the best guess an
@@ -180,6 +184,12 @@ class SweepConfig:
         return out
 
 
+def load_sweep_config(path: str | Path, max_experiments: int | None = None) -> SweepConfig:
+    """A ``SweepConfig`` from a file with ``[sweep]``, ``[base]`` and ``[grid]`` tables; ``max_experiments``
+    overrides the file's bound on the grid size."""
+    return SweepConfig.from_dict(read_file(path), str(path), max_experiments=max_experiments)
+
+
 def _identity(name: Any, base: Any, grid: Any) -> str:
     """SHA-256 of a sweep's name, base experiment and axis names, as sorted JSON (``SweepConfig.digest``)."""
     identity = {"name": name, "base": base, "axes": sorted(grid)}
@@ -234,7 +244,7 @@ class ResultsTable:
             return []
         try:
             if self.parquet:
-                import pyarrow.parquet as pq
+                import pyarrow.parquet as pq  # only for a Parquet table
 
                 return pq.read_table(self.path).to_pylist()
             with self.path.open(newline="", encoding="utf-8") as fh:
@@ -258,7 +268,7 @@ class ResultsTable:
         columns = _union([list(r) for r in rows])
         tmp = self.path.with_name(self.path.name + ".tmp")
         if self.parquet:
-            import pyarrow as pa
+            import pyarrow as pa  # only for a Parquet table
             import pyarrow.parquet as pq
 
             pq.write_table(pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in rows]), tmp)
@@ -338,13 +348,6 @@ def parse_cell(value: Any) -> Any:
 
 def run_one(config_dict: dict[str, Any], threads: int = 1) -> dict[str, Any]:
     """Run one experiment (in a Ray worker); return its metrics and report files, or its error."""
-    import tempfile
-    import traceback
-
-    import torch
-
-    from gradleak.experiment import run_experiment
-
     torch.set_num_threads(max(1, threads))
     start = time.perf_counter()
     try:
@@ -518,7 +521,7 @@ def run_sweep(
     The table is first rebuilt from the stored per-run results (see the module docstring), so a sweep killed
     at any point, even mid-write, resumes with one complete row per experiment. A table or folder another sweep
     (or anything but gradleak) wrote is refused first, unless ``force`` (see ``claim_output``)."""
-    import ray
+    import ray  # heavy (seconds): only a sweep that runs needs it
 
     start = time.perf_counter()
     settings = config.settings

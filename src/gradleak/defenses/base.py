@@ -171,6 +171,7 @@ class Defense(ABC):
         expected_batch_size: int | None = None,
     ) -> Update:
         """The gradient of one local step on normalised ``inputs``; plain mean cross-entropy by default."""
+        # why local: batch_gradient lives in the client step (victim), which imports this module
         from gradleak.victim import batch_gradient
 
         return batch_gradient(model, inputs, labels)
@@ -200,7 +201,9 @@ def build_defense(name: str | None, **kwargs: Any) -> Defense | None:
         if kwargs:
             raise ConfigError(f"defense settings {kwargs} given without a defense")
         return None
-    import gradleak.defenses  # noqa: F401  (registers every family)
+    # why local: the package imports this module, then every family, which registers itself here; a name is
+    # found once the package has loaded
+    import gradleak.defenses  # noqa: F401
 
     return DEFENSES.build(name, **kwargs)
 
@@ -220,6 +223,7 @@ def defended_update(
 
     ``update_of`` computes the protocol's raw update for a batch (FedAvg passes its local-training delta);
     by default it is one ``defense.step_gradient``. ``defense=None`` is the undefended mean gradient."""
+    # why local: batch_gradient lives in the client step (victim), which imports this module
     from gradleak.victim import batch_gradient
 
     if defense is None:

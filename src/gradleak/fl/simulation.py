@@ -19,13 +19,15 @@ from typing import Any, Literal
 import torch
 
 from gradleak import limits
-from gradleak.data import check_image_size
+from gradleak.attacks import ATTACKS
+from gradleak.config import build, check_tables, read_file
+from gradleak.data import check_image_size, load_dataset
 from gradleak.errors import ConfigError
 from gradleak.fl.audit import AuditTarget
 from gradleak.fl.clients import ClientSetup, make_client_app, make_secagg_client_app
-from gradleak.fl.filtering import RoundFilterReport, check_threshold
+from gradleak.fl.filtering import FilteringStrategy, RoundFilterReport, check_threshold
 from gradleak.fl.recording import RecordedUpdate, RecordingLegacyStrategy, RecordingStrategy, UpdateRecorder
-from gradleak.model_spec import is_trusted, split_import_path
+from gradleak.model_spec import model_spec_for
 from gradleak.observation import GroundTruth, ModelSpec
 
 
@@ -145,8 +147,6 @@ class FederationRun:
 
 
 def _setup(config: FederationConfig) -> tuple[ClientSetup, AuditTarget]:
-    from gradleak.data import load_dataset
-
     ds = load_dataset(config.dataset, size=config.image_size, channels=config.channels)
     num_classes = config.num_classes or ds.num_classes
     if num_classes < ds.num_classes:
@@ -158,18 +158,7 @@ def _setup(config: FederationConfig) -> tuple[ClientSetup, AuditTarget]:
                           f"{len(ds)} images of {ds.name!r} over {config.num_clients} clients is {shard} each")
     c, h, _ = ds.input_shape
     kwargs = {"in_channels": c, "num_classes": num_classes, "image_size": h, **config.model_kwargs}
-    if ":" in config.model:
-        # the user's own factory (package.module:factory), called with in_channels, num_classes, image_size and
-        # model_kwargs; a config file may come from someone else, so its module must be trusted by the user
-        module, attr = split_import_path(config.model)
-        if not is_trusted(config.model):  # the factory itself: trusting a module trusts none of its functions
-            raise ConfigError(f"model {config.model!r} would import {module!r} and call {attr!r}, which runs its "
-                              f"code; pass --trust-model {config.model} if you trust it")
-        # a file path is made absolute: Flower's clients run in Ray workers, whose working folder may differ
-        name = f"{Path(module).resolve()}:{attr}" if module.endswith(".py") else config.model
-        spec = ModelSpec(name, kwargs, source="import", trusted=True)
-    else:
-        spec = ModelSpec(config.model, kwargs)
+    spec = model_spec_for(config.model, kwargs)  # the user's own factory only when trusted (--trust-model)
     setup = ClientSetup(
         dataset=config.dataset, image_size=config.image_size, channels=config.channels, model_spec=spec,
         num_clients=config.num_clients, examples_per_round=config.examples_per_round, protocol=config.protocol,
@@ -202,8 +191,6 @@ def _server_app(config: FederationConfig, setup: ClientSetup, initial: dict[str,
             FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=n, min_available_nodes=n), recorder
         )
         if config.filter_threshold is not None:
-            from gradleak.fl.filtering import FilteringStrategy
-
             # the recorder sits inside the filter: it records exactly the updates FedAvg aggregates
             strategy = FilteringStrategy(strategy, setup.model_spec.build, num_classes=setup.model_spec.kwargs.get(
                 "num_classes"), threshold=config.filter_threshold, action=config.action)
@@ -298,6 +285,13 @@ class AuditSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from gradleak.attacks import ATTACKS
-
         ATTACKS.get(self.attack)
+
+
+def load_audit_config(path: str | Path) -> tuple[FederationConfig, AuditSettings]:
+    """``(FederationConfig, AuditSettings)`` from a file with ``[federation]`` and ``[audit]`` tables."""
+    data = read_file(path)
+    check_tables(data, ("federation", "audit"), str(path))
+    fed = build(FederationConfig, data.get("federation", {}), str(path), "federation")
+    settings = build(AuditSettings, data.get("audit", {}), str(path), "audit")
+    return fed, settings

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from gradleak import __version__
 from gradleak.attacks.base import Reconstruction
 from gradleak.baselines import Margins
 from gradleak.metrics import Scores
@@ -62,8 +63,6 @@ def metrics_dict(
     seed: int | None,
     device: str,
 ) -> dict[str, Any]:
-    from gradleak import __version__
-
     means: dict[str, float | None] = {"psnr": None, "ssim": None, "mse": None, "label_accuracy": None}
     per_sample: dict[str, Any] = {k: None for k in ("psnr", "ssim", "mse", "label_correct", "assignment", "leaked")}
     judged: dict[str, Any] = {"baselines": None, "margins": asdict(Margins()), "reidentification": {},

@@ -22,6 +22,7 @@ from typing import Any
 from gradleak.errors import ConfigError
 from gradleak.outputs import check_not_input
 from gradleak.report import plots
+from gradleak.sweep import ResultsTable
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1180px;color:#1d2430;
@@ -323,8 +324,6 @@ def render_audit_rows(rows: Sequence[dict[str, Any]], grids: dict[tuple[int, str
 # -- entry point ------------------------------------------------------------------------------------------
 def write_html(source: str | Path, out: str | Path | None = None, config: Any = None, title: str | None = None) -> Path:
     """Render the report for ``source`` (results table, run folder or audit folder) to ``out``."""
-    from gradleak.sweep import ResultsTable
-
     source = Path(source)
     if source.is_file() and source.suffix.lower() in (".csv", ".parquet"):
         rows = ResultsTable(source).typed_rows()
