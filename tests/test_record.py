@@ -157,3 +157,82 @@ def test_a_block_without_backward_is_a_clear_error(face) -> None:
     with pytest.raises(ConfigError, match="no trainable parameter has a gradient"):
         with gradleak.record(SmallCNN(), batch=(x, y)):
             pass
+
+
+def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    F.cross_entropy(model(x), y).backward()
+
+
+def test_a_model_built_with_non_default_arguments_rebuilds_from_its_capture_or_is_refused(face, tmp_path) -> None:
+    """A capture stores the model as its class's import path and settings: a model built with non-default
+    constructor arguments (4 classes, not 10) would rebuild as another architecture, so saving it without them is
+    refused with one line naming the parameter; with ``model_kwargs`` it rebuilds in another process's way (from
+    the file) with the same shapes; wrong ``model_kwargs`` and a registry ``model_spec`` are checked on entry."""
+    x, y = face
+    torch.manual_seed(0)
+    model = SmallCNN(classes=4)
+    with gradleak.record(model, batch=(x, y % 4)) as rec:
+        _step(model, x, y % 4)
+    assert rec.observation.update["head.weight"].shape == (4, 768)  # in this process the live module serves
+    with pytest.raises(gradleak.errors.CaptureError, match=r"SmallCNN\(\) builds 'head.weight' shaped \(10, 768\), "
+                                                           r"the model's is \(4, 768\).*model_kwargs"):
+        gradleak.save_capture(rec.observation, tmp_path / "refused.safetensors")
+    assert not (tmp_path / "refused.safetensors").exists()
+
+    with gradleak.record(model, batch=(x, y % 4), model_kwargs={"classes": 4}) as rec:
+        _step(model, x, y % 4)
+    path = gradleak.save_capture(rec.observation, tmp_path / "step.safetensors")
+    name = rec.observation.model_spec.name
+    loaded = gradleak.load_capture(path, trust=[name])
+    assert loaded.model_spec.kwargs == {"classes": 4} and loaded.model_spec.source == "import"
+    assert loaded.build_model().head.weight.shape == (4, 768)
+    assert torch.equal(loaded.update["head.weight"], rec.observation.update["head.weight"])
+
+    with pytest.raises(ConfigError, match=r"record: model SmallCNN cannot be rebuilt from a capture: .*"
+                                          r"SmallCNN\(\*\*\{'classes': 5\}\) builds 'head.weight' shaped \(5, 768\)"):
+        with gradleak.record(model, batch=(x, y % 4), model_kwargs={"classes": 5}):
+            pass
+
+    lenet = gradleak.build_model("lenet", in_channels=1, num_classes=4, image_size=32)
+    spec = gradleak.ModelSpec("lenet", {"in_channels": 1, "num_classes": 4, "image_size": 32})
+    with gradleak.record(lenet, batch=(x, y % 4), model_spec=spec) as rec:
+        _step(lenet, x, y % 4)
+    assert gradleak.load_capture(gradleak.save_capture(rec.observation, tmp_path / "lenet.safetensors")) \
+        .model_spec == spec
+    with pytest.raises(ConfigError, match=r"lenet\(\*\*\{'in_channels': 1\}\) builds 'classifier.weight' shaped \(10, 768\)"):
+        with gradleak.record(lenet, batch=(x, y % 4), model_spec=gradleak.ModelSpec("lenet", {"in_channels": 1})):
+            pass
+
+
+def test_a_recorded_opacus_step_carries_its_epsilon_into_the_capture(tmp_path, assert_matches_google) -> None:
+    """A user's own Opacus training (``PrivacyEngine.make_private``, Poisson sampling by its ``DPDataLoader``)
+    recorded with ``privacy=engine``: the capture's metadata holds the accountant's epsilon after the step, its
+    delta, the accountant, the noise multiplier and the sample rate, and Google's accountant confirms the figure
+    for one step at that rate. (Reports write the observation's info, so ``metrics.json`` carries it too.)"""
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    xs, ys = load_dataset("faces").batch(list(range(32)))
+    torch.manual_seed(0)
+    module = SmallCNN()
+    engine = PrivacyEngine(accountant="rdp")
+    model, optimizer, loader = engine.make_private(
+        module=module, optimizer=torch.optim.SGD(module.parameters(), lr=0.1),
+        data_loader=DataLoader(TensorDataset(xs, ys % 10), batch_size=8), noise_multiplier=1.0, max_grad_norm=1.0,
+    )
+    x, y = next(xb for xb in iter(loader) if len(xb[0]))  # a Poisson batch (expected size 8 of 32)
+    with gradleak.record(model, batch=(x, y), privacy=engine) as rec:
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    privacy = rec.observation.info["privacy"]
+    assert privacy["epsilon"] == pytest.approx(engine.get_epsilon(1e-5), rel=1e-12)
+    assert (privacy["delta"], privacy["accountant"], privacy["noise_multiplier"], privacy["sample_rate"],
+            privacy["steps"]) == (1e-5, "opacus.rdp", 1.0, 0.25, 1)
+    assert privacy["sampling"].startswith("poisson")
+    assert_matches_google(privacy["epsilon"], 1.0, 0.25, 1)
+    loaded = gradleak.load_capture(gradleak.save_capture(rec.observation, tmp_path / "dp.safetensors"))
+    assert loaded.info["privacy"] == privacy
+    with pytest.raises(ConfigError, match="privacy must be gradleak's Privacy or an Opacus"):
+        with gradleak.record(model, batch=(x, y), privacy="strong"):
+            pass

@@ -90,6 +90,20 @@ def check_rebuilds(spec: ModelSpec, module: nn.Module | None = None, who: str = 
                           f"factory='module:function' that builds it, or model_spec=ModelSpec(...)")
 
 
+def check_privacy(privacy: Any, delta: float) -> Any:
+    """``privacy`` as ``record`` takes it (gradleak's ``Privacy``, or an Opacus ``PrivacyEngine`` or accountant)
+    and ``delta`` in (0, 1), or ``ConfigError``; returns the Opacus accountant (``None`` for a ``Privacy``)."""
+    if isinstance(privacy, Privacy):
+        return None
+    accountant = getattr(privacy, "accountant", privacy)
+    if not callable(getattr(accountant, "get_epsilon", None)) or not hasattr(accountant, "history"):
+        raise ConfigError(f"record: privacy must be gradleak's Privacy or an Opacus PrivacyEngine/accountant, got "
+                          f"{type(privacy).__name__}")
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
+        raise ConfigError(f"record: delta must lie in (0, 1), got {delta!r}")
+    return accountant
+
+
 def privacy_info(privacy: Any, delta: float) -> dict[str, Any]:
     """The DP guarantee of a recorded step as capture metadata: epsilon, delta, the accountant, the noise
     multiplier, and the sampling the accountant assumed. ``privacy`` is gradleak's ``Privacy``, or an Opacus
@@ -104,14 +118,9 @@ def privacy_info(privacy: Any, delta: float) -> dict[str, Any]:
                 "noise_multiplier": privacy.noise_multiplier, "sample_rate": s.sample_rate,
                 "steps": s.accounted_steps, "sampling": "poisson" if s.poisson else "fixed batches (no amplification)",
                 "schedule": s.describe()}
-    accountant = getattr(privacy, "accountant", privacy)
-    if not callable(getattr(accountant, "get_epsilon", None)) or not hasattr(accountant, "history"):
-        raise ConfigError(f"record: privacy must be gradleak's Privacy or an Opacus PrivacyEngine/accountant, got "
-                          f"{type(privacy).__name__}")
+    accountant = check_privacy(privacy, delta)
     if not accountant.history:
         raise ConfigError("record: the Opacus accountant holds no step (did the block call optimizer.step()?)")
-    if not 0 < delta < 1:
-        raise ConfigError(f"record: delta must lie in (0, 1), got {delta}")
     sigmas = {float(h[0]) for h in accountant.history}
     rates = {float(h[1]) for h in accountant.history}
     return {"epsilon": number(float(accountant.get_epsilon(delta=delta))), "delta": delta,
@@ -225,6 +234,8 @@ def record(
                               f"got {tokenizer!r} for {spec.kind} inputs")
         spec = dataclasses.replace(spec, tokenizer=name)
     the_task = task or describe_task(inner, spec, x)
+    if privacy is not None:
+        check_privacy(privacy, delta)
     if model_spec is not None and (factory is not None or model_kwargs is not None):
         raise ConfigError("record: give model_spec, or factory/model_kwargs, not both")
     if model_spec is None:

@@ -53,3 +53,30 @@ def test_dp_client_clips_per_sample_and_adds_noise():
     b, _ = client_update(_setup("dp", dp_noise_multiplier=1.0, dp_max_grad_norm=0.01, seed=1), weights, 0, 1, lr=1.0)
     assert 0 < m["dp-epsilon"] < 100
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_readme_fl_audit_dp_epsilon_beside_googles_accountant(assert_matches_google):
+    """The README's ``gradleak fl-audit examples/fl_audit.toml --protocol dp`` figure, recomputed on the very
+    schedule its clients run: 4 clients, 2 rounds, 1 new example of the shard a round in 1 step (fixed slices, no
+    amplification by sampling), noise multiplier 1, delta 1e-5. Every client's reported epsilon after round 1 and
+    after round 2 is Google's ``dp-accounting`` figure for one Gaussian step at sigma 1 (4.73)."""
+    from pathlib import Path
+
+    from gradleak.fl.simulation import load_audit_config
+
+    config, _ = load_audit_config(Path(__file__).resolve().parents[2] / "examples" / "fl_audit.toml")
+    spec = ModelSpec("lenet", {"in_channels": 1, "num_classes": config.num_classes, "image_size": config.image_size})
+    setup = ClientSetup(config.dataset, config.image_size, None, spec, num_clients=config.num_clients,
+                        examples_per_round=config.examples_per_round, protocol="dp", seed=config.seed,
+                        dp_noise_multiplier=config.dp_noise_multiplier, dp_max_grad_norm=config.dp_max_grad_norm)
+    torch.manual_seed(0)
+    weights = spec.build().state_dict()
+    epsilons = []
+    for server_round in range(1, config.rounds + 1):
+        for pid in range(config.num_clients):
+            _, metrics = client_update(setup, weights, pid, server_round, config.local_lr, config.local_steps,
+                                       config.examples_per_round)
+            epsilons.append(metrics["dp-epsilon"])
+    assert len(epsilons) == 8 and max(epsilons) - min(epsilons) < 1e-9
+    assert epsilons[0] == pytest.approx(4.7285, abs=1e-3)
+    assert_matches_google(epsilons[0], config.dp_noise_multiplier, 1.0, 1)

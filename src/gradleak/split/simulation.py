@@ -2,6 +2,15 @@
 
 Client ``f_c`` (blocks 1..cut) and server ``f_s`` (the rest): the client sends ``z = f_c(x)`` (plus noise, if
 defended), the server computes the loss with the labels and returns ``dL/dz`` (Vepakomma et al. 2018).
+
+Why this is not ``gradleak.client_step``: a federated client shares a parameter update (a gradient or weight
+delta keyed by parameter name) of a model the server holds whole, and ``Observation`` is validated against that
+model. A split client shares no parameter update at all: the server sees activations at the cut and the
+gradients it returns, per example, for a model it holds only half of, so ``SplitObservation`` has no update,
+no ``ModelSpec`` and no task to validate against, and its defenses (``SplitDefense``: noise on the smashed data
+or on the returned gradients, NoPeek) act on those tensors, not on a parameter update. What is shared: the
+private batch is a ``GroundTruth``, images are described by ``ImageInput``, and every leak is scored beside the
+same attacker guesses (``baselines.ImageGuesses``).
 """
 
 from __future__ import annotations
