@@ -127,13 +127,14 @@ SETTING_RANGES: dict[str, tuple[float, float, bool, bool, bool]] = {
     "objective_scale": (0, INF, True, True, False), "tv": (0, INF, False, True, False),
     "bn": (0, INF, False, True, False), "l2": (0, INF, False, True, False), "group": (0, INF, False, True, False),
     "alpha": (0, INF, False, True, False), "coeff_reg": (0, INF, False, True, False),
-    "coeff_perplexity": (0, INF, False, True, False),
+    "coeff_perplexity": (0, INF, False, True, False), "epoch_prior": (0, INF, False, True, False),
     # LAMP's discrete moves and prior
     "init_candidates": (1, INF, False, True, True), "candidates": (1, INF, False, True, True),
     "swap_every": (1, INF, False, True, True), "swap_burnin": (0, 1, False, False, False),
     "prior_steps": (0, INF, False, True, True),
     # DAGER and the subspace attack: relative distances, search bounds
     "threshold": (0, 1, True, False, False), "threshold2": (0, 1, True, False, False),
+    "dropout_threshold": (0, 1, True, False, False), "time_limit_s": (0, INF, True, True, False),
     "max_candidates": (1, INF, False, True, True), "assemble_sweeps": (0, INF, False, True, True),
     "assemble_options": (0, INF, False, True, True), "repair_positions": (0, INF, False, True, True),
     "extra": (0, INF, False, True, True), "branch_ratio": (0, INF, True, True, False),

@@ -34,20 +34,24 @@ TEXT_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def text_model_spec(name: str, vocab_size: int, pad_id: int, *, eos_id: int | None = None, head: str | None = None,
-                    num_labels: int = 2, **overrides: Any) -> ModelSpec:
+                    num_labels: int = 2, dropout: float = 0.0, **overrides: Any) -> ModelSpec:
     """The ``ModelSpec`` of a named text model for a tokenizer's vocabulary; decoders default to causal LM,
-    encoders to sequence classification with ``num_labels``."""
+    encoders to sequence classification with ``num_labels``. ``dropout``: every dropout rate of the config
+    (embedding, attention, residual/hidden); 0 by default, 0.1 is the ``transformers`` default a user's model has
+    (a train-mode step then draws masks the attacker does not see; see ``attacks.text.dropout``)."""
+    if not (isinstance(dropout, (int, float)) and 0.0 <= float(dropout) < 1.0):
+        raise ConfigError(f"dropout must be a rate in [0, 1), got {dropout!r}")
     if name not in TEXT_MODELS:
         raise ConfigError(f"unknown text model {name!r}; known: {', '.join(TEXT_MODELS)}")
     model_type, settings = TEXT_MODELS[name]
     config: dict[str, Any] = {**settings, "vocab_size": vocab_size, "pad_token_id": pad_id, **overrides}
     if model_type == "gpt2":
         end = pad_id if eos_id is None else eos_id
-        config.update({"bos_token_id": end, "eos_token_id": end, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
-                       "attn_pdrop": 0.0})
+        config.update({"bos_token_id": end, "eos_token_id": end, "resid_pdrop": dropout, "embd_pdrop": dropout,
+                       "attn_pdrop": dropout})
         head = head or "causal_lm"
     else:
-        config.update({"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+        config.update({"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout})
         if eos_id is not None:  # where a record ends: public, as the tokenizer is (DAGER reads records' ends by it)
             config["eos_token_id"] = eos_id
         head = head or "sequence_classification"

@@ -18,17 +18,21 @@ exact on the gradient as shared, and breaks when the update is noised or quantis
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
+from scipy.optimize import linear_sum_assignment
 from torch import nn
+from tqdm import tqdm
 
 from gradleak.attacks.base import ATTACKS, Attack, Callback, Reconstruction
 from gradleak.attacks.rank import check_rtol, record, surface
 from gradleak.attacks.taps import module_io
+from gradleak.attacks.text.dropout import masked_distance, widened_projector
 from gradleak.attacks.text.spans import Span
 from gradleak.errors import ConfigError
 from gradleak.inputs import TokenInput
@@ -102,6 +106,15 @@ class _Architecture:
     def first_inputs(self, position: int) -> torch.Tensor:
         raise NotImplementedError
 
+    def dropout_rate(self) -> float:
+        """The dropout rate on the first layer's input in the client's (train-mode) step; 0 when none."""
+        raise NotImplementedError
+
+    def masked_candidates(self, position: int, span: Span) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every vocabulary entry at ``position`` before the dropout mask, and the projector its masked copy is
+        tested with (``attacks.text.dropout``)."""
+        raise NotImplementedError
+
 
 class _GPT2(_Architecture):
     decoder = True
@@ -124,6 +137,16 @@ class _GPT2(_Architecture):
     def first_inputs(self, position: int) -> torch.Tensor:
         e = self.t.wte.weight + self.t.wpe.weight[position]
         return self.t.h[0].ln_1(e)
+
+    def dropout_rate(self) -> float:
+        return float(getattr(self.model.config, "embd_pdrop", 0.0) or 0.0)  # dropout on wte + wpe, before ln_1
+
+    @torch.no_grad()
+    def masked_candidates(self, position: int, span: Span) -> tuple[torch.Tensor, torch.Tensor]:
+        ln = self.t.h[0].ln_1  # ln_1(m e) = gamma (m e - mu) / sigma + beta: gamma * m * e is in span + gamma, beta
+        x = ln.weight * (self.t.wte.weight + self.t.wpe.weight[position])
+        extra = [t for t in (ln.weight, ln.bias) if t is not None]
+        return x, widened_projector(span, extra)
 
     @torch.no_grad()
     def second_inputs(self, ids: torch.Tensor) -> torch.Tensor:
@@ -182,6 +205,12 @@ class _BERT(_Architecture):
         e = emb.word_embeddings.weight + emb.position_embeddings.weight[position] + emb.token_type_embeddings.weight[0]
         return emb.LayerNorm(e)
 
+    def dropout_rate(self) -> float:
+        return float(getattr(self.model.config, "hidden_dropout_prob", 0.0) or 0.0)  # after the embedding norm
+
+    def masked_candidates(self, position: int, span: Span) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.first_inputs(position), widened_projector(span, [])
+
     @torch.no_grad()
     def second_inputs(self, ids: torch.Tensor, pad: int | None) -> torch.Tensor:
         """The second layer's inputs ``(n, length, d)`` for whole sequences: the first layer's output (BERT normalises
@@ -227,6 +256,8 @@ class DAGER(Attack):
     assemble_sweeps: int = 24
     assemble_options: int = 4
     repair_positions: int = 3
+    dropout_threshold: float = 0.02
+    time_limit_s: float = 600.0
 
     def __post_init__(self) -> None:
         super().__post_init__()  # ranges of every setting (attacks.base.SETTING_RANGES)
@@ -235,7 +266,8 @@ class DAGER(Attack):
     def settings(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "threshold2": self.threshold2, "rtol": self.rtol,
                 "max_candidates": self.max_candidates, "assemble_sweeps": self.assemble_sweeps,
-                "assemble_options": self.assemble_options, "repair_positions": self.repair_positions}
+                "assemble_options": self.assemble_options, "repair_positions": self.repair_positions,
+                "dropout_threshold": self.dropout_threshold, "time_limit_s": self.time_limit_s}
 
     def reconstruct(self, obs: Observation, *, device: torch.device | str = "cpu", seed: int | None = None,
                     callback: Callback | None = None, progress: bool = False) -> Reconstruction:
@@ -248,10 +280,16 @@ class DAGER(Attack):
         details: dict[str, Any] = {"layer1_full": span1.full,
                                    "layer1_test": "adapter B through A" if isinstance(span1, AdapterSpan) else
                                    "weight gradient"}
+        rate = arch.dropout_rate() if obs.model_mode == "train" else 0.0
+        dropout = rate > 0
+        details["dropout"] = rate
+        if dropout:
+            details["layer1_test"] += f", dropout masks searched (rate {rate:g})"
         if not span1.full and _ambiguous(span1):
-            span1 = self._choose_rank(arch, span1, obs, details)
+            span1 = self._choose_rank(arch, span1, obs, details, dropout)
         details["layer1_rank"] = span1.rank
         record(details, "layer1", span1.decision)
+        deadline = start + self.time_limit_s
         if arch.decoder and span1.full:
             # more tokens in the batch than the layer is wide: every candidate is in the span, the test says
             # nothing (DAGER's limit; its code scores such runs 0). Stop here rather than search all prefixes.
@@ -259,14 +297,24 @@ class DAGER(Attack):
             details["candidates_per_position"] = []
             details["stopped"] = f"layer-1 span is the whole space (rank {span1.rank})"
         elif arch.decoder:
-            per_position = self._first_candidates(arch, span1, length)
+            per_position = self._first_candidates(arch, span1, length, dropout, progress, deadline, details)
             details["candidates_per_position"] = [len(c) for c in per_position]
-            sequences = self._decode(arch, per_position, obs, details)
+            if dropout:
+                sequences = self._link(arch, per_position, obs, details)
+            else:
+                sequences = self._decode(arch, per_position, obs, details, progress, deadline)
         else:
-            per_position, sequences = self._encode(arch, span1, obs, details)
+            per_position, sequences = self._encode(arch, span1, obs, details, dropout)
         pad = obs.inputs.pad_token_id if obs.inputs.pad_token_id is not None else 0
         rows = [(s + [pad] * length)[:length] for s in sequences][: max(obs.batch_size, 1)]
         details["sequences_found"] = len(sequences)
+        # certified: every token passed the layer-1 test and the record's order passed the layer-2 test (decoders
+        # without dropout); under dropout or in an encoder's assembly the order is a best guess, not a proof
+        details["records_certified"] = (min(len(sequences), max(obs.batch_size, 1))
+                                        if arch.decoder and not dropout and not details.get("stopped") else 0)
+        if (dropout and arch.decoder and obs.batch_size == 1 and len(sequences) == 1 and per_position
+                and all(len(c) == 1 for c in per_position[:-1]) and not details.get("stopped")):
+            details["records_certified"] = 1  # one record, one certified token a position: nothing to link
         while len(rows) < obs.batch_size:
             rows.append([pad] * length)
         ids = torch.tensor(rows, dtype=torch.long)
@@ -275,15 +323,28 @@ class DAGER(Attack):
         return Reconstruction(inputs=ids, labels=None, attack=self.name, settings=self.settings(),
                               iterations=1, wall_time_s=time.perf_counter() - start, details=details)
 
-    def _first_candidates(self, arch: _Architecture, span1: Span, length: int) -> list[list[int]]:
-        """Decoders: the tokens at each position whose layer-1 input lies within ``threshold`` of the span."""
+    def _first_candidates(self, arch: _Architecture, span1: Span, length: int, dropout: bool = False,
+                          progress: bool = False, deadline: float = math.inf,
+                          details: dict[str, Any] | None = None) -> list[list[int]]:
+        """Decoders: the tokens at each position whose layer-1 input lies within ``threshold`` of the span; under
+        dropout, whose masked input does within ``dropout_threshold`` (``attacks.text.dropout``)."""
         per_position = []
-        for p in range(length):
-            dist = span1.distance(arch.first_inputs(p))
-            per_position.append([int(v) for v in torch.nonzero(dist < self.threshold).flatten()])
+        for p in tqdm(range(length), desc="dager layer 1", disable=not progress, leave=False):
+            if time.perf_counter() > deadline:
+                if details is not None:
+                    details["stopped"] = (f"time limit {self.time_limit_s:g} s reached in the layer-1 test at "
+                                          f"position {p} of {length}")
+                break
+            if dropout:
+                x, projector = arch.masked_candidates(p, span1)
+                dist, bound = masked_distance(x, projector), self.dropout_threshold
+            else:
+                dist, bound = span1.distance(arch.first_inputs(p)), self.threshold
+            per_position.append([int(v) for v in torch.nonzero(dist < bound).flatten()])
         return per_position
 
-    def _choose_rank(self, arch: _Architecture, span1: Span, obs: Observation, details: dict[str, Any]) -> Span:
+    def _choose_rank(self, arch: _Architecture, span1: Span, obs: Observation, details: dict[str, Any],
+                     dropout: bool = False) -> Span:
         """The layer-1 rank among an ambiguous decision's candidates (no clear gap at the noise floor: which side
         of it a direction falls on is the arithmetic's choice, not the data's) that DAGER's own tests support
         best, without the ground truth. Decoders: the candidate whose layer-2 test certifies the most sequences,
@@ -303,8 +364,10 @@ class DAGER(Attack):
             batch = max(obs.batch_size, 1)
             for r in candidates:
                 span = span1.at_rank(r)
-                per_position = self._first_candidates(arch, span, obs.inputs.seq_len)  # type: ignore[union-attr]
-                found = self._decode(arch, per_position, obs, {})
+                per_position = self._first_candidates(arch, span, obs.inputs.seq_len,  # type: ignore[union-attr]
+                                                      dropout)
+                found = self._link(arch, per_position, obs, {}) if dropout else self._decode(arch, per_position,
+                                                                                              obs, {})
                 scores[r] = (float(min(len(found), batch)), -float(sum(len(c) for c in per_position)))
             how = "layer-2 test: sequences certified"
         else:
@@ -352,7 +415,7 @@ class DAGER(Attack):
         return worst
 
     def _decode(self, arch: _Architecture, per_position: list[list[int]], obs: Observation,
-                details: dict[str, Any]) -> list[list[int]]:
+                details: dict[str, Any], progress: bool = False, deadline: float = math.inf) -> list[list[int]]:
         assert isinstance(arch, _GPT2)
         span2 = arch.span(1, self.rtol)
         details["layer2_rank"] = span2.rank
@@ -368,7 +431,11 @@ class DAGER(Attack):
             keep = span2.distance(arch.second_inputs(torch.tensor(active, device=device))) < self.threshold2
             active = [a for a, k in zip(active, keep.tolist()) if k]
         finished: list[list[int]] = []
-        for p in range(1, len(per_position)):
+        for p in tqdm(range(1, len(per_position)), desc="dager layer 2", disable=not progress, leave=False):
+            if time.perf_counter() > deadline:
+                details["stopped"] = (f"time limit {self.time_limit_s:g} s reached extending {len(active)} prefixes "
+                                      f"at position {p}: the finished records and the prefixes so far are returned")
+                break
             tokens = per_position[p]
             extendable = [a for a in active if a[-1] not in ends]
             done = [a for a in active if a not in extendable]
@@ -396,8 +463,47 @@ class DAGER(Attack):
         finished += active
         return [s for s in finished if s]
 
-    def _encode(self, arch: _Architecture, span1: Span, obs: Observation,
-                details: dict[str, Any]) -> tuple[list[list[int]], list[list[int]]]:
+    def _link(self, arch: _Architecture, per_position: list[list[int]], obs: Observation,
+              details: dict[str, Any]) -> list[list[int]]:
+        """Decoders under dropout: the tokens each position holds are certified by the masked layer-1 test, but
+        layer 2's input carries attention and residual dropout masks too, so the prefix test cannot be exact.
+        Records are linked instead by an assignment at each position: each of the ``batch`` records takes one of
+        the position's tokens, every token at least once, at the least total layer-2 distance of the clean
+        (no-dropout) extended prefixes (Hungarian method, Kuhn 1955). A record ends when fewer tokens remain than
+        records (its last token, the end-of-sequence marker, feeds no loss and is not in the span): the records
+        farthest from layer 2's span end first. The order is a best guess, not certified (``records_certified``
+        stays 0); measured in ``benchmarks/bench_text.py --only dropout``."""
+        assert isinstance(arch, _GPT2)
+        span2 = arch.span(1, self.rtol)
+        details["layer2_rank"] = span2.rank
+        record(details, "layer2", span2.decision)
+        batch = max(obs.batch_size, 1)
+        if not per_position or not per_position[0]:
+            return []
+        first = per_position[0]
+        rows = [[first[i % len(first)]] for i in range(batch)]  # shared first tokens: spread over the records
+        alive = list(range(batch))
+        for p in range(1, len(per_position)):
+            tokens = per_position[p]
+            if not tokens:
+                break
+            keep = min(len(alive), max(len(tokens), len(alive) - max(0, len(per_position[p - 1]) - len(tokens))))
+            cost = span2.distance(arch.second_inputs_extending([rows[r] for r in alive], tokens)).cpu()
+            if keep < len(alive):  # the records farthest from the span at their best token end here
+                order = torch.argsort(cost.min(dim=1).values).tolist()
+                alive = sorted(alive[i] for i in order[:keep])
+                cost = span2.distance(arch.second_inputs_extending([rows[r] for r in alive], tokens)).cpu()
+            # columns: each token once at a bonus (so every token is used), then again for shared tokens
+            copies = max(1, len(alive) - len(tokens) + 1)
+            wide = torch.cat([cost - 10.0] + [cost] * (copies - 1), dim=1).numpy()
+            picked_rows, cols = linear_sum_assignment(wide)
+            for i, c in zip(picked_rows.tolist(), cols.tolist()):
+                rows[alive[i]].append(tokens[c % len(tokens)])
+        details["linked_by"] = "layer-2 distance assignment (dropout: not certified)"
+        return rows
+
+    def _encode(self, arch: _Architecture, span1: Span, obs: Observation, details: dict[str, Any],
+                dropout: bool = False) -> tuple[list[list[int]], list[list[int]]]:
         """Encoders (BERT, sequence classification): the layer-1 test ranks the token bag at each position.
 
         Why not the decoder's absolute threshold: a classifier's loss reaches the batch through the first
@@ -429,8 +535,12 @@ class DAGER(Attack):
         for p in range(length):
             if alive <= 0 or pool.numel() == 0:
                 break
-            inputs = arch.first_inputs(p)
-            dist = span1.distance(inputs[pool.to(inputs.device)])
+            if dropout:  # the masked copy of each bag token's input (attacks.text.dropout)
+                x, projector = arch.masked_candidates(p, span1)
+                dist = masked_distance(x[pool.to(x.device)], projector)
+            else:
+                inputs = arch.first_inputs(p)
+                dist = span1.distance(inputs[pool.to(inputs.device)])
             ranked = torch.argsort(dist.cpu())
             picks = [int(pool[i]) for i in ranked[:alive]]
             options.append([int(pool[i]) for i in ranked[alive:alive + self.assemble_options]])

@@ -1,0 +1,72 @@
+"""DAGER's layer-1 test when the client trained with dropout on (a train-mode step of a ``transformers`` model).
+
+Where dropout enters the first layer's input (measured on ``transformers``' GPT-2 and BERT forwards):
+
+- GPT-2 drops the embedding sum before the first block (``embd_pdrop``): layer 1's query/key/value input is
+  ``ln_1(m * (wte[v] + wpe[p]) / (1 - q))`` for a per-token mask ``m`` the attacker does not see. Attention and
+  residual dropout (``attn_pdrop``, ``resid_pdrop``) act after that input and do not touch it.
+- BERT drops after the embedding layer norm (``hidden_dropout_prob``): the first query's input is
+  ``m * LN(e) / (1 - q)``.
+
+So the clean candidate is not in the span of the gradient, but its masked copy is. Write ``x`` for the candidate
+before the mask (GPT-2: ``gamma * (wte[v] + wpe[p])``, the norm's scale applied; BERT: ``LN(e)``) and ``S`` for the
+span (GPT-2: widened by the norm's ``gamma`` and ``beta``, which the normalisation adds with unknown weights): the
+true token has a mask ``m`` (about ``q`` of the coordinates off) with ``m * x`` in ``S``, a wrong token has none.
+The test searches the mask greedily: starting from ``m = 1``, it switches off the coordinate whose removal lowers
+``|P(m x)|`` most (``P``: the projector on ``S``'s complement; one rank-1 update of the residual per step) and
+keeps the smallest relative residual ``|P(m x)| / |m x|`` seen within ``share`` of the coordinates. True tokens
+reach the rounding floor (0 to 4 decimals), wrong ones stay above 0.06 (GPT-2 width 256, 170 batch tokens) and 0.13
+(width 768, 330 tokens); ``benchmarks/bench_text.py --only dropout``.
+
+This models the masks as unknowns, as GRAB does (Li et al. 2024, "Seeing the Forest through the Trees: Data
+Leakage from Partial Transformer Gradients"/"GRAB", CCS 2024), but exactly and per token: one binary mask of the
+first layer's input, found by a greedy search instead of by gradient descent on relaxed masks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gradleak.attacks.text.spans import Span
+
+#: switched-off coordinates searched, as a share of the width: twice the transformers default rate of 0.1
+#: (a mask's count is Binomial(d, q): at d = 64 and q = 0.1, 2 standard deviations above the mean is 0.18)
+SEARCH_SHARE = 0.2
+
+
+def widened_projector(span: Span, extra: list[torch.Tensor]) -> torch.Tensor:
+    """The projector ``(d, d)`` (float64) on the orthogonal complement of ``span`` widened by the ``extra``
+    directions (a layer norm's scale and shift, which it adds with unknown weights)."""
+    basis = span.basis.double()
+    if extra:
+        basis = torch.cat([basis, *[e.detach().double().reshape(-1, 1).to(basis.device) for e in extra]], dim=1)
+    q, _ = torch.linalg.qr(basis)
+    return torch.eye(q.shape[0], dtype=torch.float64, device=q.device) - q @ q.T
+
+
+def masked_distance(candidates: torch.Tensor, projector: torch.Tensor, share: float = SEARCH_SHARE,
+                    chunk: int = 512) -> torch.Tensor:
+    """For each candidate row ``x`` of ``(n, d)``, the smallest ``|P(m x)| / |m x|`` over the masks ``m`` met by a
+    greedy search switching off up to ``share`` of the coordinates (see the module docstring); ``(n,)``."""
+    x_all = candidates.detach().double().to(projector.device)
+    n, d = x_all.shape
+    steps = max(1, int(math.ceil(share * d)))
+    diag = projector.diagonal()
+    out = []
+    for i in range(0, n, chunk):
+        x = x_all[i:i + chunk].clone()
+        r = x @ projector
+        n2 = (x * x).sum(1)
+        best = r.norm(dim=1) / n2.clamp_min(1e-300).sqrt()
+        for _ in range(steps):
+            # switching off coordinate j changes |r|^2 by -2 x_j r_j + x_j^2 P_jj (P symmetric, idempotent)
+            j = (2 * x * r - x * x * diag).argmax(1, keepdim=True)
+            xj = x.gather(1, j)
+            r -= xj * projector[j[:, 0]]
+            x.scatter_(1, j, 0.0)
+            n2 -= xj[:, 0] ** 2
+            best = torch.minimum(best, r.norm(dim=1) / n2.clamp_min(1e-300).sqrt())
+        out.append(best)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
