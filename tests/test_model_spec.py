@@ -14,7 +14,7 @@ import torch
 import gradleak
 from gradleak.capture import load_capture, save_capture
 from gradleak.errors import CaptureError
-from gradleak.model_spec import ModelSpec, is_trusted
+from gradleak.model_spec import ModelSpec, is_trusted, trust_model
 from gradleak.observation import Observation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -159,3 +159,15 @@ def test_hugging_face_models_round_trip_through_a_capture_in_another_process(kin
     with torch.no_grad():
         expected = model(input_ids=torch.arange(12).remainder(97).view(2, 6)).logits
     assert torch.equal(rebuilt, expected)
+
+
+def test_a_model_file_that_fails_to_import_fails_the_same_way_again(tmp_path) -> None:
+    """A file whose import raised is not left half-run in ``sys.modules``: the next build says why again, not
+    that the factory is missing."""
+    path = tmp_path / "broken_net.py"
+    path.write_text("import no_such_module_here\n\ndef build():\n    pass\n")
+    trust_model(f"{path}:build")
+    spec = ModelSpec(f"{path}:build", {}, source="import")
+    for _ in range(2):
+        with pytest.raises(CaptureError, match="No module named 'no_such_module_here'"):
+            spec.build()

@@ -168,8 +168,12 @@ def _import_factory(path: str, trusted: bool = False) -> Callable[..., Any]:
                     raise CaptureError(f"cannot import model file {module_name!r}")
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[unique] = module
-                with _on_import_path(file.parent):  # the file's own imports of modules beside it
-                    spec.loader.exec_module(module)
+                try:
+                    with _on_import_path(file.parent):  # the file's own imports of modules beside it
+                        spec.loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[unique]  # a half-run module must not pass for the file on the next build
+                    raise
         else:
             with _on_import_path(Path.cwd()):  # as `python -m` finds it; the `gradleak` script does not
                 module = importlib.import_module(module_name)
