@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+
+def pyplot() -> Any:
+    """matplotlib's ``pyplot`` on the file-only Agg backend, loaded on first use: a command that draws nothing
+    (capture, inspect, list, an attack without a report) does not pay the second its import takes."""
+    import matplotlib  # heavy: only a command that draws loads it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def save_grid(
@@ -22,6 +30,7 @@ def save_grid(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     cols = min(max(r.shape[0] for r in rows), max_columns)
+    plt = pyplot()
     fig, axes = plt.subplots(len(rows), cols, figsize=(1.4 * cols + 1.2, 1.6 * len(rows)), squeeze=False)
     for i, (images, title) in enumerate(zip(rows, row_titles)):
         for j in range(cols):
@@ -49,6 +58,7 @@ def save_grid(
 def save_trace_plot(trace: torch.Tensor, path: str | Path, title: str = "objective") -> Path:
     """Plot the attack objective per iteration (one line per restart, log scale)."""
     path = Path(path)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     values = trace.detach().cpu().double().clamp_min(1e-30)
     for r in range(values.shape[1]):

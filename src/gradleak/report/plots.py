@@ -8,10 +8,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from gradleak.report.grid import pyplot
 
 
 def _number(value: Any) -> float | None:
@@ -67,6 +64,7 @@ def series(
 def line_plot(data: dict[str, list[tuple[float, float, float, int]]], xlabel: str, ylabel: str, title: str,
               logx: bool = False) -> bytes:
     """PNG bytes of one line per group with +-1 std error bars."""
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
     for name, line in data.items():
         xs, ms, ss = [p[0] for p in line], [p[1] for p in line], [p[2] for p in line]
