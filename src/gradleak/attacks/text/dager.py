@@ -149,6 +149,26 @@ class _GPT2(_Architecture):
         return x, widened_projector(span, extra)
 
     @torch.no_grad()
+    def dropped_inputs(self, position: int, tokens: list[int], keep: torch.Tensor, rate: float) -> torch.Tensor:
+        """Layer-1 inputs ``(len(tokens), d)`` of ``tokens`` at ``position`` under their embedding masks ``keep``
+        (True: kept), scaled by ``1 / (1 - rate)`` as dropout does in training."""
+        ids = torch.tensor(tokens, device=self.t.wte.weight.device)
+        e = (self.t.wte.weight[ids] + self.t.wpe.weight[position]).double()
+        ln = self.t.h[0].ln_1
+        z = e * keep.to(e.device) / (1.0 - rate)
+        return torch.nn.functional.layer_norm(z, z.shape[-1:], ln.weight.double(), ln.bias.double(), ln.eps)
+
+    @torch.no_grad()
+    def query_grads_and_keys(self, inputs: torch.Tensor, out_grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per head ``(n, heads, head_dim)``: the query part of each token's ``dL/d(q, k, v)`` and its key."""
+        attn = self.t.h[0].attn
+        d = inputs.shape[1]
+        heads = d // attn.head_dim
+        qkv = inputs @ attn.c_attn.weight.double() + attn.c_attn.bias.double()
+        keys = qkv[:, d:2 * d].reshape(-1, heads, attn.head_dim)
+        return out_grad[:, :d].reshape(-1, heads, attn.head_dim), keys
+
+    @torch.no_grad()
     def second_inputs(self, ids: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(ids.shape[1], device=ids.device)
         hidden = self.t.wte(ids) + self.t.wpe(positions)[None]
@@ -300,7 +320,7 @@ class DAGER(Attack):
             per_position = self._first_candidates(arch, span1, length, dropout, progress, deadline, details)
             details["candidates_per_position"] = [len(c) for c in per_position]
             if dropout:
-                sequences = self._link(arch, per_position, obs, details)
+                sequences = self._link(arch, per_position, obs, span1, rate, details)
             else:
                 sequences = self._decode(arch, per_position, obs, details, progress, deadline)
         else:
@@ -312,9 +332,8 @@ class DAGER(Attack):
         # without dropout); under dropout or in an encoder's assembly the order is a best guess, not a proof
         details["records_certified"] = (min(len(sequences), max(obs.batch_size, 1))
                                         if arch.decoder and not dropout and not details.get("stopped") else 0)
-        if (dropout and arch.decoder and obs.batch_size == 1 and len(sequences) == 1 and per_position
-                and all(len(c) == 1 for c in per_position[:-1]) and not details.get("stopped")):
-            details["records_certified"] = 1  # one record, one certified token a position: nothing to link
+        if dropout and arch.decoder and not details.get("stopped"):
+            details["records_certified"] = details.get("records_linked_certified", 0)
         while len(rows) < obs.batch_size:
             rows.append([pad] * length)
         ids = torch.tensor(rows, dtype=torch.long)
@@ -366,8 +385,8 @@ class DAGER(Attack):
                 span = span1.at_rank(r)
                 per_position = self._first_candidates(arch, span, obs.inputs.seq_len,  # type: ignore[union-attr]
                                                       dropout)
-                found = self._link(arch, per_position, obs, {}) if dropout else self._decode(arch, per_position,
-                                                                                              obs, {})
+                found = (self._link(arch, per_position, obs, span, arch.dropout_rate(), {}) if dropout
+                         else self._decode(arch, per_position, obs, {}))
                 scores[r] = (float(min(len(found), batch)), -float(sum(len(c) for c in per_position)))
             how = "layer-2 test: sequences certified"
         else:
@@ -463,44 +482,72 @@ class DAGER(Attack):
         finished += active
         return [s for s in finished if s]
 
-    def _link(self, arch: _Architecture, per_position: list[list[int]], obs: Observation,
-              details: dict[str, Any]) -> list[list[int]]:
-        """Decoders under dropout: the tokens each position holds are certified by the masked layer-1 test, but
-        layer 2's input carries attention and residual dropout masks too, so the prefix test cannot be exact.
-        Records are linked instead by an assignment at each position: each of the ``batch`` records takes one of
-        the position's tokens, every token at least once, at the least total layer-2 distance of the clean
-        (no-dropout) extended prefixes (Hungarian method, Kuhn 1955). A record ends when fewer tokens remain than
-        records (its last token, the end-of-sequence marker, feeds no loss and is not in the span): the records
-        farthest from layer 2's span end first. The order is a best guess, not certified (``records_certified``
-        stays 0); measured in ``benchmarks/bench_text.py --only dropout``."""
+    def _link(self, arch: _Architecture, per_position: list[list[int]], obs: Observation, span1: Span,
+              rate: float, details: dict[str, Any]) -> list[list[int]]:
+        """Decoders under dropout: which record each certified token belongs to, from the first layer alone.
+
+        Layer 2's input carries attention and residual dropout masks, so DAGER's prefix test cannot be exact; the
+        first layer's query gradient can. The masked test found each true token's embedding mask, hence its exact
+        layer-1 input ``x_t`` (one row of ``X``); ``dL/dW = X^T dL/dY`` with ``X`` of full row rank gives every
+        token's own output gradient ``dL/dY_t = (X^T)^+ dL/dW``. Its query part is, per head, a combination of the
+        keys its attention read: ``dL/dq_t = scale sum_{s <= t} dL/ds_ts k_s`` over the record's positions up to
+        ``t`` (attention dropout changes the coefficients, not the span). So a token at ``t`` belongs after the
+        prefix whose keys, with its own, span its query gradient in every head (exact while ``t + 1`` is below the
+        head width). Each position assigns its tokens to the records at the least total relative residual, every
+        token at least once (Hungarian method, Kuhn 1955); a record ends when fewer tokens remain than records.
+        ``records_certified``: the records whose every step had a residual below ``threshold2``."""
         assert isinstance(arch, _GPT2)
-        span2 = arch.span(1, self.rtol)
-        details["layer2_rank"] = span2.rank
-        record(details, "layer2", span2.decision)
         batch = max(obs.batch_size, 1)
         if not per_position or not per_position[0]:
             return []
+        index: dict[tuple[int, int], int] = {}
+        rows_x = []
+        for p, tokens in enumerate(per_position):
+            if not tokens:
+                continue
+            x, projector = arch.masked_candidates(p, span1)
+            _, keep = masked_distance(x[torch.tensor(tokens, device=x.device)], projector, masks=True)
+            for v, row in zip(tokens, arch.dropped_inputs(p, tokens, keep, rate)):
+                index[(p, v)] = len(rows_x)
+                rows_x.append(row)
+        inputs = torch.stack(rows_x).double()
+        grad = arch.update[_find(arch.update, ("h.0.attn.c_attn.weight",)) or ""].double()
+        out_grad = torch.linalg.lstsq(inputs.T, grad).solution  # (n, 3d): each token's dL/d(q, k, v)
+        queries, keys = arch.query_grads_and_keys(inputs, out_grad)  # (n, heads, head_dim) each
+        details["link_fit"] = float((inputs.T @ out_grad - grad).norm() / grad.norm().clamp_min(1e-300))
+
+        def residual(prefix: list[int], p: int, v: int) -> float:
+            rows = [index[(s, t)] for s, t in enumerate(prefix) if (s, t) in index] + [index[(p, v)]]
+            k = keys[rows].permute(1, 2, 0)  # (heads, head_dim, p + 1)
+            q = queries[index[(p, v)]][..., None]  # (heads, head_dim, 1)
+            if k.shape[-1] >= k.shape[1]:
+                return 0.0  # as many keys as the head is wide: the test says nothing
+            coef = torch.linalg.lstsq(k, q).solution
+            return float((k @ coef - q).norm() / q.norm().clamp_min(1e-300))
+
         first = per_position[0]
-        rows = [[first[i % len(first)]] for i in range(batch)]  # shared first tokens: spread over the records
+        records = [[first[i % len(first)]] for i in range(batch)]  # shared first tokens: spread over the records
+        worst = [0.0] * batch
         alive = list(range(batch))
         for p in range(1, len(per_position)):
             tokens = per_position[p]
             if not tokens:
                 break
-            keep = min(len(alive), max(len(tokens), len(alive) - max(0, len(per_position[p - 1]) - len(tokens))))
-            cost = span2.distance(arch.second_inputs_extending([rows[r] for r in alive], tokens)).cpu()
-            if keep < len(alive):  # the records farthest from the span at their best token end here
-                order = torch.argsort(cost.min(dim=1).values).tolist()
-                alive = sorted(alive[i] for i in order[:keep])
-                cost = span2.distance(arch.second_inputs_extending([rows[r] for r in alive], tokens)).cpu()
-            # columns: each token once at a bonus (so every token is used), then again for shared tokens
-            copies = max(1, len(alive) - len(tokens) + 1)
+            cost = torch.tensor([[residual(records[r], p, v) for v in tokens] for r in alive], dtype=torch.float64)
+            keep_n = min(len(alive), max(len(tokens), len(alive) - max(0, len(per_position[p - 1]) - len(tokens))))
+            if keep_n < len(alive):  # the records no token here continues well end at the previous position
+                order = torch.argsort(cost.min(dim=1).values).tolist()[:keep_n]
+                alive, cost = [alive[i] for i in sorted(order)], cost[sorted(order)]
+            copies = max(1, len(alive) - len(tokens) + 1)  # each token once at a bonus, then again if shared
             wide = torch.cat([cost - 10.0] + [cost] * (copies - 1), dim=1).numpy()
-            picked_rows, cols = linear_sum_assignment(wide)
-            for i, c in zip(picked_rows.tolist(), cols.tolist()):
-                rows[alive[i]].append(tokens[c % len(tokens)])
-        details["linked_by"] = "layer-2 distance assignment (dropout: not certified)"
-        return rows
+            picked, cols = linear_sum_assignment(wide)
+            for i, c in zip(picked.tolist(), cols.tolist()):
+                records[alive[i]].append(tokens[c % len(tokens)])
+                worst[alive[i]] = max(worst[alive[i]], float(cost[i, c % len(tokens)]))
+        details["linked_by"] = "layer-1 query gradients in the span of the record's keys"
+        details["link_worst_residual"] = worst
+        details["records_linked_certified"] = sum(1 for w in worst if w < self.threshold2)
+        return records
 
     def _encode(self, arch: _Architecture, span1: Span, obs: Observation, details: dict[str, Any],
                 dropout: bool = False) -> tuple[list[list[int]], list[list[int]]]:

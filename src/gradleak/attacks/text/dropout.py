@@ -47,16 +47,19 @@ def widened_projector(span: Span, extra: list[torch.Tensor]) -> torch.Tensor:
 
 
 def masked_distance(candidates: torch.Tensor, projector: torch.Tensor, share: float = SEARCH_SHARE,
-                    chunk: int = 512) -> torch.Tensor:
+                    chunk: int = 512, masks: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """For each candidate row ``x`` of ``(n, d)``, the smallest ``|P(m x)| / |m x|`` over the masks ``m`` met by a
-    greedy search switching off up to ``share`` of the coordinates (see the module docstring); ``(n,)``."""
+    greedy search switching off up to ``share`` of the coordinates (see the module docstring); ``(n,)``. With
+    ``masks``, also the mask ``(n, d)`` (bool, True: kept) at which each candidate reached it."""
     x_all = candidates.detach().double().to(projector.device)
     n, d = x_all.shape
     steps = max(1, int(math.ceil(share * d)))
     diag = projector.diagonal()
-    out = []
+    out, kept = [], []
     for i in range(0, n, chunk):
         x = x_all[i:i + chunk].clone()
+        on = torch.ones_like(x, dtype=torch.bool)
+        best_on = on.clone()
         r = x @ projector
         n2 = (x * x).sum(1)
         best = r.norm(dim=1) / n2.clamp_min(1e-300).sqrt()
@@ -67,6 +70,15 @@ def masked_distance(candidates: torch.Tensor, projector: torch.Tensor, share: fl
             r -= xj * projector[j[:, 0]]
             x.scatter_(1, j, 0.0)
             n2 -= xj[:, 0] ** 2
-            best = torch.minimum(best, r.norm(dim=1) / n2.clamp_min(1e-300).sqrt())
+            dist = r.norm(dim=1) / n2.clamp_min(1e-300).sqrt()
+            if masks:
+                on.scatter_(1, j, False)
+                better = dist < best
+                best_on[better] = on[better]
+            best = torch.minimum(best, dist)
         out.append(best)
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+        kept.append(best_on)
+    distances = torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+    if masks:
+        return distances, torch.cat(kept) if kept else torch.zeros(0, d, dtype=torch.bool)
+    return distances
