@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
+from gradleak.cache import cached_weights
 from gradleak.data.dataset import ImageDataset
 from gradleak.model_spec import ModelSpec
-from gradleak.defenses.base import Defense, Schedule, defended_update, draw_batches
-from gradleak.victim import normalize
+from gradleak.defenses.base import Defense, Schedule, Update, defended_update, draw_batches
+from gradleak.client_step import normalize
 
 
 
@@ -22,6 +23,22 @@ def split_indices(n: int, test_fraction: float, seed: int) -> tuple[list[int], l
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     cut = int(round(n * (1 - test_fraction)))
     return perm[:cut], perm[cut:]
+
+
+def defended_steps(params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer,
+                   batches: Sequence[torch.Tensor], update_of: Callable[[torch.Tensor], Update]) -> None:
+    """The training loop of every defended model gradleak measures (images: ``train``; text:
+    ``text.utility.text_defense_cost``): for each batch (positions drawn by ``defenses.draw_batches``) the
+    optimizer steps on the update the client would share, ``update_of(positions)``. An empty Poisson batch is
+    skipped, as Opacus's ``DPDataLoader`` does; a parameter whose update is withheld (absent) is not stepped."""
+    for positions in batches:
+        if positions.numel() == 0:
+            continue
+        update = update_of(positions)
+        optimizer.zero_grad(set_to_none=True)
+        for name, g in update.items():
+            params[name].grad = g.to(params[name].dtype)
+        optimizer.step()
 
 
 def train(
@@ -64,19 +81,15 @@ def train(
         idx = pool[torch.randint(len(pool), (n,), generator=g, device=g.device).cpu()]
         return normalize(data.images[idx].to(device), data.mean, data.std), data.labels[idx].to(device)
 
-    for positions in batches:
-        if positions.numel() == 0:
-            continue
+    def update_of(positions: torch.Tensor) -> Update:
         idx = pool[positions]
         x = normalize(data.images[idx].to(device), data.mean, data.std)
-        update = defended_update(
+        return defended_update(
             defense, model, x, data.labels[idx].to(device), generator=noise_gen, draw_others=draw_others,
             expected_batch_size=schedule.batch_size,
         )
-        opt.zero_grad(set_to_none=True)
-        for name, g in update.items():
-            params[name].grad = g.to(params[name].dtype)
-        opt.step()
+
+    defended_steps(params, opt, batches, update_of)
     return schedule
 
 
@@ -97,8 +110,6 @@ def pretrained(
     ``indices`` of ``data``: the trained victim of an attack (Geiping et al. 2020 attack trained networks).
     Trained once per recipe and cached (``gradleak.cache``); the global random state is left as it was, so a
     cached and a fresh run go on identically."""
-    from gradleak.cache import cached_weights
-
     pool = list(indices)
     recipe = {"model": spec.to_json(), "data": [data.name, list(data.input_shape), len(data)],
               "indices": hashlib.sha256(json.dumps(pool).encode()).hexdigest(), "steps": steps, "seed": seed,

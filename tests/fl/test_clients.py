@@ -77,6 +77,8 @@ def test_the_readme_fl_audit_dp_epsilon_beside_googles_accountant(assert_matches
             _, metrics = client_update(setup, weights, pid, server_round, config.local_lr, config.local_steps,
                                        config.examples_per_round)
             epsilons.append(metrics["dp-epsilon"])
+            # stated in the reply: fixed batches, no amplification (rate 1), one use of each example
+            assert (metrics["dp-delta"], metrics["dp-sample-rate"], metrics["dp-accounted-steps"]) == (1e-5, 1.0, 1)
     assert len(epsilons) == 8 and max(epsilons) - min(epsilons) < 1e-9
     assert epsilons[0] == pytest.approx(4.7285, abs=1e-3)
     assert_matches_google(epsilons[0], config.dp_noise_multiplier, 1.0, 1)

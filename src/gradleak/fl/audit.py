@@ -33,6 +33,9 @@ from gradleak.errors import ConfigError
 from gradleak.fl.recording import RecordedUpdate
 from gradleak.metrics import BaselineScores, leaked_images, psnr, score, score_guesses, ssim
 from gradleak.inputs import ImageInput
+from gradleak.outputs import check_out_dir, clear_stale
+from gradleak.report.grid import save_grid
+from gradleak.report.html import render_audit_folder
 from gradleak.tasks import Task
 from gradleak.observation import GroundTruth, LocalTraining, ModelSpec, Observation
 
@@ -267,11 +270,6 @@ def audit(
 
 def write_audit(report: AuditReport, out: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write ``audit.csv``, ``audit.json``, per-update grids under ``grids/`` and ``report.html``."""
-    from gradleak.report.grid import save_grid
-    from gradleak.report.html import render_audit_folder
-
-    from gradleak.outputs import check_out_dir, clear_stale
-
     out = Path(out)
     check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)

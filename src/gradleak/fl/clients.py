@@ -9,8 +9,9 @@ steps on mini-batches. DP clients run DP-SGD (Abadi et al., 2016) through Opacus
 
 The server sets ``lr``, ``local-steps`` and ``batch-size`` in the train config; a client reports
 ``num-examples``, ``batch-size``, ``partition-id`` (simulation only, to score the audit) and, for DP,
-``dp-epsilon`` (Opacus's RDP accountant, delta 1e-5, all rounds so far, for the batches it ran: fixed
-slices of its shard, so without amplification by sampling; see ``dp_schedule``).
+``dp-epsilon`` (Opacus's RDP accountant, delta 1e-5 in ``dp-delta``, all rounds so far, for the batches it ran:
+fixed slices of its shard, so without amplification by sampling, which ``dp-sample-rate`` 1.0 states, over
+``dp-accounted-steps``, the most steps one example took part in; see ``dp_schedule``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import nn
 
 from gradleak.data import load_dataset
 from gradleak.data.dataset import ImageDataset
-from gradleak.defenses.base import Schedule
+from gradleak.defenses.base import Privacy, Schedule
 from gradleak.client_step import local_sgd, normalize, step_gradient_of
 from gradleak.defenses.dp import DPSGD, check_opacus_compatible
 from gradleak.errors import ConfigError
@@ -106,8 +107,10 @@ def client_update(
     elif setup.protocol == "fedavg":
         local_sgd(model, x, labels, LocalTraining(local_steps, lr, batch))
     elif setup.protocol == "dp":
-        model, eps = dp_sgd(model, x, labels, lr, local_steps, batch, setup, server_round, partition_id)
-        metrics["dp-epsilon"] = eps
+        model, privacy = dp_sgd(model, x, labels, lr, local_steps, batch, setup, server_round, partition_id)
+        metrics.update({"dp-epsilon": privacy.epsilon, "dp-delta": privacy.delta,
+                        "dp-sample-rate": privacy.schedule.sample_rate,
+                        "dp-accounted-steps": privacy.schedule.accounted_steps})
     else:
         raise ConfigError(f"client protocol must be 'fedsgd', 'fedavg' or 'dp', got {setup.protocol!r}")
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, metrics
@@ -123,10 +126,10 @@ def dp_sgd(
     setup: ClientSetup,
     server_round: int,
     partition_id: int,
-) -> tuple[nn.Module, float]:
+) -> tuple[nn.Module, Privacy]:
     """``steps`` DP-SGD steps (``DPSGD``'s step through the client step's ``local_sgd``: per-sample clipping +
     Gaussian noise, Opacus's ``DPOptimizer.pre_step``) on contiguous mini-batches of this round's batch; returns
-    the model and the epsilon this client has spent over rounds ``1..server_round`` (``dp_schedule``: its batches
+    the model and the guarantee (epsilon, delta, schedule) this client has spent over rounds ``1..server_round`` (``dp_schedule``: its batches
     are fixed slices, not Poisson samples, so the accountant gets no amplification by sampling)."""
     check_opacus_compatible(model, "the Flower DP client")
     defense = DPSGD(noise_multiplier=setup.dp_noise_multiplier, max_grad_norm=setup.dp_max_grad_norm, delta=DP_DELTA)
@@ -138,7 +141,7 @@ def dp_sgd(
     local_sgd(model, x, y, LocalTraining(steps, lr, batch_size), step)
     privacy = defense.privacy(dp_schedule(setup, partition_id, server_round, steps, batch_size))
     assert privacy is not None
-    return model, privacy.epsilon
+    return model, privacy
 
 
 def _step_slices(n: int, steps: int, batch_size: int) -> list[torch.Tensor]:

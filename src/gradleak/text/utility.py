@@ -27,6 +27,7 @@ from gradleak.text.corpus import private_records
 from gradleak.text.models import TEXT_MODELS, text_model_spec
 from gradleak.text.tokenizer import load_tokenizer
 from gradleak.text.victim import encode_records
+from gradleak.training import defended_steps
 
 
 @dataclass(frozen=True)
@@ -80,14 +81,9 @@ def text_defense_cost(defense: Defense | None = None, *, model: str = "bert-tiny
         return step(net, x, y if encoder else None)
 
     net.train()
-    for pick in batches:
-        if pick.numel() == 0:  # an empty Poisson batch: the step is skipped, as Opacus's DPDataLoader does
-            continue
-        update = defended_update(defense, net, ids[pick], labels[pick], generator=noise, update_of=update_of)
-        optimizer.zero_grad()
-        for n, p in params.items():
-            p.grad = update[n].to(p.dtype) if n in update else torch.zeros_like(p)
-        optimizer.step()
+    defended_steps(params, optimizer, batches,
+                   lambda pick: defended_update(defense, net, ids[pick], labels[pick], generator=noise,
+                                                update_of=update_of))
     net.eval()
     test_ids, test_labels, test_mask = ids[train_records:], labels[train_records:], mask[train_records:]
     with torch.no_grad():
