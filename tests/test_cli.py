@@ -18,6 +18,18 @@ def test_every_command_has_help(capsys) -> None:
         assert "usage: gradleak" in capsys.readouterr().out
 
 
+def test_every_command_runs_from_its_own_module_named_in_the_package_docstring() -> None:
+    """One module per command (``gradleak.cli.<module>.run``), and the package docstring names each command."""
+    import gradleak.cli
+    from gradleak.cli import COMMAND_MODULES, command_module
+
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert set(commands) == set(COMMAND_MODULES)
+    for name in commands:
+        assert callable(command_module(name).run), name
+        assert f"``{name}``" in (gradleak.cli.__doc__ or ""), name
+
+
 def test_demo_writes_grid_and_metrics_schema(tmp_path: Path, capsys) -> None:
     out = tmp_path / "demo"
     assert main(["demo", "--image-size", "16", "--iterations", "150", "--quiet", "--out", str(out)]) == 0
