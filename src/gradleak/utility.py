@@ -4,6 +4,9 @@ Both runs share everything (data split, initial weights, batch draws, schedule) 
 ``training.train``, whose every step is ``defenses.defended_update``, the victim simulation's code path. So
 the accuracy reported is that of the exact computation the attack was measured against. Epsilon, where a
 defense has one, is Opacus's accountant for *this* training schedule (train-set size, batch size, steps).
+Text models are measured the same way (``text.utility.text_defense_cost``: the same batch draws, defended update
+and loop, ``training.defended_steps``), with perplexity or accuracy on held-out records; ``tradeoff`` reads its
+accuracy column from ``measure_utility``.
 """
 
 from __future__ import annotations

@@ -2,12 +2,15 @@
 perplexity (GPT-2-style decoder) of a tiny model fine-tuned here with every step's update defended, beside the
 same run undefended. Same seed, same records, same initial weights and batch draws for every defense.
 
-Defenses that only transform the shared update (Gaussian/Laplacian noise, clipping, pruning, quantization,
-secure aggregation) apply as they do to images. DP-SGD (Abadi et al. 2016) runs through Opacus
-(``gradleak.text.dp``: per-record clipping and noise at every step, on Poisson batches of expected size
-``batch_size``, drawn by ``defenses.draw_batches`` as for images) and reports epsilon from Opacus's RDP
-accountant for the batches that ran (``steps`` steps at sample rate ``batch_size / train_records``, delta 1e-5). Other step defenses (microbatch clipping) are refused with a
-``ConfigError``.
+The measurement is the images' (``utility``/``training``) with text data and a text metric: batches from
+``defenses.draw_batches``, each step's update from the client step's gradient (``client_step.step_gradient_of``)
+through ``defenses.defended_update``, the loop ``training.defended_steps``, epsilon from ``defense.privacy`` for
+the schedule that ran. Defenses that only transform the shared update (Gaussian/Laplacian noise, clipping,
+pruning, quantization, secure aggregation) apply as they do to images. DP-SGD (Abadi et al. 2016) runs through
+Opacus (``defenses.dp.dp_text_gradient``: per-record clipping and noise at every step, on Poisson batches of
+expected size ``batch_size``) and reports epsilon from Opacus's RDP accountant for those batches (``steps`` steps
+at sample rate ``batch_size / train_records``, delta 1e-5). Other step defenses (microbatch clipping) are refused
+with a ``ConfigError``.
 """
 
 from __future__ import annotations
