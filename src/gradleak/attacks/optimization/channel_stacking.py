@@ -175,7 +175,7 @@ class _StackedConvFunction(torch.autograd.Function):
 
 class StackedConv2d(nn.Conv2d):
     """A grouped ``nn.Conv2d`` of a stacked model, differentiated twice through :class:`_StackedConvFunction`.
-    Valid for the engine's two passes only (``UpdateMatcher._eager_value_and_grad``): a grad-enabled backward
+    Valid for the engine's two passes only (``evaluation.Evaluator.autograd``): a grad-enabled backward
     returns parameter gradients only, a grad-disabled one the input's only, and second derivatives w.r.t. the
     weights are taken as zero."""
 
@@ -243,7 +243,7 @@ def stack_model(model: nn.Module, copies: int) -> nn.Module:
 
 def prune_double_backward(model: nn.Module) -> nn.Module:
     """A copy of ``model`` (not stacked) whose convolutions run :class:`StackedConv2d`'s double backward, for the
-    engine's two passes only (``UpdateMatcher._eager_value_and_grad``).
+    engine's two passes only (``evaluation.Evaluator.autograd``).
 
     PyTorch's generic double backward of a convolution (``_convolution_double_backward``) computes the second-order
     gradient w.r.t. the weight, ``conv(ggI, gO)``, even when only the candidate's gradient is asked for: one
