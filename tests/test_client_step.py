@@ -49,3 +49,23 @@ def test_the_flower_dp_client_trains_through_the_client_steps_dp_sgd() -> None:
     assert step <= 3 * 0.5 * 0.01 * (1 + 1e-4)
     assert torch.cat([d.flatten() for d in plain.update.values()]).norm() > 10 * step
     assert metrics["dp-sample-rate"] == 1.0
+
+
+def test_a_dp_step_given_its_schedule_carries_its_epsilon(assert_matches_google, tmp_path) -> None:
+    """DP-SGD configured with the training schedule its guarantee is for (Poisson batches of 2 of 1000, 100
+    steps) puts that epsilon in the Observation's info, which captures and reports keep; without a schedule there
+    is no epsilon to state, and none is made up."""
+    from gradleak.capture import load_capture, save_capture
+    from gradleak.data import load_dataset
+
+    ds = load_dataset("digits", size=16)
+    x, y = ds.batch([0, 1])
+    spec = ModelSpec("lenet", {"in_channels": 1, "num_classes": 10, "image_size": 16})
+    kwargs = dict(num_classes=10, mean=ds.mean, std=ds.std, seed=0)
+    obs, _ = simulate(spec, x, y, defense=build_defense("dpsgd", dataset_size=1000, batch_size=2, steps=100), **kwargs)
+    privacy = obs.info["privacy"]
+    assert (privacy["sampling"], privacy["sample_rate"], privacy["steps"], privacy["delta"]) == ("poisson", 0.002,
+                                                                                                100, 1e-5)
+    assert_matches_google(privacy["epsilon"], 1.0, 0.002, 100)
+    assert load_capture(save_capture(obs, tmp_path / "dp.safetensors")).info["privacy"] == privacy
+    assert "privacy" not in simulate(spec, x, y, defense=build_defense("dpsgd"), **kwargs)[0].info

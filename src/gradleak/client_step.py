@@ -22,7 +22,7 @@ update, so it has its own ``SplitObservation``; its module docstring says what i
 
 from __future__ import annotations
 
-import copy
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gradleak.defenses.base import Defense, Update, defended_update
+from gradleak.defenses.base import Defense, Privacy, Update, defended_update
 from gradleak.defenses.dp import DPSGD, dp_text_gradient
 from gradleak.errors import ConfigError
 from gradleak.inputs import FeatureInput, ImageInput, InputSpec, TokenInput
@@ -44,7 +44,7 @@ PROTOCOLS: tuple[str, ...] = ("fedsgd", "fedavg")
 StepGradient = Callable[[nn.Module, torch.Tensor, "torch.Tensor | None"], Update]
 
 __all__ = ["PROTOCOLS", "Protocol", "StepGradient", "batch_gradient", "client_step", "describe_inputs", "local_sgd",
-           "make_observation", "make_truth", "normalize", "step_gradient_of"]
+           "make_observation", "make_truth", "normalize", "privacy_metadata", "step_gradient_of"]
 
 
 def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -174,6 +174,16 @@ def make_observation(
     )
 
 
+def privacy_metadata(privacy: Privacy) -> dict[str, Any]:
+    """A DP guarantee as an Observation's ``info['privacy']`` (JSON for captures and reports): epsilon (a string
+    when infinite), delta, the accountant, the noise multiplier and the sampling the accountant assumed."""
+    s = privacy.schedule
+    return {"epsilon": privacy.epsilon if math.isfinite(privacy.epsilon) else str(privacy.epsilon),
+            "delta": privacy.delta, "accountant": privacy.accountant, "noise_multiplier": privacy.noise_multiplier,
+            "sample_rate": s.sample_rate, "steps": s.accounted_steps,
+            "sampling": "poisson" if s.poisson else "fixed batches (no amplification)", "schedule": s.describe()}
+
+
 def make_truth(inputs: torch.Tensor, labels: torch.Tensor | None, spec: InputSpec) -> GroundTruth:
     """The private batch as the client fed it (pixels in [0, 1], feature vectors, token ids with their attention
     mask); labels kept when they are one integer class per example."""
@@ -261,6 +271,8 @@ def client_step(
     )
     if defense is not None:
         info = {**(info or {}), "defense": {"name": defense.name, "settings": defense.settings()}}
+        if (privacy := defense.privacy()) is not None:  # a DP defense given the schedule its epsilon is for
+            info["privacy"] = privacy_metadata(privacy)
     obs = make_observation(
         model_spec, weights, update, inputs=spec, task=task, batch_size=int(inputs.shape[0]),
         local_training=local_training if protocol == "fedavg" else None,

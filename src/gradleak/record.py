@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from gradleak.capture import rebuild_problem
-from gradleak.client_step import make_observation, make_truth
+from gradleak.client_step import make_observation, make_truth, privacy_metadata
 from gradleak.defenses.base import Privacy
 from gradleak.errors import CaptureError, ConfigError
 from gradleak.inputs import FeatureInput, ImageInput, InputSpec, TokenInput
@@ -109,21 +109,15 @@ def privacy_info(privacy: Any, delta: float) -> dict[str, Any]:
     multiplier, and the sampling the accountant assumed. ``privacy`` is gradleak's ``Privacy``, or an Opacus
     ``PrivacyEngine`` or accountant after the step (its history is what ran; Opacus accounts Poisson sampling at
     the recorded sample rate, which holds only when the batches came from its ``DPDataLoader``)."""
-    def number(v: float) -> float | str:
-        return v if math.isfinite(v) else str(v)
-
     if isinstance(privacy, Privacy):
-        s = privacy.schedule
-        return {"epsilon": number(privacy.epsilon), "delta": privacy.delta, "accountant": privacy.accountant,
-                "noise_multiplier": privacy.noise_multiplier, "sample_rate": s.sample_rate,
-                "steps": s.accounted_steps, "sampling": "poisson" if s.poisson else "fixed batches (no amplification)",
-                "schedule": s.describe()}
+        return privacy_metadata(privacy)
     accountant = check_privacy(privacy, delta)
     if not accountant.history:
         raise ConfigError("record: the Opacus accountant holds no step (did the block call optimizer.step()?)")
     sigmas = {float(h[0]) for h in accountant.history}
     rates = {float(h[1]) for h in accountant.history}
-    return {"epsilon": number(float(accountant.get_epsilon(delta=delta))), "delta": delta,
+    epsilon = float(accountant.get_epsilon(delta=delta))
+    return {"epsilon": epsilon if math.isfinite(epsilon) else str(epsilon), "delta": delta,
             "accountant": f"opacus.{accountant.mechanism()}",
             "noise_multiplier": sigmas.pop() if len(sigmas) == 1 else sorted(sigmas),
             "sample_rate": rates.pop() if len(rates) == 1 else sorted(rates),
