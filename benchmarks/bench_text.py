@@ -33,8 +33,13 @@ import torch
 
 from gradleak.attacks import ATTACKS
 from gradleak.defenses import build_defense
-from gradleak.text.metrics import score_text
-from gradleak.text.victim import text_victim
+from gradleak.record import record
+from gradleak.tasks import Task
+from gradleak.text.corpus import private_records
+from gradleak.text.metrics import score_text, text_baselines
+from gradleak.text.models import text_model_spec
+from gradleak.text.tokenizer import load_tokenizer
+from gradleak.text.victim import TextCase, encode_records, text_victim
 
 PUBLISHED = """Published (Petrov et al. 2024, DAGER, NeurIPS): full batches up to 128 recovered with ROUGE-1/2 > 0.99
   (abstract; LLaMa-2 7B, width 4096). Its reference code (github.com/insait-institute/dager-gradient-inversion) runs
@@ -87,6 +92,52 @@ def run(label: str, group: str, batch: int, *, pretrain: int = 0, lora: int | No
               f"{setup:.1f} | {note} |", flush=True)
 
 
+def recorded_case(model: str, batch: int, *, dropout: float, seed: int = 0, max_len: int | None = None) -> TextCase:
+    """A user's fine-tuning step recorded with ``gradleak.record``: the named model built from its config with
+    every dropout rate at ``dropout`` (0.1: the transformers default), in train mode; GPT-2: causal LM on the
+    records; BERT: sequence classification of them."""
+    tok = load_tokenizer("bpe", 2048)
+    records = private_records(batch, seed=1000 + seed)
+    ids = encode_records(tok, records, max_len)
+    ids[ids[:, -1] != tok.pad_id, -1] = tok.eos_id  # a cut record ends with its end-of-sequence token
+    torch.manual_seed(seed)
+    spec = text_model_spec(model, tok.vocab_size, tok.pad_id, eos_id=tok.eos_id, dropout=dropout, num_labels=4)
+    net = spec.build().train()
+    mask = (ids != tok.pad_id).long()
+    encoder = model.startswith("bert")
+    labels = torch.tensor([r.label for r in records]) if encoder else None
+    task = Task.classification(4) if encoder else Task.causal_lm()
+    with record(net, ids if labels is None else (ids, labels), tokenizer=tok) as rec:
+        task.loss(net, ids, labels, mask).backward()
+    assert rec.observation is not None and rec.truth is not None
+    return TextCase(rec.observation, rec.truth, records, tok)
+
+
+def bag_row(case) -> str:
+    """The best guess from the leaked token bag (random draws, the bag by public frequency): ROUGE-1/2."""
+    tok = case.tokenizer
+    guesses = text_baselines(case.observation, case.truth.inputs, tok)
+    means = [{k: sum(v) / max(len(v), 1) for k, v in g.items()} for g in guesses.values()]
+    best = max(means, key=lambda m: m.get("rouge1", 0.0), default=None)
+    return "-" if best is None else f"{best.get('rouge1', 0):.3f} / {best.get('rouge2', 0):.3f}"
+
+
+def run_recorded(label: str, group: str, model: str, batch: int, *, dropout: float,
+                 max_len: int | None = None, attack: str = "dager") -> None:
+    t0 = time.perf_counter()
+    case = recorded_case(model, batch, dropout=dropout, max_len=max_len)
+    setup = time.perf_counter() - t0
+    tokens = int((case.truth.inputs != case.tokenizer.pad_id).sum())
+    row, note, wall = attack_row(case, attack)
+    try:
+        bag = bag_row(case)
+    except Exception as exc:  # the bag's guesses are a column, not the run
+        bag = f"{type(exc).__name__}"
+    width = case.observation.build_model().config.hidden_size
+    print(f"| {group} | {model} {label} | {attack} | {batch} | {tokens} / {width} | {row} | {bag} | {wall:.1f} | "
+          f"{setup:.1f} | {note} |", flush=True)
+
+
 DEFENSES = (
     ("none", None, {}),
     ("gaussian", "gaussian", {"std": 1e-7}),
@@ -113,7 +164,8 @@ def utility(name: str | None, kwargs: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("batch", "trained", "lora", "defense"), default=None)
+    parser.add_argument("--only", choices=("batch", "trained", "lora", "defense", "dropout", "noise"), default=None)
+    parser.add_argument("--batches", type=int, nargs="*", default=None, help="dropout group: the batch sizes")
     parser.add_argument("--pretrain-steps", type=int, default=30, help="steps of the trained model (cached)")
     parser.add_argument("--lora-steps", type=int, default=10, help="adapter steps before the round (B != 0)")
     parser.add_argument("--no-utility", action="store_true", help="defense table without the perplexity column")
@@ -137,6 +189,24 @@ def main() -> None:
                                    (256, 8, args.lora_steps), (32, 1, args.lora_steps), (32, 1, 0)):
             state = "fresh adapter (B = 0)" if steps == 0 else f"adapter after {steps} steps (B != 0)"
             run(f"LoRA r={rank} on c_attn, {state}", "lora", batch, lora=rank, lora_steps=steps)
+    if args.only in (None, "dropout"):
+        print("\nDropout table (issue 23): a user's train-mode step recorded with gradleak.record, dropout 0.1 "
+              "(transformers default: embedding, attention, residual) against 0; bag: the leaked bag's best guess")
+        print(head + " bag R-1 / R-2 | attack s | setup s | note |")
+        print("|" + " --- |" * 13)
+        for model in ("gpt2-small", "bert-base"):
+            for batch in args.batches or (1, 8, 16):
+                for rate in (0.1, 0.0):
+                    run_recorded(f"dropout {rate:g}", "dropout", model, batch, dropout=rate)
+    if args.only in (None, "noise"):
+        print("\nNoise-aware defaults (issue 23 item 6): DAGER with default settings on GPT-2-small updates with "
+              "Gaussian noise 1e-6 and fp16 rounding")
+        print(head + " attack s | setup s | note |")
+        print("|" + " --- |" * 12)
+        for batch in (1, 4):
+            for label, name, kwargs in (("gaussian", "gaussian", {"std": 1e-6}), ("fp16", "quantization",
+                                                                                 {"kind": "fp16"})):
+                run(f"{label} {kwargs}", "noise", batch, defense=build_defense(name, **kwargs))
     if args.only in (None, "defense"):
         print("\nDefense table: GPT-2-small shape, batch 8, the same update for both attacks; perplexity: gpt2-tiny "
               "fine-tuned 30 steps with the defense (lower is better); epsilon: DP-SGD's (RDP, delta 1e-5) for "

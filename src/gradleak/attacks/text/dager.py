@@ -13,6 +13,16 @@ recovers).
 
 Limits, as in the paper: the test needs fewer tokens in the batch than the model is wide (GPT-2 small: 768); it is
 exact on the gradient as shared, and breaks when the update is noised or quantised (see ``subspace``).
+
+Dropout (a train-mode step, ``transformers``' default 0.1): the first layer's input is masked; the masked test
+(``attacks.text.dropout``) certifies the tokens and ``_link`` orders them into records from the first layer's
+query gradients (``details["dropout"]``, ``details["records_certified"]``).
+
+The last token of a causal-LM record is invisible: its input feeds no loss term (its output predicts nothing and
+no earlier position attends to it), so it lies in no span. Records prepared with an end-of-sequence token lose only
+that token; a record recorded without one loses its last real token, and ``details["last_token"]`` says so.
+Only records every test passed are counted in ``details["records_certified"]``; ``sequences_found`` counts what
+was returned.
 """
 
 from __future__ import annotations
@@ -317,7 +327,8 @@ class DAGER(Attack):
             details["candidates_per_position"] = []
             details["stopped"] = f"layer-1 span is the whole space (rank {span1.rank})"
         elif arch.decoder:
-            per_position = self._first_candidates(arch, span1, length, dropout, progress, deadline, details)
+            per_position = self._first_candidates(arch, span1, length, dropout, progress, deadline, details,
+                                                  obs.batch_size)
             details["candidates_per_position"] = [len(c) for c in per_position]
             if dropout:
                 sequences = self._link(arch, per_position, obs, span1, rate, details)
@@ -328,12 +339,18 @@ class DAGER(Attack):
         pad = obs.inputs.pad_token_id if obs.inputs.pad_token_id is not None else 0
         rows = [(s + [pad] * length)[:length] for s in sequences][: max(obs.batch_size, 1)]
         details["sequences_found"] = len(sequences)
+        if arch.decoder:
+            details["last_token"] = ("not recovered: a causal-LM record's last token feeds no loss term (the "
+                                     "end-of-sequence token when the records end with one)")
         # certified: every token passed the layer-1 test and the record's order passed the layer-2 test (decoders
         # without dropout); under dropout or in an encoder's assembly the order is a best guess, not a proof
         details["records_certified"] = (min(len(sequences), max(obs.batch_size, 1))
                                         if arch.decoder and not dropout and not details.get("stopped") else 0)
         if dropout and arch.decoder and not details.get("stopped"):
             details["records_certified"] = details.get("records_linked_certified", 0)
+        if (not arch.decoder and obs.batch_size == 1 and len(sequences) == 1
+                and details.get("layer1_worst_pick", 1.0) < (self.dropout_threshold if dropout else self.threshold)):
+            details["records_certified"] = 1  # one record, every token inside the span (masked test under dropout)
         while len(rows) < obs.batch_size:
             rows.append([pad] * length)
         ids = torch.tensor(rows, dtype=torch.long)
@@ -344,7 +361,7 @@ class DAGER(Attack):
 
     def _first_candidates(self, arch: _Architecture, span1: Span, length: int, dropout: bool = False,
                           progress: bool = False, deadline: float = math.inf,
-                          details: dict[str, Any] | None = None) -> list[list[int]]:
+                          details: dict[str, Any] | None = None, batch: int = 1) -> list[list[int]]:
         """Decoders: the tokens at each position whose layer-1 input lies within ``threshold`` of the span; under
         dropout, whose masked input does within ``dropout_threshold`` (``attacks.text.dropout``)."""
         per_position = []
@@ -357,6 +374,10 @@ class DAGER(Attack):
             if dropout:
                 x, projector = arch.masked_candidates(p, span1)
                 dist, bound = masked_distance(x, projector), self.dropout_threshold
+                # a greedy step can go wrong early: the closest uncertified tokens are searched again, refined
+                shortlist = torch.argsort(torch.where(dist < bound, math.inf, dist))[: 2 * max(batch, 1)]
+                dist[shortlist] = torch.minimum(dist[shortlist], masked_distance(x[shortlist.to(x.device)], projector,
+                                                                                 refine=True))
             else:
                 dist, bound = span1.distance(arch.first_inputs(p)), self.threshold
             per_position.append([int(v) for v in torch.nonzero(dist < bound).flatten()])
@@ -384,7 +405,7 @@ class DAGER(Attack):
             for r in candidates:
                 span = span1.at_rank(r)
                 per_position = self._first_candidates(arch, span, obs.inputs.seq_len,  # type: ignore[union-attr]
-                                                      dropout)
+                                                      dropout, batch=batch)
                 found = (self._link(arch, per_position, obs, span, arch.dropout_rate(), {}) if dropout
                          else self._decode(arch, per_position, obs, {}))
                 scores[r] = (float(min(len(found), batch)), -float(sum(len(c) for c in per_position)))
@@ -506,7 +527,8 @@ class DAGER(Attack):
             if not tokens:
                 continue
             x, projector = arch.masked_candidates(p, span1)
-            _, keep = masked_distance(x[torch.tensor(tokens, device=x.device)], projector, masks=True)
+            _, keep = masked_distance(x[torch.tensor(tokens, device=x.device)], projector, masks=True,
+                                      refine=True)
             for v, row in zip(tokens, arch.dropped_inputs(p, tokens, keep, rate)):
                 index[(p, v)] = len(rows_x)
                 rows_x.append(row)
@@ -578,6 +600,7 @@ class DAGER(Attack):
         pad = obs.inputs.pad_token_id  # type: ignore[union-attr]
         alive = max(obs.batch_size, 1)
         per_position: list[list[int]] = []
+        worst_pick = 0.0
         options: list[list[int]] = []  # the next-ranked tokens at each position, for the assembly
         for p in range(length):
             if alive <= 0 or pool.numel() == 0:
@@ -590,11 +613,13 @@ class DAGER(Attack):
                 dist = span1.distance(inputs[pool.to(inputs.device)])
             ranked = torch.argsort(dist.cpu())
             picks = [int(pool[i]) for i in ranked[:alive]]
+            worst_pick = max(worst_pick, float(dist.cpu()[ranked[:alive]].max()))
             options.append([int(pool[i]) for i in ranked[alive:alive + self.assemble_options]])
             per_position.append(picks)
             if eos is not None:
                 alive -= sum(1 for v in picks if v == eos)
         details["candidates_per_position"] = [len(c) for c in per_position]
+        details["layer1_worst_pick"] = worst_pick
         details["ambiguous_positions"] = [p for p, c in enumerate(per_position) if len(c) > 1]
         rows = max((len(c) for c in per_position), default=0)
         if rows > 1 and self.assemble_sweeps and pad is not None:
