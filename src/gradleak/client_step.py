@@ -43,7 +43,7 @@ PROTOCOLS: tuple[str, ...] = ("fedsgd", "fedavg")
 #: the gradient of one local step on a model-space batch: ``(model, inputs, labels) -> update``
 StepGradient = Callable[[nn.Module, torch.Tensor, "torch.Tensor | None"], Update]
 
-__all__ = ["PROTOCOLS", "Protocol", "StepGradient", "batch_gradient", "client_step", "describe_inputs", "local_sgd",
+__all__ = ["PROTOCOLS", "Protocol", "StepGradient", "batch_gradient", "changes_step", "client_step", "describe_inputs", "local_sgd",
            "make_observation", "make_truth", "normalize", "privacy_metadata", "step_gradient_of"]
 
 

@@ -10,7 +10,7 @@ gradients it returns, per example, for a model it holds only half of, so ``Split
 no ``ModelSpec`` and no task to validate against, and its defenses (``SplitDefense``: noise on the smashed data
 or on the returned gradients, NoPeek) act on those tensors, not on a parameter update. What is shared: the
 private batch is a ``GroundTruth``, images are described by ``ImageInput``, and every leak is scored beside the
-same attacker guesses (``baselines.ImageGuesses``).
+same attacker guesses (``baselines.ImageGuesses``); the truth is made by ``client_step.make_truth``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from gradleak.baselines import ImageGuesses, majority_label_accuracy
+from gradleak.client_step import make_truth
 from gradleak.data import ImageDataset
 from gradleak.errors import ConfigError
 from gradleak.inputs import ImageInput
@@ -181,5 +182,5 @@ def train_split(data: ImageDataset, cut: int = 2, steps: int = 60, batch_size: i
     obs = SplitObservation(cut, data.input_shape, sent, returned, kwargs, server, state, y.clone())
     public = test_idx[observe:]
     spec = ImageInput(data.input_shape, tuple(data.mean), tuple(data.std))
-    return SplitRun(model, acc, obs, GroundTruth(x.clone(), y.clone()), float(majority), spec,
+    return SplitRun(model, acc, obs, make_truth(x, y, spec), float(majority), spec,
                     data.images[public].clone(), _labels(data.labels[public], positive_class).clone())
