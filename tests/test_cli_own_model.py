@@ -1,7 +1,7 @@
 """The user's own model in every command that builds a victim (issue 22 item 6): ``capture``, ``defend`` and
 ``tradeoff`` take ``--model package.module:factory`` or ``path/file.py:factory`` as ``attack`` does, trusted by
-being named on the command line; a module named by file path, or by module path from the working folder,
-imports (with the modules beside it) without ``PYTHONPATH``."""
+being named on the command line, or ``hf:MODEL_TYPE --model-config FILE``; a module named by file path, or by
+module path from the working folder, imports (with the modules beside it) without ``PYTHONPATH``."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
 
+from gradleak.capture import load_capture, load_truth
 from gradleak.cli import main
 
 #: the user's factory imports a helper that sits beside it: only the file's folder on the import path finds it
@@ -82,10 +84,36 @@ def test_capture_imports_a_module_path_from_the_working_folder(tmp_path: Path, m
     assert str(tmp_path) not in sys.path  # added for that import only
 
 
-def test_image_commands_refuse_a_hugging_face_model_in_one_line(tmp_path: Path, capsys) -> None:
-    assert main(["capture", "--model", "hf:gpt2", "--out", str(tmp_path / "c.safetensors")]) == 2
+def test_capture_builds_a_hugging_face_image_classifier_from_its_config(tmp_path: Path, capsys) -> None:
+    """``--model hf:vit --model-config FILE``: a ViT from ``transformers``, shaped by the victim (channels, classes,
+    image size); the capture records the config, and the model rebuilt from it alone gives the captured
+    gradient on the true batch, bit for bit."""
+    config = tmp_path / "vit.json"
+    config.write_text(json.dumps({"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                  "intermediate_size": 32, "patch_size": 4}))
+    cap = tmp_path / "vit.safetensors"
+    assert main(["capture", "--model", "hf:vit", "--model-config", str(config), "--dataset", "digits",
+                 "--image-size", "8", "--indices", "0,1", "--out", str(cap)]) == 0, capsys.readouterr().err
+    obs = load_capture(cap)
+    truth = load_truth(cap.with_name("vit.truth.safetensors"), capture=obs)
+    assert obs.model_spec.source == "huggingface" and obs.model_spec.kwargs["head"] == "image_classification"
+    assert obs.model_spec.kwargs["config"] | {"num_channels": 1, "num_labels": 10, "image_size": 8} == \
+        obs.model_spec.kwargs["config"]
+    model = obs.model_spec.build()
+    model.load_state_dict(obs.weights)
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (obs.inputs.mean, obs.inputs.std))
+    loss = torch.nn.functional.cross_entropy(model((truth.inputs - mean) / std), truth.labels)
+    names, params = zip(*model.named_parameters())
+    for name, grad in zip(names, torch.autograd.grad(loss, params)):
+        assert torch.equal(grad, obs.update[name]), name
+
+
+def test_hugging_face_models_need_their_config_in_one_line(tmp_path: Path, capsys) -> None:
+    assert main(["capture", "--model", "hf:vit", "--out", str(tmp_path / "c.safetensors")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("gradleak: error: --model hf:gpt2: Hugging Face architectures") and err.count("\n") == 1
+    assert err == "gradleak: error: --model hf:vit needs --model-config (the architecture's config.json)\n"
+    assert main(["capture", "--model-config", "x.json", "--out", str(tmp_path / "c.safetensors")]) == 2
+    assert "--model-config applies to hf: models, not --model lenet" in capsys.readouterr().err
 
 
 @pytest.mark.xfail(strict=True, reason="utility.train_with_defense builds registry models only (build_model); "

@@ -49,6 +49,7 @@ HF_HEADS: dict[str, str] = {
     "masked_lm": "AutoModelForMaskedLM",
     "sequence_classification": "AutoModelForSequenceClassification",
     "base": "AutoModel",
+    "image_classification": "AutoModelForImageClassification",
 }
 #: config keys that would make ``transformers`` fetch or run code from outside the package
 _HF_REFUSED_KEYS = ("auto_map", "trust_remote_code", "custom_pipelines")
@@ -112,6 +113,40 @@ def split_import_path(path: str) -> tuple[str, str]:
     return module, attr
 
 
+#: the settings every image victim passes its model (``experiment.make_victim``, the Flower clients)
+_IMAGE_SETTINGS = ("in_channels", "num_classes", "image_size")
+
+
+def hf_image_classifier(model_type: str, kwargs: dict[str, Any]) -> ModelSpec:
+    """A ``transformers`` image classifier (ViT, ConvNeXt, ...; ``AutoModelForImageClassification``) from its
+    config, shaped by the victim's settings: ``in_channels`` -> ``num_channels``, ``num_classes`` ->
+    ``num_labels``, ``image_size``. ``kwargs`` holds those settings and ``config`` (a JSON object), nothing else."""
+    settings = {k: v for k, v in kwargs.items() if k in _IMAGE_SETTINGS}
+    if unknown := sorted(set(kwargs) - set(_IMAGE_SETTINGS) - {"config"}):
+        raise ConfigError(f"Hugging Face model {model_type!r}: unknown setting {unknown[0]!r} (give the "
+                          "architecture's settings in its config)")
+    config = kwargs.get("config", {})
+    if not isinstance(config, dict):
+        raise ConfigError(f"Hugging Face model {model_type!r}: its config must be a JSON object")
+    shaped = {**config, **{name: settings[key] for key, name in (("in_channels", "num_channels"),
+                                                                   ("num_classes", "num_labels"),
+                                                                   ("image_size", "image_size")) if key in settings}}
+    shaped.pop("model_type", None)
+    return ModelSpec(model_type, {"config": shaped, "head": "image_classification"}, source="huggingface")
+
+
+class ImageClassifierLogits(nn.Module):
+    """A ``transformers`` image classifier as every gradleak image model is: pixels in, logits out (its own
+    forward returns an output object), so that victims, attacks and metrics use it unchanged."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixels).logits
+
+
 @contextmanager
 def _on_import_path(folder: Path) -> Iterator[None]:
     """``folder`` first on ``sys.path`` while a trusted user module is imported, so that neither a module named by
@@ -128,14 +163,15 @@ def _on_import_path(folder: Path) -> Iterator[None]:
 
 
 def model_spec_for(model: str, kwargs: dict[str, Any], *, flag: str = "--trust-model") -> ModelSpec:
-    """A model as configs and flags name it by one string: a registry name, or the user's own factory
+    """A model as configs and flags name it by one string: a registry name, the user's own factory
     (``package.module:factory``, ``path/file.py:factory``), which must be trusted (``trust_model``) because
-    importing it runs its code. A file path is made absolute: Ray and Flower workers may run in another folder."""
+    importing it runs its code, or ``hf:MODEL_TYPE``, a ``transformers`` image classifier built from
+    ``kwargs["config"]`` (``hf_image_classifier``). A file path is made absolute: Ray and Flower workers may run
+    in another folder."""
     if not isinstance(model, str) or ":" not in model:
         return ModelSpec(model, kwargs)
     if model.startswith("hf:"):
-        raise ConfigError(f"model {model!r}: a Hugging Face architecture needs its config (attack --model hf:TYPE "
-                          "--model-config FILE); image victims take registry names or your factory")
+        return hf_image_classifier(model[3:], kwargs)
     module, attr = split_import_path(model)
     if not is_trusted(model):  # the factory itself: trusting a module trusts none of its functions
         raise ConfigError(f"model {model!r} would import {module!r} and call {attr!r}, which runs its code; pass "
@@ -415,6 +451,10 @@ class ModelSpec:
         config = self._huggingface_config() if config is None else config
         head = self.kwargs.get("head", "base")
         try:
+            if head == "image_classification":  # eager attention: gradient matching differentiates the
+                # gradient, and PyTorch's fused attention kernels have no second derivative on CPU
+                return ImageClassifierLogits(getattr(transformers, HF_HEADS[head]).from_config(
+                    config, attn_implementation="eager"))
             return getattr(transformers, HF_HEADS[head]).from_config(config)
         except Exception as exc:  # checked fields aside, transformers may still refuse: the file's fault
             raise CaptureError(f"Hugging Face model {self.name!r} ({head}) cannot be built from its config: "

@@ -21,7 +21,7 @@ from gradleak.text.victim import text_victim
 
 
 #: demo flags that describe the image victim and its optimisation attack; a text demo refuses them
-_IMAGE_ONLY = ("dataset", "indices", "batch_size", "image_size", "model", "model_arg", "num_classes", "model_mode",
+_IMAGE_ONLY = ("dataset", "indices", "batch_size", "image_size", "model", "model_arg", "model_config", "num_classes", "model_mode",
                "protocol", "local_steps", "local_lr", "local_batch_size", "leak_labels", "clients", "iterations",
                "restarts", "checkpoint")
 

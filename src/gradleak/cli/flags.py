@@ -16,6 +16,7 @@ from gradleak.cli.parser import build_parser
 from gradleak.config import MAX_CONFIG_BYTES
 from gradleak.errors import ConfigError
 from gradleak.experiment import ExperimentConfig
+from gradleak.limits import read_json_file
 from gradleak.model_spec import trust_model
 from gradleak.utility import UtilityConfig
 
@@ -88,22 +89,36 @@ def attack_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def named_model(args: argparse.Namespace) -> str:
-    """``--model`` of a command that builds an image victim: a registry name, or the user's own factory
-    (``package.module:factory``, ``path/file.py:factory``), trusted by being named on the command line, as
-    ``attack --model`` trusts it; ``gradleak.model_spec.model_spec_for`` builds either."""
+    """``--model`` of a command that builds an image victim: a registry name, the user's own factory
+    (``package.module:factory``, ``path/file.py:factory``), trusted by being named on the command line as
+    ``attack --model`` trusts it, or ``hf:MODEL_TYPE`` with ``--model-config``; ``model_spec.model_spec_for``
+    builds each."""
     model = str(args.model)
-    if model.startswith("hf:"):
-        raise ConfigError(f"--model {model}: Hugging Face architectures are built from a config for token inputs "
-                          "(attack --model hf:TYPE --model-config FILE); this command simulates an image victim")
-    if ":" in model:
+    if ":" in model and not model.startswith("hf:"):
         trust_model(model)
     return model
+
+
+def model_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """``--model-arg`` settings; for an ``hf:`` model, its ``--model-config`` with them merged in."""
+    settings = parse_assignments(args.model_arg, "--model-arg")
+    config_file = getattr(args, "model_config", None)
+    if not str(args.model).startswith("hf:"):
+        if config_file:
+            raise ConfigError(f"--model-config applies to hf: models, not --model {args.model}")
+        return settings
+    if not config_file:
+        raise ConfigError(f"--model {args.model} needs --model-config (the architecture's config.json)")
+    config = read_json_file(config_file, error=ConfigError)  # depth-bounded: the file may be a stranger's
+    if not isinstance(config, dict):
+        raise ConfigError(f"--model-config {config_file}: a config must be a JSON object")
+    return {"config": {**config, **settings}}
 
 
 def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
     return ExperimentConfig(
         dataset=args.dataset, image_size=args.image_size, indices=parse_indices(args.indices), batch_size=args.batch_size,
-        model=named_model(args), model_kwargs=parse_assignments(args.model_arg, "--model-arg"),
+        model=named_model(args), model_kwargs=model_settings(args),
         num_classes=args.num_classes,
         model_mode=args.model_mode, protocol=args.protocol, local_steps=args.local_steps, local_lr=args.local_lr,
         local_batch_size=args.local_batch_size, leak_labels=args.leak_labels, clients=args.clients,
@@ -124,7 +139,7 @@ def defense_fields(args: argparse.Namespace) -> dict[str, Any]:
 def utility_config(args: argparse.Namespace) -> UtilityConfig:
     return UtilityConfig(
         dataset=args.utility_dataset or args.dataset, image_size=args.image_size, model=named_model(args),
-        model_kwargs=parse_assignments(args.model_arg, "--model-arg"), steps=args.train_steps,
+        model_kwargs=model_settings(args), steps=args.train_steps,
         batch_size=args.train_batch_size, lr=args.train_lr, test_fraction=args.test_fraction, seed=args.seed,
         device=args.device,
     )

@@ -8,9 +8,11 @@ import argparse
 from gradleak.cli.status import BAD_INPUT, NOTHING_RECOVERED, SOME_FAILED
 
 #: --model of the commands that simulate an image victim (demo, capture, defend, tradeoff)
-MODEL_HELP = ("registry name (see `gradleak list`), or your factory as package.module:factory or "
-              "path/file.py:factory (naming it here trusts it; called with in_channels, num_classes, image_size "
-              "and the --model-arg settings)")
+MODEL_HELP = ("registry name (see `gradleak list`), your factory as package.module:factory or path/file.py:factory "
+              "(naming it here trusts it; called with in_channels, num_classes, image_size and the --model-arg "
+              "settings), or hf:MODEL_TYPE with --model-config: a transformers image classifier (vit, convnext, "
+              "...) built from its config")
+MODEL_CONFIG_HELP = "Hugging Face config file of an hf: model (JSON; --model-arg settings override its keys)"
 
 
 def _common(p: argparse.ArgumentParser, out_default: str | None = None) -> None:
@@ -29,6 +31,7 @@ def _victim_args(p: argparse.ArgumentParser, dataset: str, num_classes: int | No
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--model", default="lenet", metavar="SOURCE", help=MODEL_HELP)
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="model setting, repeatable")
+    p.add_argument("--model-config", default=None, metavar="JSON", help=MODEL_CONFIG_HELP)
     p.add_argument("--num-classes", type=int, default=num_classes,
                    help="size of the model's output layer (default: the dataset's classes)")
     p.add_argument("--model-mode", choices=("train", "eval"), default="train")
@@ -166,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     dfd.add_argument("--allow-large", action="store_true", help="lift the bounds on image and dataset size")
     dfd.add_argument("--model", default="lenet", metavar="SOURCE", help=MODEL_HELP)
     dfd.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="model setting, repeatable")
+    dfd.add_argument("--model-config", default=None, metavar="JSON", help=MODEL_CONFIG_HELP)
     _utility_args(dfd)
     _common(dfd)
     dfd.add_argument("--out", default=None, help="folder for utility.json (optional)")
