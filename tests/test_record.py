@@ -231,8 +231,15 @@ def test_a_recorded_opacus_step_carries_its_epsilon_into_the_capture(tmp_path, a
             privacy["steps"]) == (1e-5, "opacus.rdp", 1.0, 0.25, 1)
     assert privacy["sampling"].startswith("poisson")
     assert_matches_google(privacy["epsilon"], 1.0, 0.25, 1)
-    loaded = gradleak.load_capture(gradleak.save_capture(rec.observation, tmp_path / "dp.safetensors"))
+    loaded = gradleak.load_capture(gradleak.save_capture(rec.observation, tmp_path / "dp.safetensors"),
+                                   trust=[rec.observation.model_spec.name])
     assert loaded.info["privacy"] == privacy
+    # the report of an attack on the capture states it (metrics.json's observation)
+    from gradleak.attacks.base import Reconstruction
+    from gradleak.report.files import metrics_dict
+
+    report = metrics_dict(loaded, Reconstruction(x, y, "none", {}), None, None, seed=0, device="cpu")
+    assert report["observation"]["info"]["privacy"] == privacy
     with pytest.raises(ConfigError, match="privacy must be gradleak's Privacy or an Opacus"):
         with gradleak.record(model, batch=(x, y), privacy="strong"):
             pass
