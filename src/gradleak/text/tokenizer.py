@@ -135,3 +135,60 @@ def tokenizer_named(name: str | None) -> tuple[Tokenizer | None, str | None]:
         return None, (f"tokenizer {name!r} was trained on other text than the bundled records and is not in the "
                       f"tokenizer cache ({path.parent})")
     return tok, None
+
+
+class _UserTokenizer(Tokenizer):
+    """A user's own tokenizer object behind gradleak's ``Tokenizer`` interface (see ``user_tokenizer``)."""
+
+    def encode(self, text: str) -> list[int]:
+        out = self.backend.encode(text, add_special_tokens=False) if _is_transformers(self.backend) \
+            else self.backend.encode(text)  # type: ignore[attr-defined]
+        return list(getattr(out, "ids", out))
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self.backend.decode([i for i in ids if i not in (self.pad_id, self.eos_id)]))  # type: ignore
+
+    def token(self, i: int) -> str:
+        return str(self.backend.decode([i]))  # type: ignore[attr-defined]
+
+
+def _is_transformers(obj: object) -> bool:
+    return hasattr(obj, "pad_token_id") and hasattr(obj, "convert_ids_to_tokens")
+
+
+def _special_id(obj: object, *names: str) -> int | None:
+    for name in names:
+        value = getattr(obj, name, None)
+        if isinstance(value, int):
+            return value
+    token_to_id = getattr(obj, "token_to_id", None)
+    if callable(token_to_id):
+        for token in ("<pad>", "[PAD]", "<eos>", "</s>", "[SEP]", "<|endoftext|>"):
+            i = token_to_id(token)
+            if isinstance(i, int):
+                return i
+    return None
+
+
+def user_tokenizer(obj: object, vocab_size: int | None = None, name: str | None = None) -> Tokenizer:
+    """A user's own tokenizer (gradleak's, a ``transformers`` tokenizer, or a ``tokenizers.Tokenizer``) as a
+    gradleak ``Tokenizer``, so that attacks needing text (LAMP's prior, the bag's public-frequency guess) work with
+    a tokenizer gradleak did not train. Padding and end-of-sequence ids are read from it (``pad_token_id``,
+    ``eos_token_id``, or the usual special tokens); ``vocab_size``: the model's vocabulary when larger."""
+    if isinstance(obj, Tokenizer):
+        return obj
+    if not callable(getattr(obj, "encode", None)) or not callable(getattr(obj, "decode", None)):
+        raise ConfigError(f"a tokenizer needs encode(text) and decode(ids); got {type(obj).__name__}")
+    size = getattr(obj, "vocab_size", None) if _is_transformers(obj) else None
+    if not isinstance(size, int):
+        get = getattr(obj, "get_vocab_size", None)
+        size = get() if callable(get) else len(obj)  # type: ignore[arg-type]
+    if _is_transformers(obj):
+        size = max(size, len(obj))  # type: ignore[arg-type]  # added special tokens
+    size = max(int(size), int(vocab_size or 0))
+    pad = _special_id(obj, "pad_token_id", "pad_id")
+    eos = _special_id(obj, "eos_token_id", "sep_token_id", "eos_id")
+    pad = pad if pad is not None else (eos if eos is not None else 0)
+    eos = eos if eos is not None else pad
+    label = name or getattr(obj, "name_or_path", None) or getattr(obj, "name", None) or type(obj).__name__
+    return _UserTokenizer(f"user-{label}-{size}", obj, size, pad, eos)

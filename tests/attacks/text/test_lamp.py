@@ -57,3 +57,58 @@ def test_moves_permute_only_the_movable_positions() -> None:
     for row in orders:
         assert sorted(row[:10].tolist()) == list(range(10)) and row[10:].tolist() == list(range(10, 14))
     assert sum(not torch.equal(r, torch.arange(14)) for r in orders) >= 30
+
+
+def _user_tokenizer():
+    """A tokenizer gradleak did not train: a word-level vocabulary a user built with ``tokenizers`` on the license
+    texts of this system, wrapped as a ``transformers`` fast tokenizer with its own padding and separator."""
+    from pathlib import Path
+
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    folder = Path("/usr/share/common-licenses")
+    texts = [p.read_text(errors="replace") for p in sorted(folder.glob("*")) if p.is_file()][:6]
+    from gradleak.text.corpus import private_records
+
+    texts += [r.text for r in private_records(300, seed=99)]
+    backend = HFTokenizer(models.WordLevel(unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.train_from_iterator(texts, trainers.WordLevelTrainer(vocab_size=1500, special_tokens=["[PAD]", "[UNK]",
+                                                                                                   "[SEP]"]))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
+                                   sep_token="[SEP]", eos_token="[SEP]")
+
+
+def test_lamp_trains_its_prior_for_a_users_own_tokenizer_end_to_end() -> None:
+    """A user's step recorded with ``gradleak.record`` on a BERT classifier over the user's own tokenizer: LAMP
+    trains its prior for that tokenizer (``LAMP(tokenizer=...)``) instead of refusing, and the prior finds the
+    real record likelier than its shuffle; given nothing, LAMP runs without a prior and says so."""
+    from gradleak.record import record
+    from gradleak.text.corpus import private_records
+    from gradleak.text.models import text_model_spec
+    from gradleak.text.tokenizer import user_tokenizer
+
+    torch.set_num_threads(1)
+    hf = _user_tokenizer()
+    tok = user_tokenizer(hf)
+    records = private_records(1, seed=1000)
+    ids = torch.tensor([tok.encode(records[0].text)[:20] + [tok.eos_id]])
+    torch.manual_seed(0)
+    model = text_model_spec("bert-tiny", tok.vocab_size, tok.pad_id, eos_id=tok.eos_id, num_labels=4).build()
+    labels = torch.tensor([records[0].label])
+    with record(model, (ids, labels), tokenizer=tok.name) as rec:
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss.backward()
+    obs = rec.observation
+    assert obs.inputs.tokenizer.startswith("user-")
+    fast = {**FAST, "steps": 30, "prior_steps": 60}
+    recon = ATTACKS.build("lamp", tokenizer=hf, **fast).reconstruct(obs, seed=0)
+    assert "user's tokenizer" in recon.details["prior"] and recon.inputs.shape == ids.shape
+    prior = language_prior(obs.inputs.tokenizer, obs.inputs.vocab_size, steps=60, tokenizer=hf)
+    shuffled = ids.clone()
+    shuffled[0, :-1] = ids[0, torch.randperm(ids.shape[1] - 1, generator=torch.Generator().manual_seed(0))]
+    nll = sequence_nll(prior, torch.stack([ids, shuffled]), torch.ones_like(ids))
+    assert float(nll[0]) < float(nll[1]) - 0.5, nll
+    bare = ATTACKS.build("lamp", **fast).reconstruct(obs, seed=0)
+    assert bare.details["prior"].startswith("none: the capture's tokenizer")

@@ -27,8 +27,9 @@ candidate set is scored in one batched call (``torch.func.vmap``).
 
 from __future__ import annotations
 
+import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -46,26 +47,34 @@ _PRIORS: dict[tuple[str, int, int], nn.Module] = {}
 
 
 def language_prior(tokenizer_name: str, vocab_size: int, steps: int = 300, seed: int = 0,
-                   lr: float = 3e-3) -> nn.Module:
+                   lr: float = 3e-3, tokenizer: Any = None) -> nn.Module | None:
     """A ``gpt2-tiny`` causal LM over the observation's tokenizer, trained ``steps`` AdamW steps (rate ``lr``) on
-    512 bundled records drawn with another seed than any victim's (public text of the same kind; cached on disk)."""
-    key = (tokenizer_name, vocab_size, steps)
+    512 bundled records drawn with another seed than any victim's (public text of the same kind; cached on disk).
+
+    ``tokenizer``: the user's own tokenizer object (anything with ``encode(text) -> ids``, e.g. a ``transformers``
+    or ``tokenizers`` one) when the capture's is not gradleak's: the prior is then trained on the same public
+    records encoded with it. ``None`` is returned when the tokenizer is neither gradleak's nor given (the caller
+    runs without a prior and says so)."""
+    key = (tokenizer_name, vocab_size, steps, id(tokenizer) if tokenizer is not None else 0)
     if key in _PRIORS:
         return _PRIORS[key]
     from gradleak.text.corpus import private_records
     from gradleak.text.models import pretrain, text_model_spec
-    from gradleak.text.tokenizer import load_tokenizer
+    from gradleak.text.tokenizer import load_tokenizer, user_tokenizer
     from gradleak.text.victim import encode_records
 
-    tok = load_tokenizer("bpe", vocab_size)
-    if tok.name != tokenizer_name:
-        raise ConfigError(f"LAMP's prior is trained for gradleak's tokenizers; this capture names "
-                          f"{tokenizer_name!r} (set coeff_perplexity=0 to run without a prior)")
+    if tokenizer is not None:
+        tok = user_tokenizer(tokenizer, vocab_size)
+    else:
+        tok = load_tokenizer("bpe", vocab_size)
+        if tok.name != tokenizer_name:
+            return None
     spec = text_model_spec("gpt2-tiny", tok.vocab_size, tok.pad_id, eos_id=tok.eos_id)
-    data = encode_records(tok, private_records(512, seed=4242))
+    data = encode_records(tok, private_records(512, seed=4242))[:, :128]  # gpt2-tiny's 128 positions
     gen = torch.Generator().manual_seed(seed)
+    suffix = "" if tokenizer is None else "-" + hashlib.sha256(data.numpy().tobytes()).hexdigest()[:16]
     weights = pretrain(spec, lambda step: data[torch.randint(0, len(data), (16,), generator=gen)], steps=steps,
-                       lr=lr, seed=seed, key=f"lamp-prior-records-512-4242-{tok.name}")
+                       lr=lr, seed=seed, key=f"lamp-prior-records-512-4242-{tok.name}{suffix}")
     model = spec.build()
     model.load_state_dict(weights)
     model.eval()
@@ -145,6 +154,10 @@ class LAMP(Attack):
     swap_burnin: float = 0.1
     prior_steps: int = 300
     lengths: tuple[int, ...] | None = None
+    #: the user's tokenizer object (``encode(text) -> ids``) when the capture's is not gradleak's: the prior is
+    #: trained for it; or ``prior``: the user's own causal LM over the same vocabulary (``input_ids -> logits``)
+    tokenizer: Any = field(default=None, repr=False)
+    prior: Any = field(default=None, repr=False)
 
     def settings(self) -> dict[str, Any]:
         return {"loss": self.loss, "space": self.space, "steps": self.steps, "lr": self.lr, "lr_free": self.lr_free,
@@ -185,9 +198,19 @@ class LAMP(Attack):
         problem = text_problem(obs, self.lengths)
         gen = torch.Generator().manual_seed(0 if seed is None else seed)
         prior = None
+        prior_note = "none (coeff_perplexity=0)"
         if self.coeff_perplexity:
             vocab = obs.inputs.vocab_size  # type: ignore[union-attr]
-            prior = language_prior(str(obs.inputs.tokenizer), vocab, self.prior_steps)  # type: ignore[union-attr]
+            if self.prior is not None:
+                prior, prior_note = self.prior.eval(), "the user's language model"
+            else:
+                prior = language_prior(str(obs.inputs.tokenizer), vocab, self.prior_steps,  # type: ignore[union-attr]
+                                       tokenizer=self.tokenizer)
+                prior_note = ("gpt2-tiny trained here for " + ("the user's tokenizer" if self.tokenizer is not None
+                                                               else "gradleak's tokenizer")
+                              if prior is not None else
+                              f"none: the capture's tokenizer {obs.inputs.tokenizer!r} is not gradleak's and no "  # type: ignore[union-attr]
+                              "tokenizer or prior was given (LAMP(tokenizer=...) or LAMP(prior=...))")
         x0, y0 = self._initial(problem, gen)
         burnin = int(self.swap_burnin * self.steps)
         moves = {"applied": 0, "label_swaps": 0}
@@ -238,7 +261,7 @@ class LAMP(Attack):
                               iterations=self.steps, wall_time_s=time.perf_counter() - start,
                               details={"lengths": problem.lengths, "bag_size": int(problem.vocab.numel()),
                                        "moves_applied": moves["applied"], "label_swaps": moves["label_swaps"],
-                                       "continuous_objective": float(best[r])})
+                                       "continuous_objective": float(best[r]), "prior": prior_note})
 
 
 def _row_orders(problem: TextProblem, gen: torch.Generator) -> torch.Tensor:
