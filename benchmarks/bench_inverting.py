@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_inverting.py --help
     .venv/bin/python benchmarks/bench_inverting.py --section speed --iterations 5
     .venv/bin/python benchmarks/bench_inverting.py --section psnr --iterations 50 --pretrain-steps 200
+    .venv/bin/python benchmarks/bench_inverting.py --curve --images 1 --threads 1
 
 Sections:
 - ``speed``: ConvNet-64 and ResNet-18, 32x32 bundled photos, batch 1 and 8, at 1 thread and at every core:
@@ -25,7 +26,7 @@ What gradleak does less of, per iteration (torch.profiler op totals, ResNet-18 a
 - PyTorch's generic double backward of a convolution also computes the weight's second-order gradient,
   ``conv(ggI, gO)``, which nobody asked for: one convolution of the ~8 per layer and iteration (on ResNet-18 at
   batch 1 run by oneDNN with batch and channels swapped, 12-18 ms for a 512x512 layer).
-  ``stacking.prune_double_backward`` gives the engine's twin convolutions that skip it.
+  ``optimization.channel_stacking.prune_double_backward`` gives the engine's twin convolutions that skip it.
 - Denormal arithmetic: second-order BatchNorm terms underflow, and x86 runs them ~4x slower; the engine flushes
   denormals to zero while it runs (ResNet-18 batch 8: ~0.5 s of ~2.9 s per evaluation were such ops).
 - The distance's parameter-sized arithmetic: closed-form cosine gradient (``objectives.CLOSED_FORMS``) into
@@ -276,9 +277,57 @@ def bench_psnr(iterations: int, pretrain_steps: int, images: int, ratio_iteratio
           f"({' '.join(f'{v:.2f}' for v in guess_psnr)}); a sample leaks when it beats it by 3 dB and 0.1 SSIM")
 
 
+def bench_curve(budgets: list[int], pretrain_steps: int, images: int) -> None:
+    """PSNR against iterations on the trained ConvNet-64 (issue 25): one run per budget (the step decay at 3/8,
+    5/8, 7/8 scales with it), batch 1, labels known, seed 0. For each run: the PSNR and attacker objective
+    (cosine + TV) of the image returned (each restart's best iterate) and of the last evaluated iterate (what the
+    engine returned before issue 25), beside the best guess without the update. Printed as each run ends."""
+    print(f"\n== PSNR against iterations: ConvNet-64 ({_convnet_layout()}) trained {pretrain_steps} steps, "
+          f"{images} photo(s), batch 1, {torch.get_num_threads()} thread(s)", flush=True)
+    victims = trained_victims(pretrain_steps, images)
+    ds = load_dataset("photos")
+    rows: dict[int, list[tuple[float, ...]]] = {}
+    for k, (obs, truth) in enumerate(victims):
+        guesses = ImageGuesses.of(obs.inputs, ds.images[ds.disjoint_from([PHOTOS[k]])])
+        for budget in budgets:
+            last: dict[str, torch.Tensor] = {}
+
+            def keep_last(i: int, pixels: torch.Tensor, budget: int = budget) -> None:
+                if i == budget - 1:
+                    last["pixels"] = pixels[0].clone()
+
+            start = time.perf_counter()
+            recon = ATTACKS.build("inverting", iterations=budget).reconstruct(obs, seed=0, callback=keep_last)
+            wall = time.perf_counter() - start
+            returned = score(recon.inputs, None, truth, guesses=guesses)
+            at_last = score(last["pixels"], None, truth, guesses=guesses)
+            row = (returned.psnr[0], float(recon.restart_objectives.min()), at_last.psnr[0], float(recon.trace[-1]),
+                   returned.baselines.best_psnr[0])
+            rows.setdefault(budget, []).append(row)
+            print(f"  photo {k} {budget:>5} iterations: returned {row[0]:6.2f} dB (objective {row[1]:.4f}, best "
+                  f"iterate {int(recon.trace.argmin())}), last iterate {row[2]:6.2f} dB (objective {row[3]:.4f}), "
+                  f"best guess {row[4]:.2f} dB, {wall / budget:.2f} s/it", flush=True)
+    print("  | iterations | PSNR returned (dB) | objective returned | PSNR last iterate (dB) | objective last iterate "
+          "| best guess PSNR (dB) |\n  |---|---|---|---|---|---|")
+    for budget, values in rows.items():
+        mean = [sum(v[j] for v in values) / len(values) for j in range(5)]
+        print(f"  | {budget} | {mean[0]:.2f} | {mean[1]:.4f} | {mean[2]:.2f} | {mean[3]:.4f} | {mean[4]:.2f} |")
+
+
+def _convnet_layout() -> str:
+    """Which ConvNet the figures came from (its layout changed in issue 25): the classifier's input width."""
+    name, kwargs = MODELS["convnet64"]
+    model = ModelSpec(name, {"in_channels": 3, "num_classes": 10, "image_size": 32, **kwargs}).build()
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    return f"final linear {linear.in_features} wide at 32x32"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--section", choices=["speed", "psnr", "all"], default="speed")
+    parser.add_argument("--curve", action="store_true", help="PSNR against iterations on the trained ConvNet-64 "
+                        "(budgets from --budgets, photos from --images), instead of --section")
+    parser.add_argument("--budgets", nargs="+", type=int, default=[50, 100, 200, 500, 1000])
     parser.add_argument("--iterations", type=int, default=5,
                         help="speed: timed iterations; psnr: published loop's budget (the issue's is 1000)")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
@@ -290,6 +339,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=5)
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.curve:
+        if args.threads:
+            torch.set_num_threads(args.threads[0])
+        bench_curve(args.budgets, args.pretrain_steps, args.images)
+        return
     if args.section in ("speed", "all"):
         bench_speed(args.iterations, args.models, args.batches, args.repeats, args.threads)
     if args.section in ("psnr", "all"):

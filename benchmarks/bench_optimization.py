@@ -1,16 +1,17 @@
 """Optimisation attacks: fidelity at fixed budgets, seconds per iteration, batched-restart cost (issue 3).
 
     .venv/bin/python benchmarks/bench_optimization.py                      # everything, the issue's budgets
-    .venv/bin/python benchmarks/bench_optimization.py --only restarts fedavg
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_optimization.py --only paths --restart-threads 1
     .venv/bin/python benchmarks/bench_optimization.py --only ig --ig-iterations 500 --ig-images 2
 
 Sections:
 - ``ig``: Inverting Gradients (Geiping et al. 2020) on the ConvNet (width 64, random init), 32x32 bundled photos,
   batch 1, labels known; the images are attacked as one batched computation (``reconstruct_many``: with Adam
   each result equals a separate run). Prints PSNR per image and the mean at fixed budgets, and s/iteration.
-- ``restarts``: wall time of 8 restarts over 1 restart (one batched computation: copies of the model folded into
-  channel groups, ``attacks/stacking.py``), beside the ``torch.func.vmap`` reference, LeNet and ConvNet-64, same
-  run, interleaved, at 1 thread and at every core; the target on LeNet is a ratio of at most 3.
+- ``paths``: seconds per evaluation of every way the engine could compute the objective and its gradient (issue
+  22): one restart through the autograd twin or torch.func; ``--restarts`` restarts as a loop of the twin, as one
+  channel-stacked model, or vmapped; LeNet and ConvNet-64, batch 1 and 8, oneDNN and native convolutions,
+  interleaved. ``optimization.evaluation`` keeps the paths that pay; its docstring quotes the figures.
 - ``fedavg``: batch 4, 5 local steps of batch 2 (lr 0.1) on LeNet; the FedAvg attack (unrolled steps) against
   Inverting Gradients reading the delta as one gradient, same budget and seed.
 """
@@ -23,8 +24,9 @@ import time
 import torch
 
 from gradleak.attacks import ATTACKS
-from gradleak.attacks.optimization import EngineConfig, UpdateMatcher, _mkldnn_enabled, optimize_many
-from gradleak.attacks.stacking import StackedConv2d
+from gradleak.attacks.optimization import EngineConfig, UpdateMatcher, optimize_many
+from gradleak.attacks.optimization.channel_stacking import fold, stack_model
+from gradleak.attacks.optimization.evaluation import conv_backend, flush_denormals
 from gradleak.experiment import ExperimentConfig, make_victim
 from gradleak.metrics import psnr, score
 
@@ -70,65 +72,48 @@ def bench_ig(iterations: int, images: int, budgets: list[int], model_mode: str) 
           f"{wall / iterations:.3f} s/iteration ({wall / iterations / images:.3f} s per image-iteration)")
 
 
-def _time(step, iterations: int, mkldnn: bool) -> float:
-    with _mkldnn_enabled(mkldnn):  # the engine's own switch (it silences torch's TF32-on-oneDNN warning)
-        step()  # warm-up (and, for stacking, the one-time check against vmap)
-        start = time.perf_counter()
-        for _ in range(iterations):
-            step()
-    return (time.perf_counter() - start) / iterations
-
-
-def bench_restarts(iterations: dict[str, int], rounds: dict[str, int], threads: int) -> None:
+def bench_paths(iterations: dict[str, int], rounds: int, threads: int, restarts: int, batches: list[int]) -> None:
+    """Seconds per evaluation (objective + gradient) of each way the engine could compute it, interleaved, best
+    of ``rounds``: the evidence for which paths ``optimization.evaluation`` keeps."""
     torch.set_num_threads(threads)
-    print(f"\n== Batched restarts, {threads} thread(s): seconds per iteration (objective + gradient), 1 vs 8 "
-          "restarts, same run")
-    print("   each count timed with oneDNN and with native convolutions, best taken (the engine tunes this per "
-          "shape);\n   '8 stacked' is the engine's path (copies folded into channel groups), '8 vmap' the "
-          "torch.func reference")
+    print(f"\n== Evaluation paths, {threads} thread(s), denormals flushed: seconds per evaluation, best of {rounds} "
+          f"rounds; oneDNN (mkl) and native convolutions")
     for model, kwargs in (("lenet", {}), ("convnet", {"width": 64})):
-        obs, truth = make_victim(ExperimentConfig(dataset="photos", model=model, model_kwargs=kwargs, indices=(3,),
-                                                  leak_labels=True))
-        config = EngineConfig(objective="cosine", priors={"tv": 0.2})
-        matcher = UpdateMatcher([obs], config, "cpu")
-        counts = (1, 8, 16) if model == "lenet" else (1, 8)  # 16: the marginal cost of a copy, (t16 - t8) / 8
-        inputs = {}
-        for r in counts:
-            inputs[r] = (torch.randn(1, r, obs.batch_size, *obs.input_shape),
-                         truth.labels.view(1, 1, -1).expand(1, r, -1))
-        steps = {
-            "1 restart": lambda: matcher.value_and_grad(*inputs[1], False),
-            "8 stacked": lambda: matcher.value_and_grad(*inputs[8], False),
-            "8 vmap": lambda: matcher._value_and_grad_vmap(*inputs[8], False),
-        }
-        if 16 in inputs:
-            steps["16 stacked"] = lambda: matcher.value_and_grad(*inputs[16], False)
-        if model == "lenet":
-            # the same stacked model with PyTorch's generic convolution double backward instead of StackedConv2d's
-            generic = UpdateMatcher([obs], config, "cpu")
-            assert generic._stacking(*inputs[8], False)
-            for module in generic._stacked[8][0].modules():
-                if isinstance(module, StackedConv2d):
-                    module.__class__ = torch.nn.Conv2d
-            steps["8 stacked, generic conv backward"] = lambda: generic.value_and_grad(*inputs[8], False)
-        times: dict[tuple[str, bool], list[float]] = {}
-        for _ in range(rounds[model]):  # interleaved so that load from elsewhere hits all alike
-            for name, step in steps.items():
-                for mkldnn in (True, False):
-                    times.setdefault((name, mkldnn), []).append(_time(step, iterations[model], mkldnn))
-        best = {name: min(min(times[(name, m)]) for m in (True, False)) for name in steps}
-        detail = ", ".join(f"{name} {best[name]:.4f} s/it (oneDNN {min(times[(name, True)]):.4f}, native "
-                           f"{min(times[(name, False)]):.4f})" for name in steps)
-        assert matcher._stacked.get(8) is not None or model != "lenet", "LeNet should stack"
-        print(f"  {model:>8}: {detail}")
-        ratio = best['8 stacked'] / best['1 restart']
-        verdict = f" [target <= 3: {'PASS' if ratio <= 3 else 'FAIL'}]" if model == "lenet" else ""
-        print(f"  {model:>8}: ratio 8/1 restarts {ratio:.2f}{verdict} (vmap reference "
-              f"{best['8 vmap'] / best['1 restart']:.2f}; best of {rounds[model]} rounds of {iterations[model]} iterations)")
-        if "16 stacked" in best:
-            per_copy = (best["16 stacked"] - best["8 stacked"]) / 8
-            print(f"  {model:>8}: marginal cost of a stacked copy {per_copy:.4f} s/it: 8 copies need at least "
-                  f"{8 * per_copy:.4f} s/it of arithmetic, {8 * per_copy / best['1 restart']:.2f}x one restart")
+        for b in batches:
+            obs, truth = make_victim(ExperimentConfig(dataset="photos", model=model, model_kwargs=kwargs,
+                                                      indices=IG_INDICES[:b], batch_size=b, leak_labels=True))
+            matcher = UpdateMatcher([obs], EngineConfig(objective="cosine", priors={"tv": 0.2}), "cpu")
+            ev = matcher.evaluator
+            xs = torch.randn(1, restarts, b, *obs.input_shape, generator=torch.Generator().manual_seed(0))
+            ys = truth.labels.view(1, 1, -1).expand(1, restarts, -1).contiguous()
+            one = (xs[:, :1], ys[:, :1])
+            # the channel-stacked model, built without the engine's agreement check (timed even where it fails)
+            stacked = stack_model(matcher.model, restarts)
+            entry = (stacked, ev._free_leaves(stacked))
+            steps = {
+                "1: autograd twin": lambda: matcher.value_and_grad(*one, False),
+                "1: torch.func": lambda: ev.functional(*one, False),
+                f"{restarts}: twin in a loop": lambda: [matcher.value_and_grad(xs[:, k:k + 1], ys[:, k:k + 1], False)
+                                                       for k in range(restarts)],
+                f"{restarts}: channel-stacked": lambda: ev.autograd(*entry, xs, ys, False, matcher.flat_targets[0],
+                                                                     fold),
+                f"{restarts}: torch.func vmap": lambda: ev.functional(xs, ys, False),
+            }
+            times: dict[tuple[str, str], list[float]] = {}
+            with flush_denormals(torch.device("cpu")):
+                for _ in range(rounds):  # interleaved so that load from elsewhere hits all alike
+                    for name, step in steps.items():
+                        for backend in ("mkldnn", "native"):
+                            with conv_backend(backend, torch.device("cpu")):
+                                step()  # warm-up
+                                start = time.perf_counter()
+                                for _ in range(iterations[model]):
+                                    step()
+                            times.setdefault((name, backend), []).append((time.perf_counter() - start)
+                                                                         / iterations[model])
+            print(f"  {model:>8} batch {b}: " + ", ".join(
+                f"{name} {min(times[(name, 'mkldnn')]):.4f} (native {min(times[(name, 'native')]):.4f})"
+                for name in steps), flush=True)
 
 
 def bench_fedavg(iterations: int, image_size: int) -> None:
@@ -150,7 +135,7 @@ def bench_fedavg(iterations: int, image_size: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="+", choices=("ig", "restarts", "fedavg"), default=["restarts", "fedavg", "ig"])
+    parser.add_argument("--only", nargs="+", choices=("ig", "paths", "fedavg"), default=["paths", "fedavg", "ig"])
     parser.add_argument("--ig-iterations", type=int, default=2000)
     parser.add_argument("--ig-images", type=int, default=5)
     parser.add_argument("--ig-model-mode", choices=("eval", "train"), default="eval",
@@ -158,10 +143,11 @@ def main() -> None:
                              "train mode at batch 1 each image is normalised by its own statistics and the cosine "
                              "objective stalls near 0.87 (11.9 dB at 2,000 iterations)")
     parser.add_argument("--budgets", type=int, nargs="+", default=[100, 250, 500, 1000, 2000])
-    parser.add_argument("--lenet-iterations", type=int, default=200)
+    parser.add_argument("--lenet-iterations", type=int, default=20)
     parser.add_argument("--convnet-iterations", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=5, help="timing rounds per restart count on LeNet")
-    parser.add_argument("--convnet-rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds per path")
+    parser.add_argument("--restarts", type=int, default=4)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--fedavg-iterations", type=int, default=500)
     parser.add_argument("--fedavg-size", type=int, default=32)
     cores = torch.get_num_threads()  # torch's default: every core, what a user's attack runs with
@@ -171,10 +157,10 @@ def main() -> None:
                              "isolates the per-call overhead, every core is what a user's attack gets)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {cores} cores, cpu")
-    if "restarts" in args.only:
+    if "paths" in args.only:
         for threads in args.restart_threads:
-            bench_restarts({"lenet": args.lenet_iterations, "convnet": args.convnet_iterations},
-                           {"lenet": args.rounds, "convnet": args.convnet_rounds}, threads)
+            bench_paths({"lenet": args.lenet_iterations, "convnet": args.convnet_iterations}, args.rounds, threads,
+                        args.restarts, args.batches)
     torch.set_num_threads(args.threads)
     if "fedavg" in args.only:
         bench_fedavg(args.fedavg_iterations, args.fedavg_size)

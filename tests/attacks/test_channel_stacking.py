@@ -1,5 +1,5 @@
 """Restarts folded into channel groups: the stacked model agrees with torch.func's vmap on every model it
-accepts, and the engine falls back to vmap on the ones it cannot fold."""
+accepts, and the engine falls back to vmap, with a warning it records, on the ones it cannot fold."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from gradleak.attacks.optimization import EngineConfig, UpdateMatcher
-from gradleak.attacks.stacking import NotStackable, StackedConv2d, stack_model
+from gradleak.attacks.optimization.channel_stacking import NotStackable, StackedConv2d, stack_model
 from gradleak.errors import ConfigError
 from gradleak.experiment import ExperimentConfig, make_victim
 from gradleak.models import MODELS
@@ -26,9 +26,16 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
 
 
+def _stacks(matcher: UpdateMatcher, xs: torch.Tensor, ys: torch.Tensor, soft: bool) -> bool:
+    """Whether the engine runs these restarts as one channel-stacked model (and says so)."""
+    stacked = matcher.evaluator._eager_model(xs, ys, soft) is not None
+    assert matcher.evaluator.record["evaluation"] == ("autograd" if stacked else "torch.func")
+    return stacked
+
+
 def _agree(matcher: UpdateMatcher, xs: torch.Tensor, ys: torch.Tensor, soft: bool) -> None:
-    reference = matcher._value_and_grad_vmap(xs, ys, soft)
-    fast = matcher._value_and_grad_stacked(xs, ys, soft)
+    reference = matcher.evaluator.functional(xs, ys, soft)
+    fast = matcher.value_and_grad(xs, ys, soft, coupled=False)
     assert torch.allclose(fast[0], reference[0], rtol=1e-4, atol=1e-6)
     assert _relative_error(fast[1], reference[1]) < 1e-3
     if soft:
@@ -42,7 +49,7 @@ def test_lenet_restarts_stack_and_agree_with_vmap(soft: bool) -> None:
                                           leak_labels=True))
     matcher = UpdateMatcher([obs], EngineConfig(objective="cosine", priors={"tv": 0.1}), "cpu")
     xs, ys = _inputs(obs, 1, 4, soft)
-    assert matcher._stacking(xs, ys, soft)  # chosen by the engine, not only possible
+    assert _stacks(matcher, xs, ys, soft)  # chosen by the engine, not only possible
     _agree(matcher, xs, ys, soft)
     values, grads, _ = matcher.value_and_grad(xs, ys, soft)
     assert values.shape == (1, 4) and grads.shape == xs.shape
@@ -53,7 +60,7 @@ def test_several_observations_each_matched_against_their_own_update() -> None:
                for i in (0, 7)]
     matcher = UpdateMatcher(victims, EngineConfig(objective="l2"), "cpu")
     xs, ys = _inputs(victims[0], 2, 3, soft=False)
-    assert matcher._stacking(xs, ys, False)
+    assert _stacks(matcher, xs, ys, False)
     _agree(matcher, xs, ys, False)
     values = matcher.value_and_grad(xs, ys, False)[0]
     swapped = matcher.value_and_grad(xs.flip(0), ys.flip(0), False)[0]
@@ -67,7 +74,7 @@ def test_convnet_with_normalisation_stacks(mode: str, norm: str) -> None:
     priors = {"tv": 0.1, "bn": 0.01} if norm == "batch" else {"tv": 0.1}
     matcher = UpdateMatcher([obs], EngineConfig(objective="cosine", priors=priors), "cpu")
     xs, ys = _inputs(obs, 1, 3, soft=False)
-    assert matcher._stacking(xs, ys, False)
+    assert _stacks(matcher, xs, ys, False)
     _agree(matcher, xs, ys, False)
 
 
@@ -90,9 +97,11 @@ def test_models_that_cannot_fold_fall_back_to_vmap() -> None:
         stack_model(obs.build_model("cpu"), 2)
     matcher = UpdateMatcher([obs], EngineConfig(objective="cosine"), "cpu")
     xs, ys = _inputs(obs, 1, 2, soft=False)
-    values, grads, _ = matcher.value_and_grad(xs, ys, False)
-    assert not matcher._stacking(xs, ys, False)
-    reference = matcher._value_and_grad_vmap(xs, ys, False)
+    with pytest.warns(RuntimeWarning, match="falls back to torch.func"):
+        values, grads, _ = matcher.value_and_grad(xs, ys, False)
+    assert not _stacks(matcher, xs, ys, False)
+    assert "cannot be folded" in matcher.evaluator.record["fallback"]
+    reference = matcher.evaluator.functional(xs, ys, False)
     assert torch.equal(values, reference[0]) and torch.equal(grads, reference[1])
 
 
@@ -121,9 +130,10 @@ def test_a_forward_that_mixes_channels_is_caught_by_the_check() -> None:
     stack_model(obs.build_model("cpu"), 2)  # the layers fold...
     matcher = UpdateMatcher([obs], EngineConfig(objective="l2"), "cpu")
     xs, ys = _inputs(obs, 1, 2, soft=False)
-    values, grads, _ = matcher.value_and_grad(xs, ys, False)
-    assert not matcher._stacking(xs, ys, False)  # ...but disagree with vmap, so the engine does not use them
-    reference = matcher._value_and_grad_vmap(xs, ys, False)
+    with pytest.warns(RuntimeWarning, match="disagrees with torch.func"):
+        values, grads, _ = matcher.value_and_grad(xs, ys, False)
+    assert not _stacks(matcher, xs, ys, False)  # ...but disagree with vmap, so the engine does not use them
+    reference = matcher.evaluator.functional(xs, ys, False)
     assert torch.equal(values, reference[0]) and torch.equal(grads, reference[1])
 
 
@@ -159,7 +169,7 @@ def test_stacked_convolutions_double_backward_agrees_with_vmap(mkldnn: bool) -> 
     matcher = UpdateMatcher([obs], EngineConfig(objective="cosine", priors={"tv": 0.1}), "cpu")
     xs, ys = _inputs(obs, 1, 3, soft=True)
     with torch.backends.mkldnn.flags(enabled=mkldnn):
-        assert matcher._stacking(xs, ys, True)
+        assert _stacks(matcher, xs, ys, True)
         _agree(matcher, xs, ys, True)
 
 
@@ -173,9 +183,9 @@ def test_single_restart_twin_skips_the_weight_second_order_and_agrees_with_vmap(
                                           indices=(3, 5), batch_size=2, leak_labels=True))
     matcher = UpdateMatcher([obs], EngineConfig(objective="cosine", priors={"tv": 0.1}), "cpu")
     xs, ys = _inputs(obs, 1, 1, soft)
-    reference = matcher._value_and_grad_vmap(xs, ys, soft)
+    reference = matcher.evaluator.functional(xs, ys, soft)
     fast = matcher.value_and_grad(xs, ys, soft)
-    assert any(isinstance(m, StackedConv2d) for m in matcher._eager.modules())
+    assert any(isinstance(m, StackedConv2d) for m in matcher.evaluator._models[1][0].modules())
     assert torch.allclose(fast[0], reference[0], rtol=1e-5, atol=1e-6)
     assert _relative_error(fast[1], reference[1]) < 1e-4
     if soft:

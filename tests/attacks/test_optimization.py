@@ -168,3 +168,41 @@ def test_single_restart_fast_path_equals_vmapped_path_with_soft_labels() -> None
         assert torch.allclose(gx[0, r], g[0, 0], rtol=1e-4, atol=1e-6)
         assert torch.allclose(gy[0, r], h[0, 0], rtol=1e-4, atol=1e-6)
     assert float(gx.abs().sum()) > 0 and float(gy.abs().sum()) > 0
+
+
+@pytest.mark.numerics  # the returned objective is recomputed by the value-only pass: equal within float32 rounding
+def test_returned_image_is_each_restarts_best_iterate() -> None:
+    """Issue 25: the signed-gradient Adam keeps moving after its best point; the engine returns the iterate with
+    the lowest objective, not the last one."""
+    obs, _ = _victim(indices=(3,))
+    recon = optimize(obs, EngineConfig(iterations=30, **{**ADAM, "lr": 1.0}), labels=obs.labels,  # overshoots
+                     attack_name="t", settings={}, seed=0)
+    assert float(recon.restart_objectives.min()) == pytest.approx(float(recon.trace.min()), rel=1e-4)
+    assert float(recon.trace.min()) < float(recon.trace[-1])  # the last iterate is not the best one here
+
+
+@pytest.mark.numerics  # compares objectives of two runs of the same path
+@pytest.mark.parametrize("schedule", ["constant", "step"])
+def test_more_iterations_never_give_a_worse_objective(schedule: str) -> None:
+    """Under a constant step, a shorter run is a prefix of a longer one, so the best iterate can only improve;
+    under the step decay (Inverting Gradients' schedule, which scales with the budget) it must not get worse
+    either on this victim (the 1,000-vs-200-iteration regression of issue 25)."""
+    obs, _ = _victim(indices=(3,), model="convnet", model_kwargs={"width": 4}, pretrain_steps=20)
+    objectives = []
+    for iterations in (10, 20, 40):
+        recon = optimize(obs, EngineConfig(iterations=iterations, schedule=schedule, **ADAM), labels=obs.labels,
+                         attack_name="t", settings={}, seed=0)
+        objectives.append(float(recon.restart_objectives.min()))
+    assert objectives[0] >= objectives[1] >= objectives[2]
+
+
+def test_details_say_which_path_backend_and_fallback_ran() -> None:
+    obs, _ = _victim(indices=(3,))
+    recon = optimize(obs, EngineConfig(iterations=2, **ADAM), labels=obs.labels, attack_name="t", settings={},
+                     seed=0)
+    compute = recon.details["compute"]
+    assert compute["evaluation"] == "autograd" and compute["fallback"] is None
+    assert compute["conv_backend"] in ("mkldnn", "native") and isinstance(compute["flush_denormals"], bool)
+    native = optimize(obs, EngineConfig(iterations=2, conv_backend="native", **ADAM), labels=obs.labels,
+                      attack_name="t", settings={}, seed=0)
+    assert native.details["compute"]["conv_backend"] == "native"
