@@ -129,6 +129,7 @@ SETTING_RANGES: dict[str, tuple[float, float, bool, bool, bool]] = {
     "alpha": (0, INF, False, True, False), "coeff_reg": (0, INF, False, True, False),
     "coeff_perplexity": (0, INF, False, True, False), "epoch_prior": (0, INF, False, True, False),
     "count_prior": (0, INF, False, True, False), "tied_share": (0, 1, False, True, False),
+    "width": (1, INF, False, True, True),
     # LAMP's discrete moves and prior
     "init_candidates": (1, INF, False, True, True), "candidates": (1, INF, False, True, True),
     "swap_every": (1, INF, False, True, True), "swap_burnin": (0, 1, False, False, False),
