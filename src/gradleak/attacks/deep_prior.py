@@ -61,7 +61,7 @@ class DeepImagePrior(InvertingGradients):
     lr: float = 0.01
     tv: float = 0.0
     signed: bool = False
-    schedule: Literal["constant", "step", "cosine"] = "cosine"
+    schedule: Literal["constant", "step", "cosine"] = "constant"
     width: int = 64
     time_limit_s: float | None = None
 

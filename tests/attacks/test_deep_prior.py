@@ -1,0 +1,39 @@
+"""The deep image prior (Ulyanov et al. 2018): the images are an untrained generator's output, its weights optimised
+to match the update; it must beat every guess the attacker has without the update."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gradleak.attacks.deep_prior import DeepImagePrior, Generator
+from gradleak.errors import ConfigError
+from gradleak.experiment import ExperimentConfig, make_victim, public_set
+
+
+def test_generator_gives_one_image_per_code_in_the_pixel_box_and_is_seeded() -> None:
+    a = Generator(3, (16, 16), 2, 8, torch.Generator().manual_seed(0))()
+    b = Generator(3, (16, 16), 2, 8, torch.Generator().manual_seed(0))()
+    assert a.shape == (2, 3, 16, 16) and 0 <= float(a.min()) <= float(a.max()) <= 1
+    assert torch.equal(a, b)
+    with pytest.raises(ConfigError, match="divisible by 4"):
+        Generator(3, (18, 18), 1, 8, torch.Generator())
+
+
+def test_refuses_bad_settings_when_built() -> None:
+    with pytest.raises(ConfigError, match="width"):
+        DeepImagePrior(width=0)
+    with pytest.raises(ConfigError, match="time_limit_s"):
+        DeepImagePrior(time_limit_s=-1.0)
+
+
+@pytest.mark.numerics
+def test_recovers_a_photo_past_every_guess(assert_leaks) -> None:
+    """One photo (32x32, LeNet at initialisation): measured 250 iterations, the generator's image beats the best
+    guess by more than 3 dB and 0.1 SSIM (Inverting Gradients at the same wall time, 200 iterations: 13.02 dB
+    against the best guess's 12.88, no leak; the deep image prior 16.53 dB, SSIM 0.606)."""
+    config = ExperimentConfig(dataset="photos", image_size=32, model="lenet", indices=(3,), leak_labels=True)
+    obs, truth = make_victim(config)
+    recon = DeepImagePrior(iterations=250).reconstruct(obs, seed=0)
+    assert recon.iterations == 250 and torch.isfinite(recon.trace).all()
+    assert_leaks(recon.inputs, recon.labels, truth, obs, public_set(config, obs)[0])
