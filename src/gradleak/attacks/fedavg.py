@@ -11,7 +11,10 @@ size and local batch size, and the attacker differentiates through the replayed 
   ``e``), each epoch with the same label counts, adds the epoch-order-invariant prior (every epoch holds the same
   set of images, so the mean candidate of each epoch must agree: their squared differences, weight
   ``epoch_prior``), and at the end matches every copy to the first (Hungarian assignment among images of one
-  label) and averages the matched images.
+  label) and averages the matched images. Two departures from the paper, both settings: each candidate's label
+  is free (soft, held to the per-epoch counts), since a fixed label order cannot follow the client's reshuffle
+  across mini-batches (``epoch_labels="fixed"`` is the paper's); and ``tied_share`` of the iterations then refine
+  the N averaged images themselves, each epoch drawing them in the matched order (``tied_share=0``: the paper's).
 """
 
 from __future__ import annotations
