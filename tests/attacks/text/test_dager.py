@@ -156,3 +156,21 @@ def test_an_ambiguous_decoder_rank_is_resolved_by_the_layer2_test() -> None:
     assert chosen.rank == 59, details
     scores = details["rank_candidates"]["layer1"]["scores"]
     assert scores["59"][0] == 1.0 and scores["57"][0] == 0.0, scores
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "fp16"])
+def test_dager_defaults_recover_a_record_from_a_noised_or_fp16_update(kind: str, assert_text_leaks) -> None:
+    """Gaussian noise 1e-6 or fp16 rounding on gpt2-mini's update (width 256, one record of 60 tokens): the
+    rounding-floor rank decision sees noise in every direction (rank 256: nothing recovered before); the default
+    settings now cut at the spectrum's clear drop below the token count (59) and widen the thresholds to the noise
+    it leaves, and the record comes back exactly."""
+    from gradleak.defenses import build_defense
+
+    defense = build_defense("gaussian", std=1e-6) if kind == "gaussian" else build_defense("quantization",
+                                                                                            kind="fp16")
+    case = text_victim("gpt2-mini", 1, seed=0, defense=defense)
+    recon = ATTACKS.build("dager").reconstruct(case.observation)
+    scores = _score(case, recon)
+    assert scores.means()["exact"] == 1.0, scores.means()
+    assert recon.details["layer1_rank"] == 59 and recon.details["threshold_used"] > 1e-3
+    assert_text_leaks(scores, case.observation, case.truth.inputs, case.tokenizer)
