@@ -32,6 +32,7 @@ from gradleak.data import load_dataset
 from gradleak.metrics import score
 from gradleak.model_spec import ModelSpec
 from gradleak.observation import GroundTruth, LocalTraining, Observation
+from gradleak.report.grid import save_grid
 from gradleak.victim import simulate
 
 #: Dimitrov et al. (2022)'s threshold of a recovered image (their ``delta``)
@@ -63,6 +64,7 @@ def run(args: argparse.Namespace, dataset: str, epochs: int, batch: int) -> list
                                                                       "epoch_prior": args.epoch_prior}}
     found: dict[str, dict[str, list[float]]] = {a: {"rec": [], "leak": [], "psnr": [], "guess": [], "s": []}
                                                 for a in attacks}
+    grid: dict[str, list[torch.Tensor]] = {"truth": [], **{a: [] for a in attacks}}
     for s in range(args.samples):
         indices = torch.randperm(len(ds), generator=torch.Generator().manual_seed(args.seed + s))[:args.images]
         obs, truth = shuffled_client(dataset, args.size, args.model, indices.tolist(), epochs, batch, args.local_lr,
@@ -74,10 +76,16 @@ def run(args: argparse.Namespace, dataset: str, epochs: int, batch: int) -> list
                 obs, seed=args.seed + s)
             found[name]["s"].append(time.perf_counter() - start)
             scores = score(recon.inputs, recon.labels, truth, guesses=ImageGuesses.of(obs.inputs, public, seed=s))
+            grid[name].append(recon.inputs.detach().cpu()[scores.assignment])
             found[name]["rec"] += [float(p > RECOVERED_DB) for p in scores.psnr]
             found[name]["leak"] += [float(v) for v in scores.leaked]
             found[name]["psnr"] += scores.psnr
             found[name]["guess"] += scores.baselines.best_psnr
+        grid["truth"].append(truth.inputs)
+    if args.grid:
+        path = f"{args.grid}/fedavg_{dataset}_E{epochs}_B{batch}.png"
+        save_grid([torch.cat(v) for v in grid.values()], list(grid), path)
+        print(f"grid: {path}", flush=True)
     mean = lambda v: sum(v) / len(v)  # noqa: E731
     return [{"dataset": dataset, "epochs": epochs, "batch": batch, "attack": a, "recovered": mean(f["rec"]),
              "leaked": mean(f["leak"]), "psnr": mean(f["psnr"]), "guess": mean(f["guess"]), "seconds": mean(f["s"]),
@@ -108,6 +116,8 @@ def main() -> None:
     p.add_argument("--tv", type=float, default=0.05)
     p.add_argument("--epoch-prior", type=float, default=1.0)
     p.add_argument("--samples", type=int, default=1, help="clients per row (seeds seed..seed+samples-1)")
+    p.add_argument("--grid", default=None, help="a folder for one PNG per row: the private images, then each "
+                   "attack's reconstructions matched to them")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()

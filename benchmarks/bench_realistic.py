@@ -41,6 +41,7 @@ from gradleak.metrics import score
 from gradleak.model_spec import ModelSpec
 from gradleak.observation import LocalTraining
 from gradleak.reidentification import classifier_features
+from gradleak.report.grid import save_grid
 from gradleak.training import accuracy, pretrained
 from gradleak.victim import normalize, simulate
 
@@ -108,6 +109,7 @@ def run_row(args: argparse.Namespace, dataset: str, size: int, model: str, stage
                                  "iterations")} for a in names}
     cases, acc = victims(args, dataset, size, model, stage, batch, protocol)
     lineup = 0
+    grid: dict[str, list[torch.Tensor]] = {"truth": [], **{a: [] for a in names}}
     for s, (indices, obs, truth) in enumerate(cases):
         public = ds.images[ds.disjoint_from(indices)]
         budget = None
@@ -124,6 +126,7 @@ def run_row(args: argparse.Namespace, dataset: str, size: int, model: str, stage
             scores = score(recon.inputs, recon.labels, truth, guesses=ImageGuesses.of(obs.inputs, public, seed=s),
                            embed=embed)
             f = found[name]
+            grid[name].append(recon.inputs.detach().cpu()[scores.assignment])
             f["times"].append(elapsed)
             f["iterations"].append(recon.iterations)
             f["leaked"] += scores.leaked
@@ -134,6 +137,11 @@ def run_row(args: argparse.Namespace, dataset: str, size: int, model: str, stage
             f["best_p"] += scores.baselines.best_psnr
             f["best_s"] += scores.baselines.best_ssim
             lineup = scores.reidentification["pixels"].lineup
+        grid["truth"].append(truth.inputs)
+    if args.grid:
+        path = f"{args.grid}/realistic_{dataset}{size}_{model}_{stage}_b{batch}_{protocol}.png"
+        save_grid([torch.cat(v) for v in grid.values()], list(grid), path)
+        print(f"grid: {path}", flush=True)
     mean = lambda v: sum(v) / len(v)  # noqa: E731
     return [{"dataset": dataset, "size": size, "model": model, "stage": stage, "train_acc": acc, "batch": batch,
              "protocol": protocol, "attack": f"{a} ({mean(f['iterations']):.0f} it)", "leaked": mean(f["leaked"]),
@@ -179,6 +187,8 @@ def main() -> None:
     p.add_argument("--width", type=int, default=64, help="convnet width (64: the paper's ConvNet-64, Geiping et al. 2020)")
     p.add_argument("--attacks", nargs="+", default=["inverting"], help="beside Inverting Gradients (fedavg on "
                    "FedAvg), each at its wall time per batch: 'dip' (the deep image prior, Ulyanov et al. 2018)")
+    p.add_argument("--grid", default=None, help="a folder for one PNG per row: the private images, then each "
+                   "attack's reconstructions matched to them")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
