@@ -393,11 +393,16 @@ class DAGER(Attack):
                 break
             if dropout:
                 x, projector = arch.masked_candidates(p, span1)
-                dist, bound = masked_distance(x, projector), self.dropout_threshold
+                # the masked search is costly per candidate: only those nearest the span before any mask (true
+                # tokens ranked at most 112 of 2048 there, GPT-2-small, batch 8, 330 tokens) are searched
+                near = torch.argsort(span1.distance(arch.first_inputs(p)))[: max(256, 48 * max(batch, 1))].cpu()
+                dist = torch.full((x.shape[0],), math.inf, dtype=torch.float64)
+                dist[near] = masked_distance(x[near.to(x.device)], projector).cpu()
+                bound = self.dropout_threshold
                 # a greedy step can go wrong early: the closest uncertified tokens are searched again, refined
                 shortlist = torch.argsort(torch.where(dist < bound, math.inf, dist))[: 2 * max(batch, 1)]
                 dist[shortlist] = torch.minimum(dist[shortlist], masked_distance(x[shortlist.to(x.device)], projector,
-                                                                                 refine=True))
+                                                                                 refine=True).cpu())
             else:
                 dist, bound = span1.distance(arch.first_inputs(p)), threshold or self.threshold
             per_position.append([int(v) for v in torch.nonzero(dist < bound).flatten()])
