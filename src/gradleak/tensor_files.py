@@ -21,13 +21,13 @@ from safetensors import SafetensorError
 
 from gradleak.capture import read_safetensors
 from gradleak.errors import CaptureError
-from gradleak.observation import check_plain_tensor
+from gradleak.observation import Observation, check_plain_tensor
 from gradleak.record import strip_prefix
 
 if TYPE_CHECKING:
     from gradleak.inputs import InputSpec
     from gradleak.model_spec import ModelSpec
-    from gradleak.observation import LocalTraining, Observation
+    from gradleak.observation import LocalTraining
     from gradleak.tasks import Task
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "gradients", "grads", "update", "weights")
@@ -105,8 +105,6 @@ def observation_from_files(
     labels: torch.Tensor | None = None,
 ) -> "Observation":
     """An Observation from a red team's weights file and update file plus the input description they know."""
-    from gradleak.observation import Observation
-
     weights_t = load_tensors(weights, "weights file")
     update_t = load_tensors(update, "update file")
     try:
