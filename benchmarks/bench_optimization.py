@@ -9,8 +9,8 @@ Sections:
   batch 1, labels known; the images are attacked as one batched computation (``reconstruct_many``: with Adam
   each result equals a separate run). Prints PSNR per image and the mean at fixed budgets, and s/iteration.
 - ``paths``: seconds per evaluation of every way the engine could compute the objective and its gradient (issue
-  22): one restart through the autograd twin or torch.func; ``--restarts`` restarts as a loop of the twin, as one
-  channel-stacked model, or vmapped; LeNet and ConvNet-64, batch 1 and 8, oneDNN and native convolutions,
+  22): one restart through the autograd twin or torch.func; ``--restarts`` restarts as a loop of the twin or
+  vmapped (the channel-stacked restarts these runs also timed are gone: see ``optimization.evaluation``); LeNet and ConvNet-64, batch 1 and 8, oneDNN and native convolutions,
   interleaved. ``optimization.evaluation`` keeps the paths that pay; its docstring quotes the figures.
 - ``fedavg``: batch 4, 5 local steps of batch 2 (lr 0.1) on LeNet; the FedAvg attack (unrolled steps) against
   Inverting Gradients reading the delta as one gradient, same budget and seed.
@@ -25,7 +25,6 @@ import torch
 
 from gradleak.attacks import ATTACKS
 from gradleak.attacks.optimization import EngineConfig, UpdateMatcher, optimize_many
-from gradleak.attacks.optimization.channel_stacking import fold, stack_model
 from gradleak.attacks.optimization.evaluation import conv_backend, flush_denormals
 from gradleak.experiment import ExperimentConfig, make_victim
 from gradleak.metrics import psnr, score
@@ -87,17 +86,12 @@ def bench_paths(iterations: dict[str, int], rounds: int, threads: int, restarts:
             xs = torch.randn(1, restarts, b, *obs.input_shape, generator=torch.Generator().manual_seed(0))
             ys = truth.labels.view(1, 1, -1).expand(1, restarts, -1).contiguous()
             one = (xs[:, :1], ys[:, :1])
-            # the channel-stacked model, built without the engine's agreement check (timed even where it fails)
-            stacked = stack_model(matcher.model, restarts)
-            entry = (stacked, ev._free_leaves(stacked))
             steps = {
                 "1: autograd twin": lambda: matcher.value_and_grad(*one, False),
                 "1: torch.func": lambda: ev.functional(*one, False),
                 f"{restarts}: twin in a loop": lambda: [matcher.value_and_grad(xs[:, k:k + 1], ys[:, k:k + 1], False)
                                                        for k in range(restarts)],
-                f"{restarts}: channel-stacked": lambda: ev.autograd(*entry, xs, ys, False, matcher.flat_targets[0],
-                                                                     fold),
-                f"{restarts}: torch.func vmap": lambda: ev.functional(xs, ys, False),
+                f"{restarts}: torch.func vmap (the engine's path)": lambda: ev.functional(xs, ys, False),
             }
             times: dict[tuple[str, str], list[float]] = {}
             with flush_denormals(torch.device("cpu")):

@@ -8,9 +8,9 @@ descends on ``x``. One concept per module:
 - ``matcher``: ``UpdateMatcher`` (one gradient) and ``UnrolledMatcher`` (FedAvg's local steps), candidate ->
   objective;
 - ``evaluation``: how the objective and its gradient are computed for all restarts at once (plain autograd on
-  one model or on channel-stacked copies, or torch.func), the convolution backend and denormal flushing, all
-  recorded in ``Reconstruction.details["compute"]``;
-- ``channel_stacking``: restarts folded into the channel dimension of one model;
+  a twin of the model for one restart, torch.func otherwise), the convolution backend and denormal flushing,
+  all recorded in ``Reconstruction.details["compute"]``;
+- ``pruned_double_backward``: the twin's convolutions, whose double backward skips what nobody asks for;
 - ``loop``: ``optimize`` / ``optimize_many``, the optimiser loop, each restart's best iterate, the best restart;
 - ``attack``: ``OptimizationAttack``, the base of DLG, Inverting Gradients, GradInversion, ..., and
   ``resolve_labels``.

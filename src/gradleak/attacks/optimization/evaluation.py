@@ -1,22 +1,26 @@
 """How the engine computes the objective and its gradient for every observation and restart at once.
 
-Two paths, chosen by a fixed rule and recorded in each Reconstruction's ``details["compute"]``:
+Two paths, chosen by a fixed rule and recorded in each Reconstruction's ``details["compute"]["evaluation"]``:
 
-- ``"autograd"``: plain autograd on an eager copy of the model. One restart runs on a twin of the model whose
-  convolutions skip the weight's unused second-order gradient (``channel_stacking.prune_double_backward``);
-  ``S`` restarts (and observations) run as one model with ``S`` channel groups (``channel_stacking``). Used
-  whenever the simulation is one gradient (``UpdateMatcher``).
-- ``"torch.func"``: ``grad_and_value`` of the per-restart objective, ``vmap``-ed over restarts and observations
-  (singleton dimensions skip ``vmap``). Used for the unrolled FedAvg simulation, and as the *fallback* when the
-  model cannot be folded into channel groups or the folded model disagrees with it; a fallback is a warning.
+- ``"autograd"``: one observation, one restart, and the simulation is one gradient (``UpdateMatcher``): plain
+  autograd on a twin of the model whose convolutions skip the weight's second-order gradient that PyTorch's
+  double backward computes and throws away (``pruned_double_backward``), with the distance's gradient in closed
+  form (``objectives.CLOSED_FORMS``). Every single-restart run of DLG, Inverting Gradients and GradInversion
+  takes it.
+- ``"torch.func"``: everything else: ``grad_and_value`` of the per-restart objective, ``vmap``-ed over restarts
+  and observations (singleton dimensions skip ``vmap``); the unrolled FedAvg simulation always.
 
-Measured on this 2-core machine, 1 thread, seconds per evaluation (``benchmarks/bench_optimization.py --only
-paths``): ConvNet-64 32x32 batch 1: one restart 0.57 (autograd twin) vs 0.69 (torch.func); 4 restarts 1.70
-(channel-stacked) vs 4.40 (vmap). LeNet batch 1, 4 restarts: 0.0086 vs 0.0099. The channel-stacked path pays
-(2.6x) where a restart is big; the twin pays 1.2x.
+No run-time comparison picks a path, so there is no silent fallback. Seconds per evaluation, 1 thread, on this
+loaded 2-core machine (``benchmarks/bench_optimization.py --only paths``, issue 22; two runs, noisy): ConvNet-64
+32x32 batch 1, one restart: 0.57 / 1.99 (autograd twin) vs 0.69 / 2.34 (torch.func), 1.2x for the path nearly
+every run takes. The engine used to fold restarts into channel groups of one model (``stacking.py``, 280 lines
+of custom autograd): on LeNet, 4 restarts, it beat vmap by 1.15-1.30x (batch 1 and 8), and on ConvNet-64 it
+never ran (its check against vmap failed on float rounding and fell back silently; forced, it measured 1.70 vs
+4.40 s in one run and 11.7 vs 9.5 s in the next). It went: below the 1.3x bar where it ran.
 
-The CPU convolution backend is a setting (``EngineConfig.conv_backend``), and denormal floats are flushed to
-zero while the engine runs (``flush_denormals``): both are recorded.
+The CPU convolution backend is a setting (``EngineConfig.conv_backend``: oneDNN by default, PyTorch's own
+``native`` kernels on request), never timed, and denormal floats are flushed to zero while the engine runs
+(``flush_denormals``): both are recorded beside the path.
 """
 
 from __future__ import annotations
@@ -29,70 +33,41 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 from torch.func import grad_and_value, vmap
+from torch.nn import functional as F
 
-from gradleak.attacks.optimization.channel_stacking import (NotStackable, fold, mark_candidate,
-                                                            prune_double_backward, stack_model, stacked_loss)
+from gradleak.attacks.optimization.pruned_double_backward import mark_candidate, prune_double_backward
 
 if TYPE_CHECKING:  # the matcher builds its evaluator: a type-only import avoids the cycle
     from gradleak.attacks.optimization.matcher import UpdateMatcher
 
 Grads = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
 
-#: relative error of the whole gradient above which the channel-stacked model is taken to compute something else
-#: than the vmapped reference (a ``forward`` that mixes channels gives errors of order 1; float32 summation order
-#: on a ReLU network with batch-statistics BatchNorm moves it by ~2e-3 on ConvNet-64)
-AGREEMENT = 1e-2
-
 
 class Evaluator:
     """The objective ``(N, R)`` and its gradient w.r.t. the candidates ``(N, R, B, ...)`` (and soft labels) of
-    one matcher, by the path the rule above picks; ``record`` says which path ran and any fallback."""
+    one matcher, by the path the rule above picks; ``record`` says which one ran."""
 
     def __init__(self, matcher: UpdateMatcher, one_gradient: bool) -> None:
         self.matcher = matcher
         self.one_gradient = one_gradient
-        self.record: dict[str, Any] = {"evaluation": "autograd" if one_gradient else "torch.func", "fallback": None}
-        self._models: dict[int, tuple[nn.Module, list[torch.Tensor]] | None] = {}
+        self.record: dict[str, Any] = {"evaluation": None, "fallback": None}
+        self._twin: tuple[nn.Module, list[torch.Tensor]] | None = None
         self._buffers_key: tuple[Any, ...] | None = None
         self._buffers: list[torch.Tensor] = []
 
-    def value_and_grad(self, xs: torch.Tensor, ys: torch.Tensor, soft: bool, grad: bool = True) -> Grads:
-        copies = xs.shape[0] * xs.shape[1]
-        entry = self._eager_model(xs, ys, soft) if self.one_gradient else None
-        if entry is None:
-            return self.functional(xs, ys, soft)
-        n, r = xs.shape[:2]
-        m = self.matcher
-        if copies == 1:
-            return self.autograd(*entry, xs, ys, soft, m.flat_targets[0], lambda x: mark_candidate(x[0]), grad)
-        # the observed update of each copy's observation, or one broadcast to all copies
-        targets = m.flat_targets[0] if n == 1 else m.flat_targets.repeat_interleave(r, dim=0)
-        return self.autograd(*entry, xs, ys, soft, targets, fold, grad)
+    def path(self, xs: torch.Tensor) -> str:
+        """``"autograd"`` for one observation and one restart of the one-gradient simulation, else ``"torch.func"``."""
+        return "autograd" if self.one_gradient and xs.shape[0] * xs.shape[1] == 1 else "torch.func"
 
-    def _eager_model(self, xs: torch.Tensor, ys: torch.Tensor, soft: bool) -> tuple[nn.Module, list[torch.Tensor]] | None:
-        """The eager model holding ``N * R`` copies and its observed parameters, built once per count; ``None``
-        (after a warning) when it cannot be built or disagrees with the torch.func reference."""
-        copies = xs.shape[0] * xs.shape[1]
-        if copies in self._models:
-            return self._models[copies]
-        if copies == 1:
+    def value_and_grad(self, xs: torch.Tensor, ys: torch.Tensor, soft: bool, grad: bool = True) -> Grads:
+        path = self.path(xs)
+        self.record["evaluation"] = path
+        if path == "torch.func":
+            return self.functional(xs, ys, soft)
+        if self._twin is None:
             twin = prune_double_backward(self.matcher.model)
-            self._models[1] = (twin, self._free_leaves(twin))
-            return self._models[1]
-        try:
-            stacked = stack_model(self.matcher.model, copies)
-            self._models[copies] = (stacked, self._free_leaves(stacked))
-            fast = self.value_and_grad(xs, ys, soft)
-            reference = self.functional(xs, ys, soft)
-            error = max(_relative_error(a, b) for a, b in zip(fast, reference) if a is not None and b is not None)
-            if not error <= AGREEMENT:
-                raise NotStackable(f"the channel-stacked model disagrees with torch.func (relative error {error:.1e})")
-        except (NotStackable, RuntimeError, ValueError) as err:
-            self._models[copies] = None
-            reason = f"{copies} copies of {type(self.matcher.model).__name__} not channel-stacked: {err}"
-            self.record.update(evaluation="torch.func", fallback=reason)
-            warnings.warn(f"gradleak engine falls back to torch.func.vmap: {reason}", RuntimeWarning, stacklevel=2)
-        return self._models[copies]
+            self._twin = (twin, self._free_leaves(twin))
+        return self.autograd(*self._twin, xs, ys, soft, grad)
 
     def functional(self, xs: torch.Tensor, ys: torch.Tensor, soft: bool) -> Grads:
         """Any simulation, any model: ``grad_and_value`` of the per-restart objective, vmapped over restarts and
@@ -117,30 +92,21 @@ class Evaluator:
         return value, grads[0], (grads[1] if soft else None)
 
     def autograd(
-        self,
-        model: nn.Module,
-        free: list[torch.Tensor],
-        xs: torch.Tensor,
-        ys: torch.Tensor,
-        soft: bool,
-        targets: torch.Tensor,
-        model_input: Callable[[torch.Tensor], torch.Tensor],
+        self, model: nn.Module, free: list[torch.Tensor], xs: torch.Tensor, ys: torch.Tensor, soft: bool,
         grad: bool = True,
     ) -> Grads:
-        """The objective and its gradient through plain autograd on an eager ``model`` holding ``S = N * R``
-        copies: ``model_input`` maps the candidates ``(S, B, ...)`` to its input, and ``free`` are its observed
-        parameters, whose gradients hold the copies' updates in order. ``grad=False`` stops after the value (no
-        double backward) and returns ``None`` for the gradients."""
+        """The objective and its gradient through plain autograd on the eager twin ``model`` of one restart
+        ``(1, 1, B, ...)``; ``free`` are its observed parameters, in the order of the observed update.
+        ``grad=False`` stops after the value (no double backward) and returns ``None`` for the gradients."""
         m = self.matcher
-        n, r = xs.shape[:2]
-        copies = n * r
+        n, r, copies, targets = 1, 1, 1, m.flat_targets[0]
         with torch.enable_grad():
             x = xs.detach().flatten(0, 1).requires_grad_(True)
             y = ys.detach().flatten(0, 1).requires_grad_(soft)
             m._bn_log = {}
-            logits = model(model_input(x))
+            logits = model(mark_candidate(x[0]))
             bn_log, m._bn_log = m._bn_log, {}
-            grads = torch.autograd.grad(stacked_loss(logits, y, soft), free, create_graph=True)
+            grads = torch.autograd.grad(_loss(logits, y[0], soft), free, create_graph=True)
             stats = {name: (mu.view(copies, -1), var.view(copies, -1)) for name, (mu, var) in bn_log.items()}
             inputs = [x, y] if soft else [x]
             if m.closed_form is None:
@@ -154,7 +120,7 @@ class Evaluator:
                 # product of the simulated update (and the priors) back to the candidate
                 parts = [g.reshape(copies, -1) for g in grads]
                 with torch.no_grad():
-                    tparts = [t[0] if n == 1 else t.repeat_interleave(r, dim=0) for t in m.part_targets]
+                    tparts = [t[0] for t in m.part_targets]
                     detached = [p.detach() for p in parts]
                     dist, dparts = m.closed_form(detached, tparts, m.part_weights, self._seed_buffers(detached))
                     scale = m.config.objective_scale
@@ -191,9 +157,11 @@ class Evaluator:
         return [named[k] for k in targets]
 
 
-def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach(), b.detach()
-    return float(torch.linalg.vector_norm(a - b) / (torch.linalg.vector_norm(b) + 1e-12))
+def _loss(logits: torch.Tensor, y: torch.Tensor, soft: bool) -> torch.Tensor:
+    """Mean cross-entropy of one restart: ``y`` class indices ``(B,)`` or soft-label logits ``(B, K)`` (DLG)."""
+    if soft:
+        return -(F.softmax(y, dim=-1) * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+    return F.cross_entropy(logits, y, reduction="sum") / y.shape[0]
 
 
 def _flushing_denormals() -> bool:
