@@ -574,10 +574,28 @@ class DAGER(Attack):
             return float((k @ coef - q).norm() / q.norm().clamp_min(1e-300))
 
         first = per_position[0]
-        records = [[first[i % len(first)]] for i in range(batch)]  # shared first tokens: spread over the records
+        start = 1
+        records = [[first[i % len(first)]] for i in range(batch)]
         worst = [0.0] * batch
-        alive = list(range(batch))
-        for p in range(1, len(per_position)):
+        if len(first) < batch and len(per_position) > 1 and per_position[1]:
+            # records share first tokens: the second position's tokens choose their first token (each first token
+            # used at least once), so the shared ones are repeated as often as the records need them
+            second = per_position[1]
+            cost = torch.tensor([[residual([v], 1, w) for v in first] for w in second], dtype=torch.float64)
+            copies = max(1, len(second) - len(first) + 1)
+            wide = torch.cat([cost - 10.0] + [cost] * (copies - 1), dim=1).numpy()
+            rows_w, cols_v = linear_sum_assignment(wide)
+            pairs = [(first[c % len(first)], second[r], float(cost[r, c % len(first)]))
+                     for r, c in zip(rows_w.tolist(), cols_v.tolist())]
+            spare = sorted(((float(cost[r, c]), first[c], second[r]) for r in range(len(second))
+                            for c in range(len(first)) if (first[c], second[r]) not in {(a, b) for a, b, _ in pairs}))
+            pairs += [(v, w, c) for c, v, w in spare[: max(0, batch - len(pairs))]]
+            pairs = pairs[:batch]
+            records = [[v, w] for v, w, _ in pairs] + [[first[0]] for _ in range(batch - len(pairs))]
+            worst = [c for _, _, c in pairs] + [1.0] * (batch - len(pairs))
+            start = 2
+        alive = [r for r in range(batch) if len(records[r]) == start]
+        for p in range(start, len(per_position)):
             tokens = per_position[p]
             if not tokens:
                 break
