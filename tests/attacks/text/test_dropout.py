@@ -116,3 +116,13 @@ def test_dropout_on_a_bert_classifier_is_recovered_and_certified(assert_text_lea
     assert scores.means()["exact"] == 1.0, scores.means()
     assert recon.details["dropout"] == 0.1 and recon.details["records_certified"] == 1
     assert_text_leaks(scores, rec.observation, ids, tok)
+
+
+def test_the_leaked_bag_under_dropout_is_the_records_tokens() -> None:
+    """The bag the baselines draw from (``token_bag``) comes from the masked test too: under dropout the plain
+    span test finds nothing, and the bag guesses would be empty (too easy to beat)."""
+    from gradleak.attacks.text.token_bag import token_bag
+
+    obs, ids, tok, _ = _step("gpt2-tiny", 1, 16)
+    expected = set(ids[(ids != tok.pad_id) & (ids != tok.eos_id)].tolist())
+    assert token_bag(obs) == expected

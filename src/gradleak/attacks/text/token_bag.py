@@ -3,7 +3,8 @@
 Untied input embeddings (BERT's word embeddings): only the rows of tokens in the batch receive a gradient, so the
 non-zero rows are the bag (Melis et al. 2019; used by TAG, LAMP and DAGER as their first step). Tied embeddings
 (GPT-2's ``wte`` is also the output layer): the output softmax writes every row, so the rows say nothing; the bag
-then comes from the first attention layer's span test (``dager``), which holds whatever the embedding is tied to.
+then comes from the first attention layer's span test (``dager``), which holds whatever the embedding is tied to:
+under dropout its masked test, on a noised update at the spectrum's largest drop, as DAGER runs them.
 """
 
 from __future__ import annotations
@@ -45,10 +46,12 @@ def token_bag(obs: Observation, *, rtol: float = 1e-6) -> set[int]:
     span = arch.span(0, attack.rtol)  # rank cut at the spectrum's gap (gradleak.attacks.rank)
     if span.decision is not None and span.decision.ambiguous:
         surface({"rank_decision": {"layer1": span.decision.details()}}, "token_bag")
+    span, threshold = attack._noise_aware(span, obs, attack.threshold)
     if span.full:
         raise ConfigError("the batch holds as many tokens as the first layer is wide: its span covers everything")
+    dropout = obs.model_mode == "train" and arch.dropout_rate() > 0  # masked first-layer inputs (attacks.text.dropout)
     bag: set[int] = set()
-    for p in range(obs.inputs.seq_len):
-        dist = span.distance(arch.first_inputs(p))
-        bag |= {int(v) for v in torch.nonzero(dist < attack.threshold).flatten()}
+    for tokens in attack._first_candidates(arch, span, obs.inputs.seq_len, dropout, batch=obs.batch_size,
+                                           threshold=threshold):
+        bag |= set(tokens)
     return bag
