@@ -110,8 +110,6 @@ def test_hugging_face_models_need_their_config_in_one_line(tmp_path: Path, capsy
     assert "--model-config applies to hf: models, not --model lenet" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, reason="utility.train_with_defense builds registry models only (build_model); "
-                   "it needs model_spec_for(config.model, ...) like experiment.make_victim")
 def test_defend_trains_the_users_own_model(tmp_path: Path, monkeypatch, capsys) -> None:
     _user_model(tmp_path / "mine")
     monkeypatch.chdir(tmp_path)
@@ -121,8 +119,6 @@ def test_defend_trains_the_users_own_model(tmp_path: Path, monkeypatch, capsys) 
     assert json.loads((tmp_path / "u" / "utility.json").read_text())["config"]["model"] == "mine/net.py:build"
 
 
-@pytest.mark.xfail(strict=True, reason="tradeoff's utility side trains through utility.train_with_defense, "
-                   "which builds registry models only")
 def test_tradeoff_attacks_and_trains_the_users_own_model(tmp_path: Path, monkeypatch, capsys) -> None:
     _user_model(tmp_path / "mine")
     monkeypatch.chdir(tmp_path)

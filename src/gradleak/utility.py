@@ -28,7 +28,7 @@ from gradleak.defenses.base import Defense, Privacy, Schedule, Update, defended_
 from gradleak.defenses.dp import DPSGD
 from gradleak.errors import ConfigError
 from gradleak.inputs import TokenInput
-from gradleak.models import build_model
+from gradleak.model_spec import model_spec_for
 from gradleak.tasks import Task, forward
 from gradleak.training import accuracy, defended_steps, split_indices, train
 
@@ -92,10 +92,8 @@ def train_with_defense(
     train_idx, test_idx = split_indices(len(ds), config.test_fraction, config.seed)
     c, h, _ = ds.input_shape
     torch.manual_seed(config.seed)
-    model = build_model(
-        config.model, in_channels=c, num_classes=config.num_classes or ds.num_classes, image_size=h,
-        **config.model_kwargs,
-    )
+    model = model_spec_for(config.model, {"in_channels": c, "num_classes": config.num_classes or ds.num_classes,
+                                          "image_size": h, **config.model_kwargs}).build()
     schedule = train(model, ds, train_idx, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
                      momentum=config.momentum, seed=config.seed, device=config.device, defense=defense)
     assert schedule is not None  # UtilityConfig refuses steps < 1
