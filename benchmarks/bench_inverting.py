@@ -26,7 +26,7 @@ What gradleak does less of, per iteration (torch.profiler op totals, ResNet-18 a
 - PyTorch's generic double backward of a convolution also computes the weight's second-order gradient,
   ``conv(ggI, gO)``, which nobody asked for: one convolution of the ~8 per layer and iteration (on ResNet-18 at
   batch 1 run by oneDNN with batch and channels swapped, 12-18 ms for a 512x512 layer).
-  ``optimization.channel_stacking.prune_double_backward`` gives the engine's twin convolutions that skip it.
+  ``optimization.pruned_double_backward`` gives the engine's twin convolutions that skip it.
 - Denormal arithmetic: second-order BatchNorm terms underflow, and x86 runs them ~4x slower; the engine flushes
   denormals to zero while it runs (ResNet-18 batch 8: ~0.5 s of ~2.9 s per evaluation were such ops).
 - The distance's parameter-sized arithmetic: closed-form cosine gradient (``objectives.CLOSED_FORMS``) into

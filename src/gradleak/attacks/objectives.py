@@ -2,7 +2,7 @@
 
 Each takes the candidate's update and the observed update flattened and concatenated in parameter order,
 ``(..., P)``, and per-entry weights ``(P,)`` or ``None``, and returns the distance ``(...)``. Leading dimensions
-(copies of a stacked model, see ``optimization.channel_stacking``) are kept, so one call scores every restart; a target without them
+(restarts and observations under ``vmap``) are kept, so one call scores every restart; a target without them
 broadcasts. Layer weights (Geiping et al. 2020 weight early layers) arrive expanded to one weight per entry.
 
 The unweighted forms reduce with fused kernels (``torch.linalg.vecdot``, ``vector_norm``) instead of materialising

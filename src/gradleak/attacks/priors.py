@@ -3,7 +3,7 @@
 A prior has a ``kind`` that tells the engine what it needs:
 
 - ``"image"``: ``prior(x)`` on one restart's candidate batch ``(..., B, C, H, W)`` (normalised space) -> ``(...)``,
-  one value per leading index (restarts scored together, see ``optimization.channel_stacking``);
+  one value per leading index (restarts scored together);
 - ``"batchnorm"``: ``prior(stats)`` on the BatchNorm input statistics of that candidate, ``(..., C)``, and the
   running statistics of the model the server sent (:class:`BatchNormStatistics`) -> ``(...)``;
 - ``"restarts"``: ``prior(xs)`` on all restarts ``(R, B, C, H, W)`` of one attack -> ``(R,)``: it couples the
