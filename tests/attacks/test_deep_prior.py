@@ -35,5 +35,5 @@ def test_recovers_a_photo_past_every_guess(assert_leaks) -> None:
     config = ExperimentConfig(dataset="photos", image_size=32, model="lenet", indices=(3,), leak_labels=True)
     obs, truth = make_victim(config)
     recon = DeepImagePrior(iterations=250).reconstruct(obs, seed=0)
-    assert recon.iterations == 250 and torch.isfinite(recon.trace).all()
+    assert recon.attack == "dip" and recon.iterations == 250 and torch.isfinite(recon.trace).all()
     assert_leaks(recon.inputs, recon.labels, truth, obs, public_set(config, obs)[0])
