@@ -166,6 +166,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=("batch", "trained", "lora", "defense", "dropout", "noise"), default=None)
     parser.add_argument("--batches", type=int, nargs="*", default=None, help="dropout group: the batch sizes")
+    parser.add_argument("--models", nargs="*", default=None, help="dropout group: gpt2-small, bert-base")
     parser.add_argument("--pretrain-steps", type=int, default=30, help="steps of the trained model (cached)")
     parser.add_argument("--lora-steps", type=int, default=10, help="adapter steps before the round (B != 0)")
     parser.add_argument("--no-utility", action="store_true", help="defense table without the perplexity column")
@@ -194,7 +195,7 @@ def main() -> None:
               "(transformers default: embedding, attention, residual) against 0; bag: the leaked bag's best guess")
         print(head + " bag R-1 / R-2 | attack s | setup s | note |")
         print("|" + " --- |" * 13)
-        for model in ("gpt2-small", "bert-base"):
+        for model in args.models or ("gpt2-small", "bert-base"):
             for batch in args.batches or (1, 8, 16):
                 for rate in (0.1, 0.0):
                     run_recorded(f"dropout {rate:g}", "dropout", model, batch, dropout=rate)

@@ -42,7 +42,7 @@ from tqdm import tqdm
 from gradleak.attacks.base import ATTACKS, Attack, Callback, Reconstruction
 from gradleak.attacks.rank import MIN_GAP, check_rtol, largest_gap, record, surface
 from gradleak.attacks.taps import module_io
-from gradleak.attacks.text.dropout import masked_distance, widened_projector
+from gradleak.attacks.text.dropout import free_distance, masked_distance, widened_projector
 from gradleak.attacks.text.spans import Span
 from gradleak.errors import ConfigError
 from gradleak.inputs import TokenInput
@@ -403,6 +403,11 @@ class DAGER(Attack):
                 shortlist = torch.argsort(torch.where(dist < bound, math.inf, dist))[: 2 * max(batch, 1)]
                 dist[shortlist] = torch.minimum(dist[shortlist], masked_distance(x[shortlist.to(x.device)], projector,
                                                                                  refine=True).cpu())
+                # a token two records hold here: both masked copies are in the span, no single mask is
+                shortlist = torch.argsort(torch.where(dist < bound, math.inf, dist))[: 2 * max(batch, 1)]
+                if batch > 1:
+                    free = free_distance(x[shortlist.to(x.device)], projector).cpu()
+                    dist[shortlist] = torch.where(free < bound / 20, free, dist[shortlist])
             else:
                 dist, bound = span1.distance(arch.first_inputs(p)), threshold or self.threshold
             per_position.append([int(v) for v in torch.nonzero(dist < bound).flatten()])
@@ -553,11 +558,12 @@ class DAGER(Attack):
             if not tokens:
                 continue
             x, projector = arch.masked_candidates(p, span1)
-            _, keep = masked_distance(x[torch.tensor(tokens, device=x.device)], projector, masks=True,
-                                      refine=True)
-            for v, row in zip(tokens, arch.dropped_inputs(p, tokens, keep, rate)):
-                index[(p, v)] = len(rows_x)
-                rows_x.append(row)
+            found, keep = masked_distance(x[torch.tensor(tokens, device=x.device)], projector, masks=True,
+                                          refine=True)
+            for v, row, dist in zip(tokens, arch.dropped_inputs(p, tokens, keep, rate), found.tolist()):
+                if dist < self.dropout_threshold:  # a token two records hold here has no single mask: no row
+                    index[(p, v)] = len(rows_x)
+                    rows_x.append(row)
         inputs = torch.stack(rows_x).double()
         grad = arch.update[_find(arch.update, ("h.0.attn.c_attn.weight",)) or ""].double()
         out_grad = torch.linalg.lstsq(inputs.T, grad).solution  # (n, 3d): each token's dL/d(q, k, v)
@@ -565,6 +571,8 @@ class DAGER(Attack):
         details["link_fit"] = float((inputs.T @ out_grad - grad).norm() / grad.norm().clamp_min(1e-300))
 
         def residual(prefix: list[int], p: int, v: int) -> float:
+            if (p, v) not in index:
+                return 0.5  # no row of its own (held by two records): neither for nor against a prefix
             rows = [index[(s, t)] for s, t in enumerate(prefix) if (s, t) in index] + [index[(p, v)]]
             k = keys[rows].permute(1, 2, 0)  # (heads, head_dim, p + 1)
             q = queries[index[(p, v)]][..., None]  # (heads, head_dim, 1)

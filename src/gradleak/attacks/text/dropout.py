@@ -95,3 +95,36 @@ def masked_distance(candidates: torch.Tensor, projector: torch.Tensor, share: fl
     if masks:
         return distances, torch.cat(kept) if kept else torch.zeros(0, d, dtype=torch.bool)
     return distances
+
+
+#: free coordinates of ``free_distance``: two records' masks drop about 19 % at the default rate; at 0.25 of GPT-2-
+#: small's width (batch 8, 330 tokens) true tokens sit at 5e-8, wrong ones above 0.028 (at 0.4: 0.004)
+FREE_SHARE = 0.25
+
+
+def free_distance(candidates: torch.Tensor, projector: torch.Tensor, share: float = FREE_SHARE) -> torch.Tensor:
+    """For each candidate row ``x`` of ``(n, d)``: the smallest ``|P(x - z)| / |x|`` over vectors ``z`` on up to
+    ``share`` of the coordinates, chosen greedily (orthogonal matching pursuit, Pati et al. 1993, on the
+    complement's coordinate atoms). It certifies a token the mask search misses: one that sits at the same
+    position in two records, whose two masked copies are both in the span but whose combinations are not a
+    single masked copy (the mask search only zeroes coordinates; here the coordinates either record dropped are
+    free). Costly (one pass over the width per step): for a shortlist. Freeing coordinates brings wrong tokens
+    nearer too, so its threshold is tighter (DAGER: a twentieth of the mask search's)."""
+    x = candidates.detach().double().to(projector.device)
+    values, vectors = torch.linalg.eigh(projector)
+    comp = vectors[:, values > 0.5]  # (d, m): an orthonormal basis of the complement
+    residual = x @ comp  # (n, m)
+    norms = x.norm(dim=1).clamp_min(1e-300)
+    atoms = comp / comp.norm(dim=1, keepdim=True).clamp_min(1e-300)  # coordinate j seen in the complement
+    best = residual.norm(dim=1) / norms
+    chosen: list[torch.Tensor] = []
+    for _ in range(max(1, int(math.ceil(share * x.shape[1])))):
+        j = (residual @ atoms.T).abs().argmax(1)
+        a = atoms[j]
+        for q in chosen:
+            a = a - (a * q).sum(1, keepdim=True) * q
+        a = a / a.norm(dim=1, keepdim=True).clamp_min(1e-300)
+        chosen.append(a)
+        residual = residual - (residual * a).sum(1, keepdim=True) * a
+        best = torch.minimum(best, residual.norm(dim=1) / norms)
+    return best
