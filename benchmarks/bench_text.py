@@ -20,8 +20,18 @@ secrets 0.00, stopped after 46.1 s and 18.4 s (layer-1 numerical rank 619 and 76
 many prefixes); records cut to 23 tokens at batch 32 (736 tokens) and to 11 at batch 64 (704): ROUGE-1/2 1.000,
 all exact, secrets 0.72 and 0.31 of the whole records' (all of those inside the cut), 69.7 s and 59.3 s.
 
+Measured (issue 23; 2 cores shared with four other jobs, load 6-7):
+
+- ``--only noise``: DAGER with default settings, GPT-2-small, batch 1 (60 tokens) and 4 (170): Gaussian noise 1e-6
+  and fp16 each ROUGE-1/2 1.000, exact 1.00, secrets 1.00, 21-35 s (before the largest-gap fallback: rank 768,
+  all 0).
+- ``--only dropout --batches 1 8`` / ``--batches 8 16 --models gpt2-small``: a recorded train-mode step, dropout
+  0.1: GPT-2-small batch 1: 1.000 / 1.000, exact 1.00 (53 s; dropout 0: the same, 21 s); batch 8 (330 tokens):
+  ROUGE-1 0.862, ROUGE-2 0.838, exact 0.00, secrets 0.80 (304 s; bag guess 0.155 / 0.000; dropout 0: 1.000, all
+  exact, 62 s); bert-base batch 1: 1.000, exact (14 s).
+
     python benchmarks/bench_text.py                      # every group (about 30 minutes on 2 shared cores)
-    python benchmarks/bench_text.py --only defense       # one group: batch, trained, lora, defense
+    python benchmarks/bench_text.py --only defense       # one group: batch, trained, lora, defense, dropout, noise
 """
 
 from __future__ import annotations
