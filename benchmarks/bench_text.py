@@ -43,7 +43,7 @@ import torch
 
 from gradleak.attacks import ATTACKS
 from gradleak.defenses import build_defense
-from gradleak.record import record
+from gradleak.recorder import record
 from gradleak.tasks import Task
 from gradleak.text.corpus import private_records
 from gradleak.text.metrics import score_text, text_baselines
@@ -165,7 +165,7 @@ DEFENSES = (
 
 def utility(name: str | None, kwargs: dict) -> str:
     """Perplexity of gpt2-tiny after 30 defended steps (batch 8 of 256 records) and DP-SGD's epsilon for that run."""
-    from gradleak.text.utility import text_defense_cost
+    from gradleak.utility import text_defense_cost
 
     u = text_defense_cost(build_defense(name, **kwargs), model="gpt2-tiny", steps=30, batch_size=8, seq_len=64)
     eps = "-" if u.epsilon is None else f"{u.epsilon:.3g}"

@@ -35,8 +35,8 @@ _EXPORTS: dict[str, str] = {
     "LocalTraining": "gradleak.observation",
     "ModelSpec": "gradleak.observation",
     "Observation": "gradleak.observation",
-    "Recording": "gradleak.record",
-    "record": "gradleak.record",
+    "Recording": "gradleak.recorder",
+    "record": "gradleak.recorder",
     "Task": "gradleak.tasks",
     "simulate": "gradleak.victim",
 }
@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # the names as static tools see them; at run time they load i
     from gradleak.model_spec import trust_model
     from gradleak.models import build_model
     from gradleak.observation import GroundTruth, LocalTraining, ModelSpec, Observation
-    from gradleak.record import Recording, record
+    from gradleak.recorder import Recording, record
     from gradleak.tasks import Task
     from gradleak.victim import simulate
 

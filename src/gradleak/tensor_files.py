@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from gradleak.capture import read_safetensors
 from gradleak.errors import CaptureError
 from gradleak.observation import Observation, check_plain_tensor
-from gradleak.record import strip_prefix
+from gradleak.recorder import strip_prefix
 
 if TYPE_CHECKING:
     from gradleak.inputs import InputSpec

@@ -28,7 +28,7 @@ def split_indices(n: int, test_fraction: float, seed: int) -> tuple[list[int], l
 def defended_steps(params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer,
                    batches: Sequence[torch.Tensor], update_of: Callable[[torch.Tensor], Update]) -> None:
     """The training loop of every defended model gradleak measures (images: ``train``; text:
-    ``text.utility.text_defense_cost``): for each batch (positions drawn by ``defenses.draw_batches``) the
+    ``utility.text_defense_cost``): for each batch (positions drawn by ``defenses.draw_batches``) the
     optimizer steps on the update the client would share, ``update_of(positions)``. An empty Poisson batch is
     skipped, as Opacus's ``DPDataLoader`` does; a parameter whose update is withheld (absent) is not stepped."""
     for positions in batches:

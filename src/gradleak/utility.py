@@ -30,6 +30,10 @@ from gradleak.errors import ConfigError
 from gradleak.inputs import TokenInput
 from gradleak.model_spec import model_spec_for
 from gradleak.tasks import Task, forward
+from gradleak.text.corpus import private_records
+from gradleak.text.models import TEXT_MODELS, text_model_spec
+from gradleak.text.tokenizer import load_tokenizer
+from gradleak.text.victim import encode_records
 from gradleak.training import accuracy, defended_steps, split_indices, train
 
 
@@ -140,13 +144,6 @@ def text_defense_cost(defense: Defense | None = None, *, model: str = "bert-tiny
                       batch_size: int = 16, lr: float = 3e-3, vocab_size: int = 512, train_records: int = 256,
                       test_records: int = 128, seq_len: int = 64, seed: int = 0) -> TextUtility:
     """Fine-tune ``model`` from random init for ``steps`` Adam steps on defended updates; score held-out records."""
-    # not at import time: the package gradleak.text imports text.utility, which re-exports this function, so a
-    # module-top import of gradleak.text here would import this module again half-made
-    from gradleak.text.corpus import private_records
-    from gradleak.text.models import TEXT_MODELS, text_model_spec
-    from gradleak.text.tokenizer import load_tokenizer
-    from gradleak.text.victim import encode_records
-
     dp = changes_step(defense)
     if dp and not isinstance(defense, DPSGD):
         raise ConfigError(f"defense {defense.name!r} changes the training step (per-example gradients); on text "

@@ -9,7 +9,8 @@ from gradleak.defenses import build_defense
 from gradleak.errors import ConfigError
 from gradleak.tasks import Task, forward
 from gradleak.text.corpus import private_records
-from gradleak.text.dp import dp_text_gradient, per_example_loss
+from gradleak.defenses.dp import dp_text_gradient, per_example_loss
+from gradleak.utility import text_defense_cost
 from gradleak.text.models import text_model_spec
 from gradleak.text.tokenizer import load_tokenizer
 from gradleak.text.victim import encode_records
@@ -123,7 +124,6 @@ def test_text_victim_refuses_microbatch_dp() -> None:
 def test_dp_sgd_trains_a_tiny_decoder_at_a_stated_epsilon_and_costs_perplexity(assert_matches_google) -> None:
     """Opacus DP-SGD at every step: epsilon from the RDP accountant (finite, larger with less noise) and a
     perplexity above the undefended run's."""
-    from gradleak.text.utility import text_defense_cost
 
     kw = dict(model="gpt2-tiny", steps=8, batch_size=4, train_records=32, test_records=16, seq_len=32)
     clean = text_defense_cost(None, **kw)

@@ -2,7 +2,7 @@ import pytest
 
 from gradleak.defenses.base import build_defense
 from gradleak.errors import ConfigError
-from gradleak.text.utility import text_defense_cost
+from gradleak.utility import text_defense_cost
 
 
 def test_noise_raises_perplexity_of_a_tiny_decoder():

@@ -7,7 +7,6 @@ from gradleak.text.corpus import Record, load_text, private_records
 from gradleak.text.metrics import TextScores, score_text
 from gradleak.text.models import TEXT_MODELS, text_model_spec
 from gradleak.text.tokenizer import Tokenizer, load_tokenizer
-from gradleak.text.utility import TextUtility, text_defense_cost
 
 __all__ = ["TEXT_MODELS", "Record", "TextScores", "Tokenizer", "load_text", "load_tokenizer", "private_records",
-           "score_text", "text_defense_cost", "text_model_spec", "TextUtility"]
+           "score_text", "text_model_spec"]

@@ -20,6 +20,7 @@ from gradleak.errors import ConfigError
 from gradleak.inputs import TokenInput
 from gradleak.memory import FLOAT_BYTES, check_memory
 from gradleak.observation import GroundTruth, Observation
+from gradleak.recorder import spec_of
 from gradleak.tasks import Task
 from gradleak.text.corpus import Record, private_records
 from gradleak.text.models import TEXT_MODELS, pretrain, text_model_spec
@@ -120,9 +121,6 @@ def text_victim(model: str = "gpt2-small", batch_size: int = 8, *, seed: int = 0
         targets = ["query", "value"] if encoder else ["c_attn"]
         net = get_peft_model(net, LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=targets,
                                              lora_dropout=0.0))
-        from gradleak.record import spec_of  # not at import time: importing the module ``gradleak.record`` binds
-        # that package attribute to the module, shadowing the lazily exported function ``gradleak.record``
-
         spec = spec_of(net)
         if lora_steps:
             adapt_lora(net, tokenizer, ids.shape[1], lora_steps, seed=seed, encoder=encoder)

@@ -13,7 +13,7 @@ from gradleak.attacks.text.dager import architecture
 from gradleak.attacks.text.dropout import masked_distance, widened_projector
 from gradleak.attacks.text.spans import Span
 from gradleak.errors import ConfigError
-from gradleak.record import record
+from gradleak.recorder import record
 from gradleak.text.corpus import private_records
 from gradleak.text.metrics import score_text
 from gradleak.text.models import text_model_spec

@@ -85,7 +85,7 @@ def test_lamp_trains_its_prior_for_a_users_own_tokenizer_end_to_end() -> None:
     """A user's step recorded with ``gradleak.record`` on a BERT classifier over the user's own tokenizer: LAMP
     trains its prior for that tokenizer (``LAMP(tokenizer=...)``) instead of refusing, and the prior finds the
     real record likelier than its shuffle; given nothing, LAMP runs without a prior and says so."""
-    from gradleak.record import record
+    from gradleak.recorder import record
     from gradleak.text.corpus import private_records
     from gradleak.text.models import text_model_spec
     from gradleak.text.tokenizer import user_tokenizer
