@@ -16,8 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradleak.cache import cached_weights
 from gradleak.errors import ConfigError
 from gradleak.model_spec import ModelSpec
+from gradleak.tasks import Task
 
 #: name -> (model_type, config settings)
 TEXT_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -64,9 +66,6 @@ def pretrain(spec: ModelSpec, batches: Callable[[int], torch.Tensor], *, steps: 
              seed: int = 0, key: str = "", progress: bool = False) -> dict[str, torch.Tensor]:
     """Weights of ``spec`` after ``steps`` AdamW steps of causal-LM training on ``batches(step)`` (token ids,
     padding ignored), cached under ``$GRADLEAK_CACHE/text-models``; ``key`` names the data for the cache."""
-    from gradleak.cache import cached_weights
-    from gradleak.tasks import Task
-
     recipe = {"spec": spec.to_json(), "steps": steps, "lr": lr, "seed": seed, "key": key, "v": 1}
     return cached_weights("text-models", recipe, lambda: _train_causal_lm(spec, batches, steps, lr, seed, progress,
                                                                           Task.causal_lm()))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from gradleak.cache import cache_dir
 from gradleak.errors import ConfigError
+from gradleak.text.corpus import private_records
 
 VERSION = 1
 PAD = "<pad>"
@@ -85,8 +86,6 @@ def load_tokenizer(kind: str = "bpe", vocab_size: int = 2048, texts: list[str] |
     from tokenizers import Tokenizer as HFTokenizer
 
     if texts is None:
-        from gradleak.text.corpus import private_records
-
         texts = [r.text for r in private_records(3000, seed=12345)]
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
     name = f"gradleak-bpe-{vocab_size}-v{VERSION}-{digest}"

@@ -48,6 +48,9 @@ from gradleak.errors import ConfigError
 from gradleak.inputs import TokenInput
 from gradleak.observation import Observation
 
+#: names of input-embedding matrices in the layouts we know (the token bag reads their gradient's non-zero rows)
+EMBEDDINGS = ("word_embeddings.weight", "wte.weight", "embed_tokens.weight")
+
 
 def _find(update: dict[str, torch.Tensor], suffixes: tuple[str, ...]) -> str | None:
     for name in update:
@@ -459,8 +462,6 @@ class DAGER(Attack):
     def _pool(self, arch: _Architecture, obs: Observation) -> torch.Tensor:
         """Encoders: the candidate tokens, the bag (non-zero rows of the untied word-embedding gradient) when the
         update holds it, else the whole vocabulary but padding."""
-        from gradleak.attacks.text.token_bag import EMBEDDINGS  # token_bag imports this module (tied embeddings)
-
         name = next((n for n in arch.update if n.endswith(EMBEDDINGS)), None)
         if name is not None:
             norms = arch.update[name].detach().float().norm(dim=1)
@@ -638,8 +639,6 @@ class DAGER(Attack):
         Petrov et al. 2024, code ``l1_filter=maxB``). Batch 1 is then one token per position, read off
         directly. Larger batches leave each position's tokens unassigned to records (``ambiguous_positions``):
         ``_assemble`` decides."""
-        from gradleak.attacks.text.token_bag import EMBEDDINGS
-
         length = obs.inputs.seq_len
         has_bag = any(n.endswith(EMBEDDINGS) for n in arch.update)
         pool = self._pool(arch, obs)

@@ -34,9 +34,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from gradleak.attacks.text.labels import sequence_labels
+from gradleak.attacks.text.token_bag import token_bag
 from gradleak.errors import ConfigError
 from gradleak.inputs import TokenInput
 from gradleak.observation import Observation
+from gradleak.text.tokenizer import tokenizer_named
 
 Distance = Literal["l2l1", "cos"]
 Space = Literal["free", "bag"]
@@ -84,8 +87,6 @@ def _word_embedding_name(model: nn.Module) -> str:
 
 def _tokenizer_eos(obs: Observation) -> int | None:
     """The end-of-sequence id of the observation's tokenizer, when it is one of ours (named in the capture)."""
-    from gradleak.text.tokenizer import tokenizer_named
-
     tok, _ = tokenizer_named(getattr(obs.inputs, "tokenizer", None))
     return None if tok is None else tok.eos_id
 
@@ -93,9 +94,6 @@ def _tokenizer_eos(obs: Observation) -> int | None:
 def text_problem(obs: Observation, lengths: list[int] | tuple[int, ...] | None = None,
                  rtol: float = 1e-6) -> TextProblem:
     """Set up the search from ``obs``: model, target gradients, labels, lengths, mask and vocabulary."""
-    from gradleak.attacks.text.labels import sequence_labels
-    from gradleak.attacks.text.token_bag import token_bag
-
     inputs = obs.inputs
     if not isinstance(inputs, TokenInput):
         raise ConfigError("embedding search needs token inputs")

@@ -42,6 +42,10 @@ from gradleak.attacks.text.embedding_search import (Distance, Space, TextProblem
                                                     project, random_start, text_problem, to_embeddings)
 from gradleak.errors import ConfigError
 from gradleak.observation import Observation
+from gradleak.text.corpus import private_records
+from gradleak.text.models import pretrain, text_model_spec
+from gradleak.text.tokenizer import load_tokenizer, user_tokenizer
+from gradleak.text.victim import encode_records
 
 _PRIORS: dict[tuple[str, int, int], nn.Module] = {}
 
@@ -58,10 +62,6 @@ def language_prior(tokenizer_name: str, vocab_size: int, steps: int = 300, seed:
     key = (tokenizer_name, vocab_size, steps, id(tokenizer) if tokenizer is not None else 0)
     if key in _PRIORS:
         return _PRIORS[key]
-    from gradleak.text.corpus import private_records
-    from gradleak.text.models import pretrain, text_model_spec
-    from gradleak.text.tokenizer import load_tokenizer, user_tokenizer
-    from gradleak.text.victim import encode_records
 
     if tokenizer is not None:
         tok = user_tokenizer(tokenizer, vocab_size)

@@ -12,12 +12,10 @@ from __future__ import annotations
 import torch
 
 from gradleak.attacks.rank import surface
+from gradleak.attacks.text.dager import DAGER, EMBEDDINGS, architecture
 from gradleak.errors import ConfigError
 from gradleak.inputs import TokenInput
 from gradleak.observation import Observation
-
-#: names of input-embedding matrices in the layouts we know
-EMBEDDINGS = ("word_embeddings.weight", "wte.weight", "embed_tokens.weight")
 
 
 def _tied(model: torch.nn.Module) -> bool:
@@ -39,8 +37,6 @@ def token_bag(obs: Observation, *, rtol: float = 1e-6) -> set[int]:
         grad = update[name].detach()
         norms = grad.norm(dim=1)
         return {int(i) for i in torch.nonzero(norms > rtol * norms.max().clamp_min(1e-30)).flatten()}
-    from gradleak.attacks.text.dager import DAGER, architecture
-
     attack = DAGER()
     arch = architecture(model.eval(), update)
     span = arch.span(0, attack.rtol)  # rank cut at the spectrum's gap (gradleak.attacks.rank)
