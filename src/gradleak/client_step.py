@@ -36,7 +36,7 @@ from gradleak.errors import ConfigError
 from gradleak.inputs import FeatureInput, ImageInput, InputSpec, TokenInput
 from gradleak.model_spec import ModelSpec
 from gradleak.observation import GroundTruth, LocalTraining, Observation, UpdateKind
-from gradleak.tasks import Task
+from gradleak.tasks import Task, batch_gradient
 
 Protocol = Literal["fedsgd", "fedavg"]
 PROTOCOLS: tuple[str, ...] = ("fedsgd", "fedavg")
@@ -52,21 +52,6 @@ def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) 
     m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(-1, 1, 1)
     s = torch.tensor(std, device=x.device, dtype=x.dtype).view(-1, 1, 1)
     return (x - m) / s
-
-
-def batch_gradient(
-    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None, task: Task | None = None,
-    attention_mask: torch.Tensor | None = None,
-) -> Update:
-    """Gradient of the task's mean loss (default: cross-entropy classification) of ``model`` on model-space
-    ``inputs`` (normalised pixels or features, token ids), keyed by parameter name, trainable parameters only."""
-    names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
-    if task is None:
-        loss = F.cross_entropy(model(inputs), labels)
-    else:
-        loss = task.loss(model, inputs, labels, attention_mask)
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return {n: g.detach() for n, g in zip(names, grads) if g is not None}
 
 
 def describe_inputs(inputs: torch.Tensor, mean: tuple[float, ...] | None, std: tuple[float, ...] | None) -> InputSpec:

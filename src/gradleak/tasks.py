@@ -22,6 +22,9 @@ from torch.nn import functional as F
 from gradleak import limits
 from gradleak.errors import CaptureError
 
+#: a model update keyed by parameter name
+Update = dict[str, torch.Tensor]
+
 TaskKind = Literal["classification", "causal_lm", "masked_lm"]
 TASK_KINDS: tuple[str, ...] = ("classification", "causal_lm", "masked_lm")
 IGNORE_INDEX = -100
@@ -130,3 +133,18 @@ def task_from_json(data: Any) -> Task:
     if not isinstance(data, dict):
         raise CaptureError(f"'task' must be an object with a 'kind', got {type(data).__name__}")
     return Task(data.get("kind"), data.get("num_classes"))  # type: ignore[arg-type]
+
+
+def batch_gradient(
+    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None, task: Task | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> Update:
+    """Gradient of the task's mean loss (default: cross-entropy classification) of ``model`` on model-space
+    ``inputs`` (normalised pixels or features, token ids), keyed by parameter name, trainable parameters only."""
+    names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
+    if task is None:
+        loss = F.cross_entropy(model(inputs), labels)
+    else:
+        loss = task.loss(model, inputs, labels, attention_mask)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return {n: g.detach() for n, g in zip(names, grads) if g is not None}

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gradleak.defenses.base import DEFENSES, build_defense
+from gradleak.defenses import DEFENSES, build_defense
 from gradleak.errors import ConfigError
 from gradleak.experiment import ExperimentConfig, run_experiment
 from gradleak.utility import UtilityConfig, measure_utility
@@ -53,8 +53,6 @@ class TradeoffConfig:
     def strength_param(self) -> str:
         if self.param is not None:
             return self.param
-        import gradleak.defenses  # noqa: F401
-
         return DEFENSES.get(self.defense).strength  # type: ignore[attr-defined]
 
     def kwargs_at(self, strength: Any) -> dict[str, Any]:

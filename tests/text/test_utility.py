@@ -1,6 +1,6 @@
 import pytest
 
-from gradleak.defenses.base import build_defense
+from gradleak.defenses import build_defense
 from gradleak.errors import ConfigError
 from gradleak.utility import text_defense_cost
 

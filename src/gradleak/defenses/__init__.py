@@ -17,6 +17,8 @@ soteria                representation.Soteria    the head's update: representati
 
 from __future__ import annotations
 
+from typing import Any
+
 from gradleak.defenses import (  # noqa: F401  (registers)
     clipping,
     dp,
@@ -33,9 +35,20 @@ from gradleak.defenses.base import (
     Defense,
     Privacy,
     Schedule,
-    build_defense,
     defended_update,
 )
+from gradleak.errors import ConfigError
+
+
+def build_defense(name: str | None, **kwargs: Any) -> Defense | None:
+    """A defense by registry name (``None`` or ``"none"``: no defense). It lives in the package, which has
+    imported every family (each registers itself in ``DEFENSES``), so every name is found."""
+    if name is None or name.lower() == "none":
+        if kwargs:
+            raise ConfigError(f"defense settings {kwargs} given without a defense")
+        return None
+    return DEFENSES.build(name, **kwargs)
+
 
 __all__ = [
     "DEFENSES", "ClientContext", "Defense", "Privacy", "Schedule", "build_defense", "defended_update",

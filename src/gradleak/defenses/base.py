@@ -28,8 +28,8 @@ from torch import nn
 
 from gradleak.errors import ConfigError
 from gradleak.registry import Registry
+from gradleak.tasks import Update, batch_gradient
 
-Update = dict[str, torch.Tensor]
 #: Draws ``n`` other clients' examples (normalised inputs, labels) with the given generator: secure aggregation.
 DrawOthers = Callable[[int, torch.Generator], "tuple[torch.Tensor, torch.Tensor]"]
 
@@ -171,9 +171,6 @@ class Defense(ABC):
         expected_batch_size: int | None = None,
     ) -> Update:
         """The gradient of one local step on normalised ``inputs``; plain mean cross-entropy by default."""
-        # why local: batch_gradient lives in the client step (victim), which imports this module
-        from gradleak.victim import batch_gradient
-
         return batch_gradient(model, inputs, labels)
 
     def transform(self, update: Update, context: ClientContext) -> Update:
@@ -195,19 +192,6 @@ class Defense(ABC):
 DEFENSES: Registry[Defense] = Registry("defense")
 
 
-def build_defense(name: str | None, **kwargs: Any) -> Defense | None:
-    """A defense by registry name (``None`` or ``"none"``: no defense)."""
-    if name is None or name.lower() == "none":
-        if kwargs:
-            raise ConfigError(f"defense settings {kwargs} given without a defense")
-        return None
-    # why local: the package imports this module, then every family, which registers itself here; a name is
-    # found once the package has loaded
-    import gradleak.defenses  # noqa: F401
-
-    return DEFENSES.build(name, **kwargs)
-
-
 def defended_update(
     defense: Defense | None,
     model: nn.Module,
@@ -223,9 +207,6 @@ def defended_update(
 
     ``update_of`` computes the protocol's raw update for a batch (FedAvg passes its local-training delta);
     by default it is one ``defense.step_gradient``. ``defense=None`` is the undefended mean gradient."""
-    # why local: batch_gradient lives in the client step (victim), which imports this module
-    from gradleak.victim import batch_gradient
-
     if defense is None:
         return update_of(inputs, labels) if update_of is not None else batch_gradient(model, inputs, labels)
     defense.check_model(model)
