@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from gradleak.attacks.cocktail import total_variation
-from gradleak.attacks.taps import module_io
+from gradleak.attacks.layer_io import module_io
 from gradleak.errors import ConfigError
 
 DISTANCES: tuple[str, ...] = ("l2", "cosine")

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from gradleak.attacks.base import ATTACKS, Attack, Callback, Reconstruction
 from gradleak.attacks.rank import MIN_GAP, check_rtol, largest_gap, record, surface
-from gradleak.attacks.taps import module_io
+from gradleak.attacks.layer_io import module_io
 from gradleak.attacks.text.dropout import free_distance, masked_distance, widened_projector
 from gradleak.attacks.text.spans import Span
 from gradleak.errors import ConfigError
