@@ -247,10 +247,12 @@ class Observation:
 
     @property
     def mean(self) -> tuple[float, ...]:
+        """The images' per-channel normalisation mean (images only: a clear error for tokens and features)."""
         return self.image.mean
 
     @property
     def std(self) -> tuple[float, ...]:
+        """The images' per-channel normalisation std (images only)."""
         return self.image.std
 
     def normalization(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -260,7 +262,9 @@ class Observation:
         return self.inputs.normalization(device)
 
     @property
-    def num_pixels(self) -> int:
+    def example_size(self) -> int:
+        """How many values one example holds: C*H*W for images, F for feature vectors, L for token sequences (the
+        width of a fully connected layer that reads the flattened input)."""
         return math.prod(self.inputs.shape)
 
 

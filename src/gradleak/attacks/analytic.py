@@ -122,7 +122,7 @@ class LinearLayerAttack(Attack):
         del seed, progress  # closed form: nothing random, nothing to iterate
         start = time.perf_counter()
         model = obs.build_model()
-        name, module = input_linear_layer(model, obs.num_pixels, self.layer)
+        name, module = input_linear_layer(model, obs.example_size, self.layer)
         prefix = f"{name}." if name else ""
         grads = obs.gradient_estimate()
         for key in (prefix + "weight", prefix + "bias"):

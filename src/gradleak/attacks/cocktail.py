@@ -158,7 +158,7 @@ class CocktailPartyAttack(Attack):
         if self.domain == "gradient" and min(shape[1:]) < 2:
             raise ConfigError(f"cocktail: images of shape {shape} have no neighbouring pixels; use domain='pixel'")
         model = obs.build_model()
-        name, module = input_linear_layer(model, obs.num_pixels, self.layer)
+        name, module = input_linear_layer(model, obs.example_size, self.layer)
         prefix = f"{name}." if name else ""
         grads = obs.gradient_estimate()
         if prefix + "weight" not in grads:

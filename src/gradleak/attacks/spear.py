@@ -218,9 +218,9 @@ def target_layer(model: nn.Module, obs: Observation, layer: str | None) -> tuple
     model's: no ReLU follows). A ReLU inside ``forward`` cannot be seen; a known other activation registered
     right after the layer is refused. Without a ReLU the search finds no sparse directions and fills every slot.
     """
-    reads_pixels = [m for m in model.modules() if isinstance(m, nn.Linear) and m.in_features == obs.num_pixels]
+    reads_pixels = [m for m in model.modules() if isinstance(m, nn.Linear) and m.in_features == obs.example_size]
     if layer is None and reads_pixels:
-        name, module = input_linear_layer(model, obs.num_pixels)
+        name, module = input_linear_layer(model, obs.example_size)
     elif layer is None:
         found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.bias is not None]
         if not found:
@@ -259,7 +259,7 @@ def target_layer(model: nn.Module, obs: Observation, layer: str | None) -> tuple
                           "not one flat vector: its weight gradient sums over positions")
     if isinstance(out, torch.Tensor) and out.shape == seen["z"].shape and torch.equal(out, seen["z"]):
         raise ConfigError(f"spear: layer {name!r} is the model's output (the classifier): no ReLU follows it")
-    reads_input = seen["x"].shape[1] == obs.num_pixels and torch.equal(seen["x"], probe.flatten(1))
+    reads_input = seen["x"].shape[1] == obs.example_size and torch.equal(seen["x"], probe.flatten(1))
     return name, module, reads_input
 
 
