@@ -5,7 +5,6 @@ A convolutional generator fits natural images long before it fits noise, so the 
 the prior (no training data needed). Used against gradients by, among others, Wei et al. (2020) and Jeon et al.
 (2021, GIAS's parameter search). The update is matched by the engine's ``UpdateMatcher`` (Inverting Gradients'
 cosine distance and TV, Geiping et al. 2020); its gradient in the pixels is carried back into the generator.
-Not registered under a name yet: the attack contract's tables (tests/attacks/test_contract.py) must list it first.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from gradleak.attacks.base import Callback, Reconstruction
+from gradleak.attacks.base import ATTACKS, Callback, Reconstruction
 from gradleak.attacks.inverting import InvertingGradients
 from gradleak.attacks.optimization import UpdateMatcher
 from gradleak.errors import ConfigError
@@ -115,3 +114,6 @@ class DeepImagePrior(InvertingGradients):
             iterations=done, wall_time_s=time.perf_counter() - start,
             details={"generator_parameters": sum(p.numel() for p in net.parameters())},
         )
+
+
+ATTACKS.register("dip")(DeepImagePrior)
