@@ -44,7 +44,7 @@ import torch
 from gradleak.attacks import ATTACKS
 from gradleak.defenses import build_defense
 from gradleak.recorder import record
-from gradleak.tasks import Task
+from gradleak.training_task import Task
 from gradleak.text.corpus import private_records
 from gradleak.text.metrics import score_text, text_baselines
 from gradleak.text.models import text_model_spec

@@ -70,7 +70,7 @@ def test_dp_sgd_runs_on_token_inputs_and_other_step_defenses_are_refused_not_ign
     from gradleak.defenses import build_defense
     from gradleak.errors import ConfigError
     from gradleak.inputs import TokenInput
-    from gradleak.tasks import Task
+    from gradleak.training_task import Task
 
     torch.manual_seed(0)
     net = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=16))

@@ -37,7 +37,7 @@ _EXPORTS: dict[str, str] = {
     "Observation": "gradleak.observation",
     "Recording": "gradleak.recorder",
     "record": "gradleak.recorder",
-    "Task": "gradleak.tasks",
+    "Task": "gradleak.training_task",
     "simulate": "gradleak.victim",
 }
 
@@ -53,7 +53,7 @@ if TYPE_CHECKING:  # the names as static tools see them; at run time they load i
     from gradleak.models import build_model
     from gradleak.observation import GroundTruth, LocalTraining, ModelSpec, Observation
     from gradleak.recorder import Recording, record
-    from gradleak.tasks import Task
+    from gradleak.training_task import Task
     from gradleak.victim import simulate
 
 

@@ -36,7 +36,7 @@ from gradleak.inputs import ImageInput, input_spec_from_json
 from gradleak.limits import parse_json
 from gradleak.model_spec import ModelSpec, trust_model
 from gradleak.observation import GroundTruth, LocalTraining, Observation, update_digest
-from gradleak.tasks import Task, task_from_json
+from gradleak.training_task import Task, task_from_json
 
 CAPTURE_FORMAT = "gradleak.capture"
 TRUTH_FORMAT = "gradleak.truth"

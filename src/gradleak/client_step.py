@@ -36,7 +36,7 @@ from gradleak.errors import ConfigError
 from gradleak.inputs import FeatureInput, ImageInput, InputSpec, TokenInput
 from gradleak.model_spec import ModelSpec
 from gradleak.observation import GroundTruth, LocalTraining, Observation, UpdateKind
-from gradleak.tasks import Task, batch_gradient
+from gradleak.training_task import Task, batch_gradient
 
 Protocol = Literal["fedsgd", "fedavg"]
 PROTOCOLS: tuple[str, ...] = ("fedsgd", "fedavg")

@@ -24,7 +24,7 @@ from gradleak import limits
 from gradleak.errors import CaptureError
 from gradleak.inputs import FeatureInput, ImageInput, InputSpec, TokenInput
 from gradleak.model_spec import ModelSpec
-from gradleak.tasks import Task, forward
+from gradleak.training_task import Task, forward
 
 UpdateKind = Literal["gradient", "weight_delta"]
 

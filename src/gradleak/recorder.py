@@ -31,7 +31,7 @@ from gradleak.errors import CaptureError, ConfigError
 from gradleak.inputs import FeatureInput, ImageInput, InputSpec, TokenInput
 from gradleak.model_spec import ModelSpec
 from gradleak.observation import GroundTruth, LocalTraining, Observation
-from gradleak.tasks import Task, forward, is_huggingface
+from gradleak.training_task import Task, forward, is_huggingface
 
 WRAPPER_PREFIXES = ("_module.", "module.")
 

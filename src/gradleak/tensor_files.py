@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from gradleak.inputs import InputSpec
     from gradleak.model_spec import ModelSpec
     from gradleak.observation import LocalTraining
-    from gradleak.tasks import Task
+    from gradleak.training_task import Task
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "gradients", "grads", "update", "weights")
 MAX_FILE_BYTES = 16 * 1024**3

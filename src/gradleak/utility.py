@@ -29,7 +29,7 @@ from gradleak.defenses.dp import DPSGD
 from gradleak.errors import ConfigError
 from gradleak.inputs import TokenInput
 from gradleak.model_spec import model_spec_for
-from gradleak.tasks import Task, forward
+from gradleak.training_task import Task, forward
 from gradleak.text.corpus import private_records
 from gradleak.text.models import TEXT_MODELS, text_model_spec
 from gradleak.text.tokenizer import load_tokenizer

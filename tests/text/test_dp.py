@@ -7,7 +7,7 @@ import torch
 
 from gradleak.defenses import build_defense
 from gradleak.errors import ConfigError
-from gradleak.tasks import Task, forward
+from gradleak.training_task import Task, forward
 from gradleak.text.corpus import private_records
 from gradleak.defenses.dp import dp_text_gradient, per_example_loss
 from gradleak.utility import text_defense_cost

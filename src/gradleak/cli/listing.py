@@ -13,7 +13,7 @@ from gradleak.data import DATASETS, FORMATS
 from gradleak.defenses import DEFENSES
 from gradleak.inputs import INPUT_KINDS
 from gradleak.models import MODELS
-from gradleak.tasks import TASK_KINDS
+from gradleak.training_task import TASK_KINDS
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from gradleak.inputs import FeatureInput, ImageInput, TokenInput
 from gradleak.limits import read_json_file
 from gradleak.model_spec import ModelSpec, trust_model
 from gradleak.observation import LocalTraining, Observation
-from gradleak.tasks import Task
+from gradleak.training_task import Task
 from gradleak.tensor_files import observation_from_files
 
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from gradleak.errors import ConfigError
 from gradleak.registry import Registry
-from gradleak.tasks import Update, batch_gradient
+from gradleak.training_task import Update, batch_gradient
 
 #: Draws ``n`` other clients' examples (normalised inputs, labels) with the given generator: secure aggregation.
 DrawOthers = Callable[[int, torch.Generator], "tuple[torch.Tensor, torch.Tensor]"]

@@ -43,7 +43,7 @@ from torch.nn import functional as F
 
 from gradleak.defenses.base import DEFENSES, Defense, Privacy, Schedule, Update, check_range, randn_like
 from gradleak.errors import ConfigError
-from gradleak.tasks import IGNORE_INDEX, Task, logits_of
+from gradleak.training_task import IGNORE_INDEX, Task, logits_of
 
 if TYPE_CHECKING:
     from opacus import GradSampleModule

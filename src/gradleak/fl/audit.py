@@ -36,7 +36,7 @@ from gradleak.inputs import ImageInput
 from gradleak.outputs import check_out_dir, clear_stale
 from gradleak.report.grid import save_grid
 from gradleak.report.html import render_audit_folder
-from gradleak.tasks import Task
+from gradleak.training_task import Task
 from gradleak.observation import GroundTruth, LocalTraining, ModelSpec, Observation
 
 TruthLookup = Callable[[RecordedUpdate], GroundTruth | None]

@@ -31,7 +31,7 @@ from gradleak.defenses.dp import DPSGD, check_opacus_compatible
 from gradleak.errors import ConfigError
 from gradleak.inputs import ImageInput
 from gradleak.observation import LocalTraining, ModelSpec
-from gradleak.tasks import Task
+from gradleak.training_task import Task
 
 DP_DELTA = 1e-5
 

@@ -19,7 +19,7 @@ from torch import nn
 from gradleak.cache import cached_weights
 from gradleak.errors import ConfigError
 from gradleak.model_spec import ModelSpec
-from gradleak.tasks import Task
+from gradleak.training_task import Task
 
 #: name -> (model_type, config settings)
 TEXT_MODELS: dict[str, tuple[str, dict[str, Any]]] = {

@@ -21,7 +21,7 @@ from gradleak.inputs import TokenInput
 from gradleak.memory import FLOAT_BYTES, check_memory
 from gradleak.observation import GroundTruth, Observation
 from gradleak.recorder import spec_of
-from gradleak.tasks import Task
+from gradleak.training_task import Task
 from gradleak.text.corpus import Record, private_records
 from gradleak.text.models import TEXT_MODELS, pretrain, text_model_spec
 from gradleak.text.tokenizer import Tokenizer, load_tokenizer
