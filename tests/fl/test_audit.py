@@ -11,7 +11,7 @@ import torch  # noqa: E402
 from gradleak.baselines import ImageGuesses  # noqa: E402
 from gradleak.fl.audit import AuditTarget, audit, judge, to_observation  # noqa: E402
 from gradleak.fl.clients import ClientSetup, client_update  # noqa: E402
-from gradleak.fl.recording import AGGREGATE, RecordedUpdate, RecordingStrategy  # noqa: E402
+from gradleak.fl.recording_strategy import AGGREGATE, RecordedUpdate, RecordingStrategy  # noqa: E402
 from gradleak.observation import ModelSpec  # noqa: E402
 
 CONFIG = {"lr": 0.1, "local-steps": 1, "batch-size": 1}

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.xdist_group("ray")
 import torch  # noqa: E402
 
 from gradleak.fl import audit  # noqa: E402
-from gradleak.fl.recording import AGGREGATE, RecordedUpdate  # noqa: E402
+from gradleak.fl.recording_strategy import AGGREGATE, RecordedUpdate  # noqa: E402
 from gradleak.observation import GroundTruth  # noqa: E402
 from gradleak.fl.simulation import FederationConfig, run_federation  # noqa: E402
 from gradleak.victim import normalize  # noqa: E402

@@ -73,7 +73,7 @@ def test_fedsgd_federation_leaks_every_client(tmp_path):
 def _undefended_client(run, server_round: int):
     """One client without secure aggregation holding all the images of the round's aggregate: the same FedSGD step
     from the weights the server sent, on a batch the size of the aggregate (the positive control)."""
-    from gradleak.fl.recording import RecordedUpdate
+    from gradleak.fl.recording_strategy import RecordedUpdate
     from gradleak.observation import GroundTruth, LocalTraining
     from gradleak.victim import local_sgd, normalize
 

@@ -8,7 +8,7 @@
 """
 
 from gradleak.fl.audit import AuditReport, AuditTarget, audit, to_observation, write_audit
-from gradleak.fl.recording import RecordedUpdate, RecordingLegacyStrategy, RecordingStrategy, UpdateRecorder
+from gradleak.fl.recording_strategy import RecordedUpdate, RecordingLegacyStrategy, RecordingStrategy, UpdateRecorder
 from gradleak.fl.simulation import AuditSettings, FederationConfig, FederationRun, run_federation
 
 __all__ = [

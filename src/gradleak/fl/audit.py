@@ -30,7 +30,7 @@ from gradleak.attacks.base import Reconstruction
 from gradleak.baselines import ImageGuesses, Margins
 from gradleak.client_step import make_observation
 from gradleak.errors import ConfigError
-from gradleak.fl.recording import RecordedUpdate
+from gradleak.fl.recording_strategy import RecordedUpdate
 from gradleak.metrics import BaselineScores, leaked_images, psnr, score, score_guesses, ssim
 from gradleak.inputs import ImageInput
 from gradleak.outputs import check_out_dir, clear_stale

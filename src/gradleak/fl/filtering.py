@@ -19,7 +19,7 @@ from flwr.app import ArrayRecord
 from torch import nn
 
 from gradleak.errors import ConfigError
-from gradleak.fl.recording import StrategyWrapper, _pick, _reply_metrics, _tensors
+from gradleak.fl.recording_strategy import StrategyWrapper, _pick, _reply_metrics, _tensors
 from gradleak.risk import RiskModel, indicators
 
 

@@ -26,7 +26,7 @@ from gradleak.errors import ConfigError
 from gradleak.fl.audit import AuditTarget
 from gradleak.fl.clients import ClientSetup, make_client_app, make_secagg_client_app
 from gradleak.fl.filtering import FilteringStrategy, RoundFilterReport, check_threshold
-from gradleak.fl.recording import RecordedUpdate, RecordingLegacyStrategy, RecordingStrategy, UpdateRecorder
+from gradleak.fl.recording_strategy import RecordedUpdate, RecordingLegacyStrategy, RecordingStrategy, UpdateRecorder
 from gradleak.model_spec import model_spec_for
 from gradleak.observation import GroundTruth, ModelSpec
 
