@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from gradleak.cli import build_parser, main
+from gradleak.cli.flags import parse_assignments
 
 
 def test_every_command_has_help(capsys) -> None:
@@ -226,3 +227,9 @@ def test_attack_with_truth_prints_the_verdict_beside_the_public_guesses(tmp_path
                  str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["gradleak: error: --margin-ssim must be a finite number >= 0, got -0.1"]
+
+
+def test_settings_take_the_config_files_words_for_booleans_and_null() -> None:
+    """The settings errors say "true or false": the flag takes those words (and Python's), not the string 'true'."""
+    assert parse_assignments(["per_epoch=true", "tied=False", "rank=null", "name=truthy", "n=3"], "--attack-arg") \
+        == {"per_epoch": True, "tied": False, "rank": None, "name": "truthy", "n": 3}

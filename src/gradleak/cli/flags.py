@@ -21,13 +21,21 @@ from gradleak.model_spec import trust_model
 from gradleak.utility import UtilityConfig
 
 
+#: the words TOML/JSON configs (and the settings errors) use for these values
+_CONFIG_WORDS: dict[str, Any] = {"true": True, "false": False, "null": None}
+
+
 def parse_assignments(items: Sequence[str] | None, flag: str) -> dict[str, Any]:
-    """``["iterations=300", "labels='infer'"]`` -> dict; values are Python literals, else strings."""
+    """``["iterations=300", "labels='infer'", "per_epoch=true"]`` -> dict; values are Python literals, the
+    config files' ``true``/``false``/``null`` (as the errors name them), else strings."""
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"{flag} expects KEY=VALUE, got {item!r}")
+        if raw in _CONFIG_WORDS:
+            out[key] = _CONFIG_WORDS[raw]
+            continue
         try:
             out[key] = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
