@@ -38,10 +38,13 @@ def head(features, classes):
 '''
 
 
-def _user_model(folder: Path) -> None:
+def _user_model(folder: Path, package: bool = False) -> None:
+    """A model file and its helper beside it; as a package (imported by module path) the factory imports its
+    helper relatively, as a package's module must: ``from blocks`` would find only a ``blocks`` some earlier
+    import of the file-path kind left in ``sys.modules``."""
     folder.mkdir(parents=True)
     (folder / "__init__.py").write_text("")
-    (folder / "net.py").write_text(NET)
+    (folder / "net.py").write_text(NET.replace("from blocks import", "from .blocks import") if package else NET)
     (folder / "blocks.py").write_text(BLOCKS)
 
 
@@ -69,7 +72,8 @@ def test_capture_imports_a_model_file_and_its_neighbours_without_pythonpath(tmp_
 
 
 def test_capture_imports_a_module_path_from_the_working_folder(tmp_path: Path, monkeypatch, capsys) -> None:
-    _user_model(tmp_path / "ownpkg")
+    _user_model(tmp_path / "ownpkg", package=True)
+    monkeypatch.delitem(sys.modules, "blocks", raising=False)  # only the package's own helper may serve
     monkeypatch.chdir(tmp_path)
     assert str(tmp_path) not in sys.path and "" not in sys.path  # nothing but gradleak puts it there
     assert main(["capture", "--model", "ownpkg.net:build", "--dataset", "digits", "--image-size", "8",
