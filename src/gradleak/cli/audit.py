@@ -9,6 +9,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from gradleak.cli.flags import named_model
 from gradleak.cli.printing import print_written
 from gradleak.config import check_attack_settings
 from gradleak.devices import check_device
@@ -22,8 +23,8 @@ def run(args: argparse.Namespace) -> int:
     fed, settings = load_audit_config(args.config) if args.config else (FederationConfig(), AuditSettings())
 
     trust_model(*args.trust_model)
-    if args.model and ":" in args.model:
-        trust_model(args.model)  # named on the command line: the user trusts that factory
+    if args.model:
+        named_model(args)  # a factory named on the command line: the user trusts it
     fed_over = {k: v for k, v in {"num_clients": args.clients, "rounds": args.rounds, "protocol": args.protocol,
                                   "dataset": args.dataset, "model": args.model,
                                   "filter_threshold": args.filter_threshold,

@@ -7,11 +7,11 @@ import argparse
 from typing import Any
 
 from gradleak.capture import load_capture
-from gradleak.cli.flags import parse_assignments, parse_floats
+from gradleak.cli.flags import named_model, parse_assignments, parse_floats
 from gradleak.errors import ConfigError
 from gradleak.inputs import FeatureInput, ImageInput, TokenInput
 from gradleak.limits import read_json_file
-from gradleak.model_spec import ModelSpec, trust_model
+from gradleak.model_spec import ModelSpec, model_spec_for
 from gradleak.observation import LocalTraining, Observation
 from gradleak.training_task import Task
 from gradleak.tensor_files import observation_from_files
@@ -29,10 +29,8 @@ def model_spec_from_args(args: argparse.Namespace) -> ModelSpec:
             raise ConfigError(f"{args.model_config}: a config must be a JSON object")
         config.pop("model_type", None)
         return ModelSpec(source[3:], {"config": {**config, **kwargs}, "head": args.hf_head}, source="huggingface")
-    if ":" in source:
-        trust_model(source.rsplit(":", 1)[0])  # named on the command line: the user trusts it
-        return ModelSpec(source, kwargs, source="import", trusted=True)
-    return ModelSpec(source, kwargs)
+    # a registry name or a factory named here (trusted, as every command trusts a --model it is given)
+    return model_spec_for(named_model(args), kwargs)
 
 
 def observation_from_args(args: argparse.Namespace) -> Observation:
