@@ -4,7 +4,8 @@ an untrained convolutional generator, and the attack optimises the generator's w
 A convolutional generator fits natural images long before it fits noise, so the structure of the network acts as
 the prior (no training data needed). Used against gradients by, among others, Wei et al. (2020) and Jeon et al.
 (2021, GIAS's parameter search). The update is matched by the engine's ``UpdateMatcher`` (Inverting Gradients'
-cosine distance and TV, Geiping et al. 2020); its gradient in the pixels is carried back into the generator.
+cosine distance and TV, Geiping et al. 2020); its gradient in the pixels is carried back into the generator. The
+answer is the best iterate by that objective (``GeneratorSearch``), as the engine returns each restart's best.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import ClassVar, Literal
 
 import torch
@@ -19,8 +21,8 @@ from torch import nn
 
 from gradleak.attacks.base import ATTACKS, Callback, Reconstruction
 from gradleak.attacks.inverting import InvertingGradients
-from gradleak.attacks.optimization import UpdateMatcher
-from gradleak.errors import ConfigError
+from gradleak.attacks.optimization import EngineConfig, UpdateMatcher
+from gradleak.errors import AttackError, ConfigError
 from gradleak.observation import Observation
 
 
@@ -85,34 +87,70 @@ class DeepImagePrior(InvertingGradients):
         gen = torch.Generator(device="cpu").manual_seed(0 if seed is None else seed)
         c, h, w = obs.input_shape
         net = Generator(c, (h, w), obs.batch_size, self.width, gen).to(device)
-        opt = torch.optim.Adam(net.parameters(), lr=self.lr)
-        ys = labels.to(device).long().view(1, 1, -1)
-        trace = torch.full((config.iterations, 1), float("nan"))
-        done = 0
+        search = GeneratorSearch(obs, matcher, labels.to(device).long(), start, self.time_limit_s, callback)
+        search.run(net, list(net.parameters()), config)
+        return search.reconstruction(self.name, self.settings(), labels,
+                                     {"generator_parameters": sum(p.numel() for p in net.parameters())})
+
+
+class GeneratorSearch:
+    """Adam on a generator's tensors (its weights, or its input code) against the engine's objective, keeping the
+    best iterate by that objective across calls of ``run`` (the engine keeps each restart's best iterate the same
+    way): a diverging or oscillating step never costs the answer. Stops early at a wall-clock budget counted from
+    ``start`` or at a non-finite objective."""
+
+    def __init__(self, obs: Observation, matcher: UpdateMatcher, labels: torch.Tensor, start: float,
+                 time_limit_s: float | None, callback: Callback | None) -> None:
+        self.obs, self.matcher, self.start, self.time_limit_s, self.callback = obs, matcher, start, time_limit_s, callback
+        self.ys = labels.view(1, 1, -1)
+        self.trace: list[float] = []
+        self.best_value = float("inf")
+        self.best_pixels: torch.Tensor | None = None
+        self.stopped = False
+
+    def out_of_time(self) -> bool:
+        return self.time_limit_s is not None and time.perf_counter() - self.start > self.time_limit_s
+
+    def keep(self, value: float, pixels: torch.Tensor) -> None:
+        if math.isfinite(value) and value < self.best_value:
+            self.best_value, self.best_pixels = value, pixels.detach().clone()
+
+    def run(self, net: Callable[[], torch.Tensor], tensors: list[torch.Tensor], config: EngineConfig) -> None:
+        """``config.iterations`` Adam steps of ``config.lr_at(i)`` on ``tensors``, ``net()`` giving the pixels."""
+        opt = torch.optim.Adam(tensors, lr=config.lr)
         for i in range(config.iterations):
+            if self.stopped:
+                return
             for group in opt.param_groups:
                 group["lr"] = config.lr_at(i)
-            x = obs.inputs.to_model(net())
-            value, gx, _ = matcher.value_and_grad(x.detach()[None, None], ys, False)
+            pixels = net()
+            x = self.obs.inputs.to_model(pixels)
+            value, gx, _ = self.matcher.value_and_grad(x.detach()[None, None], self.ys, False)
+            v = float(value.detach().reshape(-1)[0])
+            self.trace.append(v)
+            self.keep(v, pixels)
+            if self.callback is not None:
+                self.callback(len(self.trace) - 1, pixels.detach()[None])
+            if not math.isfinite(v) or self.out_of_time():
+                self.stopped = True
+                return
             opt.zero_grad()
             x.backward(gx[0, 0])
             opt.step()
-            trace[i] = value.detach().cpu()[0]
-            done = i + 1
-            if callback is not None:
-                callback(i, obs.inputs.from_model(x.detach())[None])
-            if not math.isfinite(float(value)):
-                break
-            if self.time_limit_s is not None and time.perf_counter() - start > self.time_limit_s:
-                break
         with torch.no_grad():
             pixels = net()
-            final = matcher.values(obs.inputs.to_model(pixels)[None, None], ys, False)[0]
+            self.keep(float(self.matcher.values(self.obs.inputs.to_model(pixels)[None, None], self.ys, False)[0, 0]),
+                      pixels)
+
+    def reconstruction(self, name: str, settings: dict, labels: torch.Tensor, details: dict) -> Reconstruction:
+        """The best iterate seen, its objective, and the trace of every evaluation."""
+        if self.best_pixels is None:
+            raise AttackError(f"attack {name!r}: the objective was never finite; nothing to return")
+        trace = torch.tensor(self.trace, dtype=torch.float32).view(-1, 1)
         return Reconstruction(
-            inputs=pixels.cpu(), labels=labels.cpu(), attack=self.name, settings=self.settings(),
-            trace=torch.nan_to_num(trace[:done], nan=float("inf")), restart_objectives=final.cpu(),
-            iterations=done, wall_time_s=time.perf_counter() - start,
-            details={"generator_parameters": sum(p.numel() for p in net.parameters())},
+            inputs=self.best_pixels.cpu(), labels=labels.cpu(), attack=name, settings=settings,
+            trace=torch.nan_to_num(trace, nan=float("inf")), restart_objectives=torch.tensor([self.best_value]),
+            iterations=len(self.trace), wall_time_s=time.perf_counter() - self.start, details=details,
         )
 
 
