@@ -7,13 +7,14 @@ import torch
 from torch import nn
 
 from gradleak.errors import ConfigError
+from gradleak.model_spec import ModelSpec
 from gradleak.models import MODELS, build_model
 
 
-@pytest.mark.parametrize("name", ["lenet", "mlp", "convnet", "resnet18"])
+@pytest.mark.parametrize("name", ["lenet", "mlp", "convnet", "resnet18", "resnet18-imagenet"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_models_map_images_to_logits(name: str, channels: int) -> None:
-    kwargs = {"width": 8} if name in ("convnet", "resnet18") else {}
+    kwargs = {"width": 8} if name in ("convnet", "resnet18", "resnet18-imagenet") else {}
     model = build_model(name, in_channels=channels, num_classes=7, image_size=32, **kwargs)
     out = model(torch.rand(2, channels, 32, 32))
     assert out.shape == (2, 7)
@@ -85,4 +86,58 @@ def test_unknown_model_and_bad_setting_raise_clear_errors() -> None:
         build_model("alexnet")
     with pytest.raises(ConfigError, match="model 'lenet' rejected its settings"):
         build_model("lenet", depth=5)
-    assert {"lenet", "mlp", "convnet", "resnet18"} <= set(MODELS.names())
+    assert {"lenet", "mlp", "convnet", "resnet18", "resnet18-imagenet"} <= set(MODELS.names())
+
+
+def _resnet18_table1(channels: int, classes: int) -> list[tuple]:
+    """ResNet-18's layers in order as He et al. (2016, Table 1) list them: 7x7/2 conv, 3x3/2 max pool, four stages
+    of two BasicBlocks (3x3 convs; the first block of stages 2-4 strides 2 and has a 1x1/2 projection shortcut),
+    global average pooling and the fully connected layer (as torchvision's ``resnet18`` builds it)."""
+    layers: list[tuple] = [("conv", channels, 64, 7, 2, 3), ("maxpool", 3, 2, 1)]
+    c_in = 64
+    for c_out, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+        layers += [("conv", c_in, c_out, 3, stride, 1), ("conv", c_out, c_out, 3, 1, 1)]
+        if stride != 1:
+            layers.append(("conv", c_in, c_out, 1, stride, 0))
+        layers += [("conv", c_out, c_out, 3, 1, 1), ("conv", c_out, c_out, 3, 1, 1)]
+        c_in = c_out
+    return layers + [("linear", 512, classes)]
+
+
+def _layer_list(model: nn.Module) -> list[tuple]:
+    out: list[tuple] = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            out.append(("conv", m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0]))
+        elif isinstance(m, nn.MaxPool2d):
+            out.append(("maxpool", m.kernel_size, m.stride, m.padding))
+        elif isinstance(m, nn.Linear):
+            out.append(("linear", m.in_features, m.out_features))
+    return out
+
+
+def test_resnet18_imagenet_is_the_papers_layout() -> None:
+    full = build_model("resnet18-imagenet", in_channels=3, num_classes=1000, image_size=224)
+    assert _layer_list(full) == _resnet18_table1(3, 1000)
+    assert sum(p.numel() for p in full.parameters()) == 11_689_512  # torchvision's resnet18
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in full.modules()) == 20
+    photos = build_model("resnet18-imagenet", in_channels=3, num_classes=10, image_size=128)
+    assert sum(p.numel() for p in photos.parameters()) == 11_689_512 - 990 * 513
+    # the CIFAR layout keeps its 3x3 stride-1 stem and no pooling: the two differ only there
+    cifar = build_model("resnet18", in_channels=3, num_classes=10, image_size=32)
+    assert _layer_list(cifar)[0] == ("conv", 3, 64, 3, 1, 1) and _layer_list(cifar)[1:] == _layer_list(photos)[2:]
+
+
+def test_resnet18_imagenet_runs_at_128_and_224_and_rebuilds_from_its_spec() -> None:
+    spec = ModelSpec("resnet18-imagenet", {"in_channels": 3, "num_classes": 10, "image_size": 224})
+    torch.manual_seed(0)
+    model = ModelSpec.from_json(spec.to_json()).build()
+    torch.manual_seed(0)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), spec.build().state_dict().values()))
+    last: list[torch.Size] = []
+    model.stages.register_forward_hook(lambda _m, _i, out: last.append(out.shape))
+    for size, side in [(128, 4), (224, 7)]:
+        out = model(torch.rand(2, 3, size, size))
+        assert out.shape == (2, 10) and last[-1] == (2, 512, side, side)  # the input's side / 32
+        out.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
