@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from gradleak.data import DATASETS, load_dataset
+from gradleak.data.dataset import to_nchw_float
 from gradleak.errors import ConfigError, DataError
 
 
@@ -38,3 +39,15 @@ def test_unknown_dataset_format_and_index() -> None:
     with pytest.raises(DataError, match="index 500 is out of range"):
         load_dataset("faces").batch([0, 500])
     assert set(DATASETS.names()) == {"digits", "faces", "photos"}
+
+
+def test_photos_at_full_size_are_resampled_from_the_source() -> None:
+    """At 224 the crops come from the photos themselves, not from their 128-pixel copies (sharper: larger
+    neighbour differences); at 128 and below they are what they were (the 128 copies resized)."""
+    at_128, at_224 = load_dataset("photos", size=128), load_dataset("photos", size=224)
+    assert at_224.images.shape == (100, 3, 224, 224) and torch.equal(at_224.labels, at_128.labels)
+    assert torch.allclose(load_dataset("photos", size=48).images, to_nchw_float(at_128.images, 48, None), atol=1e-6)
+    upsampled = to_nchw_float(at_128.images, 224, None)
+    detail = lambda x: (x[..., 1:] - x[..., :-1]).abs().mean()  # noqa: E731
+    assert detail(at_224.images) > 1.2 * detail(upsampled)
+    assert (at_224.images - upsampled).abs().mean() < 0.05  # the same crops

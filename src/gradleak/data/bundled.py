@@ -61,8 +61,10 @@ def _photo_arrays() -> tuple[np.ndarray, ...]:
     return tuple(np.asarray(loaders[n]() if n in loaders else getattr(skd, n)())[..., :3] for n in PHOTO_SOURCES)
 
 
-def _crops(photo: np.ndarray, grid: int = 3) -> torch.Tensor:
-    """The whole photo's centre square plus a ``grid`` x ``grid`` tiling of it, each as one image."""
+def _crops(photo: np.ndarray, size: int | None, grid: int = 3) -> torch.Tensor:
+    """The whole photo's centre square plus a ``grid`` x ``grid`` tiling of it, each as one image, brought to a
+    common side of 128 pixels, or ``size`` where it is larger (a 224 image resampled from the source, not from a
+    128 copy; sides up to 128 are what they always were)."""
     img = torch.from_numpy(np.array(photo)).permute(2, 0, 1).float().div(255.0)
     h, w = img.shape[1:]
     side = min(h, w)
@@ -74,7 +76,7 @@ def _crops(photo: np.ndarray, grid: int = 3) -> torch.Tensor:
         for j in range(grid):
             tiles.append(square[:, i * step : (i + 1) * step, j * step : (j + 1) * step])
     # Bring every tile to a common size before stacking; callers resize to the final size.
-    common = 128
+    common = max(128, size or 0)
     return torch.cat(
         [F.interpolate(t[None], size=(common, common), mode="bilinear", antialias=True, align_corners=False) for t in tiles]
     )
@@ -84,7 +86,7 @@ def photos(size: int = 32, channels: int | None = None) -> ImageDataset:
     arrays = _photo_arrays()
     images, labels = [], []
     for label, arr in enumerate(arrays):
-        tiles = _crops(arr)
+        tiles = _crops(arr, size)
         images.append(tiles)
         labels.append(torch.full((tiles.shape[0],), label, dtype=torch.long))
     raw = torch.cat(images)
