@@ -83,3 +83,43 @@ def test_record_refuses_a_tokenizer_for_image_batches() -> None:
     with pytest.raises(ConfigError, match="tokenizer"):
         with gradleak.record(torch.nn.Linear(4, 2), (torch.rand(2, 4), torch.tensor([0, 1])), tokenizer="x"):
             pass
+
+
+def _users_tokenizer(texts: list[str], vocab: int) -> object:
+    """A user's own ``transformers`` tokenizer that gradleak did not train or name: word-level, trained on the
+    text it is given, wrapped as ``save_pretrained`` users hold it."""
+    from tokenizers import Tokenizer as HFTokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = HFTokenizer(models.WordLevel(unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.train_from_iterator(texts, trainers.WordLevelTrainer(vocab_size=vocab, show_progress=False,
+                                                                  special_tokens=["[PAD]", "[UNK]", "[EOS]"]))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", eos_token="[EOS]")
+
+
+def test_attack_decodes_with_the_users_own_tokenizer_file_checked_against_the_capture(tmp_path: Path, capsys) -> None:
+    records = private_records(40, seed=77)
+    tok = _users_tokenizer([r.text for r in records], 600)
+    text = records[3].text
+    ids = torch.tensor([tok.encode(text) + [tok.eos_token_id]])
+    torch.manual_seed(0)
+    model = text_model_spec("gpt2-tiny", len(tok), tok.pad_token_id, eos_id=tok.eos_token_id).build()
+    with gradleak.record(model, ids, tokenizer=tok) as rec:
+        model(input_ids=ids, labels=ids).loss.backward()
+    capture = save_capture(rec.observation, tmp_path / "step.capture.safetensors")
+    tok.save_pretrained(tmp_path / "users-tokenizer")
+
+    out = tmp_path / "decoded"
+    assert main(["attack", str(capture), "--attack", "dager", "--tokenizer", str(tmp_path / "users-tokenizer"),
+                 "--out", str(out), "--quiet"]) == 0
+    recovered = json.loads((out / "metrics.json").read_text())["text"]["recovered"]
+    assert recovered == [tok.decode(tok.encode(text))] and text.split()[0] in recovered[0]
+
+    # another tokenizer's file is refused in one line, naming the digests; without one: token ids
+    _users_tokenizer([r.text for r in private_records(40, seed=78)], 600).save_pretrained(tmp_path / "other")
+    assert main(["attack", str(capture), "--attack", "dager", "--tokenizer", str(tmp_path / "other"),
+                 "--out", str(tmp_path / "o2"), "--quiet"]) == 2
+    assert "not the one the capture was recorded with" in capsys.readouterr().err
+    assert main(["attack", str(capture), "--attack", "dager", "--out", str(tmp_path / "o3"), "--quiet"]) == 0
+    assert "tokenizer unknown" in capsys.readouterr().out

@@ -31,6 +31,7 @@ from gradleak.errors import CaptureError, ConfigError
 from gradleak.inputs import FeatureInput, ImageInput, InputSpec, TokenInput
 from gradleak.model_spec import ModelSpec
 from gradleak.observation import GroundTruth, LocalTraining, Observation
+from gradleak.text.tokenizer import user_tokenizer, vocabulary_digest
 from gradleak.training_task import Task, forward, is_huggingface
 
 WRAPPER_PREFIXES = ("_module.", "module.")
@@ -211,8 +212,10 @@ def record(
     ``privacy``: the DP guarantee of the step (gradleak's ``Privacy``, or the Opacus ``PrivacyEngine`` or
     accountant, read after the block at ``delta``) goes into ``info['privacy']``, so captures and reports carry
     its epsilon. ``tokenizer``
-    (token ids only: a name, or gradleak's ``Tokenizer``) travels with the capture so that the attacker can
-    decode (``gradleak attack`` rebuilds gradleak's own tokenizers from their names).
+    (token ids only: a name, gradleak's ``Tokenizer``, or the user's ``transformers``/``tokenizers`` tokenizer)
+    travels with the capture, by name and by the sha256 of its vocabulary, so that the attacker can decode:
+    ``gradleak attack`` rebuilds gradleak's own tokenizers from their names and checks a user's file
+    (``--tokenizer``) against the digest.
     """
     x, y = (batch, None) if isinstance(batch, torch.Tensor) else batch
     if share not in ("gradient", "delta"):
@@ -221,11 +224,15 @@ def record(
         raise ConfigError("share='delta' needs the client's learning rate lr > 0")
     inner = unwrap(model)
     spec = inputs or describe_batch(inner, x, mean, std)
+    tokenizer_digest = None
     if tokenizer is not None:
-        name = tokenizer if isinstance(tokenizer, str) else getattr(tokenizer, "name", None)
-        if not isinstance(name, str) or not isinstance(spec, TokenInput):
-            raise ConfigError(f"tokenizer names the tokenizer of a token batch (a string, or gradleak's Tokenizer), "
-                              f"got {tokenizer!r} for {spec.kind} inputs")
+        if not isinstance(spec, TokenInput):
+            raise ConfigError(f"tokenizer is the tokenizer of a token batch; got one for {spec.kind} inputs")
+        if isinstance(tokenizer, str):
+            name = tokenizer
+        else:  # gradleak's, a transformers or a tokenizers tokenizer: its name, and its vocabulary's digest
+            tok = user_tokenizer(tokenizer)
+            name, tokenizer_digest = tok.name, vocabulary_digest(tok)
         spec = dataclasses.replace(spec, tokenizer=name)
     the_task = task or describe_task(inner, spec, x)
     if privacy is not None:
@@ -269,6 +276,8 @@ def record(
                                          for why in sorted(set(rec.skipped.values()))}}
     if privacy is not None:
         extra["privacy"] = privacy_info(privacy, delta)
+    if tokenizer_digest is not None:
+        extra["tokenizer_digest"] = tokenizer_digest
     rec.observation = make_observation(
         model_spec, weights, update, inputs=spec, task=the_task, batch_size=int(x.shape[0]), local_training=local,
         labels=None if (y is None or not leak_labels) else y, model_mode=mode, info={**(info or {}), **extra},

@@ -34,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
         obs = observation_from_args(args)
         truth = load_truth(args.truth, capture=obs) if args.truth else None
     check_token_labels(obs)
+    if args.tokenizer is not None and obs.inputs.kind != "tokens":
+        raise ConfigError(f"--tokenizer decodes token sequences; this capture holds {obs.inputs.kind}")
     if obs.inputs.kind == "tokens":
         attack = text_attack(args.attack, attack_kwargs(args))
         wrong = [f for f in ("iterations", "restarts", "checkpoint") if getattr(args, f) is not None]
@@ -80,7 +82,7 @@ def _attack_text_result(args: argparse.Namespace, out: Path, obs: Any, recon: An
                         source: dict[str, Any]) -> None:
     """``attack`` on token sequences: decode the records recovered with the capture's tokenizer (token ids when
     it is unknown), and with ``--truth`` score them as ``demo --text`` does."""
-    tok, unknown = capture_tokenizer(obs)
+    tok, unknown = capture_tokenizer(obs, args.tokenizer)
     if tok is None:
         pad = obs.inputs.pad_token_id if obs.inputs.pad_token_id is not None else -1
         config = obs.model_spec.kwargs.get("config") if obs.model_spec.source == "huggingface" else None

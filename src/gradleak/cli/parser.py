@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("capture", nargs="?", default=None,
                      help="capture file (.safetensors) written by `gradleak capture` or `gradleak.record`")
     att.add_argument("--truth", default=None, help="ground-truth file, to score the reconstruction")
+    att.add_argument("--tokenizer", default=None, metavar="PATH",
+                     help="text captures: your tokenizer (a tokenizers JSON file, or the folder save_pretrained "
+                     "wrote) to decode the records; checked against the vocabulary digest the capture carries")
     _baseline_args(att)
     _own_files_args(att)
     _attack_args(att, attack="idlg")

@@ -14,7 +14,7 @@ from gradleak.report.files import write_report
 from gradleak.report.text import write_text_report
 from gradleak.text.corpus import Record
 from gradleak.text.metrics import score_text
-from gradleak.text.tokenizer import tokenizer_named
+from gradleak.text.tokenizer import load_tokenizer_file, tokenizer_named, vocabulary_digest
 
 
 def text_attack(name: str, kwargs: dict[str, Any]) -> Any:
@@ -34,10 +34,18 @@ class TokenIds:
         return "ids " + " ".join(str(i) for i in ids)
 
 
-def capture_tokenizer(obs: Any) -> tuple[Any, str | None]:
-    """The tokenizer a text capture names, rebuilt by name (``text.tokenizer.tokenizer_named``) and kept only when
-    its vocabulary fits the model's; otherwise ``(None, why)``: the caller shows token ids."""
-    tok, why = tokenizer_named(getattr(obs.inputs, "tokenizer", None))
+def capture_tokenizer(obs: Any, path: str | None = None) -> tuple[Any, str | None]:
+    """The tokenizer of a text capture: the user's file ``path`` (refused when its vocabulary digest differs
+    from the one the capture carries), else the one it names, rebuilt by name (``text.tokenizer.tokenizer_named``);
+    kept only when its vocabulary fits the model's; otherwise ``(None, why)``: the caller shows token ids."""
+    if path is not None:
+        tok, why = load_tokenizer_file(path, name=getattr(obs.inputs, "tokenizer", None)), None
+        expected, got = obs.info.get("tokenizer_digest"), vocabulary_digest(tok)
+        if isinstance(expected, str) and got != expected:
+            raise ConfigError(f"--tokenizer {path}: its vocabulary (sha256 {str(got)[:12]}) is not the one the "
+                              f"capture was recorded with (sha256 {expected[:12]})")
+    else:
+        tok, why = tokenizer_named(getattr(obs.inputs, "tokenizer", None))
     if tok is not None and tok.vocab_size > obs.inputs.vocab_size:
         return None, (f"tokenizer {tok.name!r} has {tok.vocab_size} tokens, more than the model's vocabulary "
                       f"({obs.inputs.vocab_size})")

@@ -155,14 +155,18 @@ def _is_transformers(obj: object) -> bool:
     return hasattr(obj, "pad_token_id") and hasattr(obj, "convert_ids_to_tokens")
 
 
-def _special_id(obj: object, *names: str) -> int | None:
+#: the usual special tokens of each role, looked up in a ``tokenizers.Tokenizer`` (which has no role attributes)
+_SPECIAL_TOKENS = {"pad": ("<pad>", "[PAD]"), "eos": ("<eos>", "</s>", "[SEP]", "<|endoftext|>")}
+
+
+def _special_id(obj: object, role: str, *names: str) -> int | None:
     for name in names:
         value = getattr(obj, name, None)
         if isinstance(value, int):
             return value
     token_to_id = getattr(obj, "token_to_id", None)
     if callable(token_to_id):
-        for token in ("<pad>", "[PAD]", "<eos>", "</s>", "[SEP]", "<|endoftext|>"):
+        for token in _SPECIAL_TOKENS[role]:
             i = token_to_id(token)
             if isinstance(i, int):
                 return i
@@ -185,9 +189,58 @@ def user_tokenizer(obj: object, vocab_size: int | None = None, name: str | None 
     if _is_transformers(obj):
         size = max(size, len(obj))  # type: ignore[arg-type]  # added special tokens
     size = max(int(size), int(vocab_size or 0))
-    pad = _special_id(obj, "pad_token_id", "pad_id")
-    eos = _special_id(obj, "eos_token_id", "sep_token_id", "eos_id")
+    pad = _special_id(obj, "pad", "pad_token_id", "pad_id")
+    eos = _special_id(obj, "eos", "eos_token_id", "sep_token_id", "eos_id")
     pad = pad if pad is not None else (eos if eos is not None else 0)
     eos = eos if eos is not None else pad
     label = name or getattr(obj, "name_or_path", None) or getattr(obj, "name", None) or type(obj).__name__
     return _UserTokenizer(f"user-{label}-{size}", obj, size, pad, eos)
+
+
+#: the largest tokenizer file ``load_tokenizer_file`` reads (GPT-2's tokenizer.json is 1.4 MB)
+MAX_TOKENIZER_BYTES = 64 << 20
+
+
+def vocabulary_digest(obj: object) -> str | None:
+    """sha256 of a tokenizer's vocabulary (every ``token -> id`` pair, added tokens included), so that a capture
+    says which tokenizer its ids belong to and the attacker's copy can be checked against it; ``None`` when the
+    object does not expose its vocabulary. The vocabulary, not the serialised file: ``transformers`` changes the
+    file's padding and truncation settings on load, which do not change what an id decodes to."""
+    backend = obj.backend if isinstance(obj, Tokenizer) else obj
+    if backend is None:
+        return None
+    get_vocab = getattr(backend, "get_vocab", None)
+    if not callable(get_vocab):
+        return None
+    try:
+        vocab = get_vocab(with_added_tokens=True)
+    except TypeError:  # transformers' get_vocab takes no argument and includes the added tokens
+        vocab = get_vocab()
+    if not isinstance(vocab, dict) or not vocab:
+        return None
+    pairs = sorted((int(i), str(t)) for t, i in vocab.items())
+    return hashlib.sha256("\n".join(f"{i}\t{t}" for i, t in pairs).encode("utf-8")).hexdigest()
+
+
+def load_tokenizer_file(path: str, name: str | None = None) -> Tokenizer:
+    """A user's tokenizer from a ``tokenizers`` JSON file (``tokenizer.json``, or a folder holding one, as
+    ``save_pretrained`` writes it): the library's own JSON, parsed as data (never code); size-bounded."""
+    from pathlib import Path
+
+    from tokenizers import Tokenizer as HFTokenizer
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "tokenizer.json"
+    if not p.is_file():
+        raise ConfigError(f"--tokenizer {path}: no tokenizer.json there (give a tokenizers JSON file or the "
+                          "folder save_pretrained wrote)")
+    size = p.stat().st_size
+    if size > MAX_TOKENIZER_BYTES:
+        raise ConfigError(f"--tokenizer {p}: {size} bytes, over the {MAX_TOKENIZER_BYTES} a tokenizer file may have")
+    try:
+        backend = HFTokenizer.from_str(p.read_text(encoding="utf-8"))
+    except Exception as exc:  # noqa: BLE001 - the tokenizers parser's errors, one line for the user
+        raise ConfigError(f"--tokenizer {p}: not a tokenizers JSON file ({' '.join(str(exc).split())[:200]})") \
+            from None
+    return user_tokenizer(backend, name=name or p.parent.name or p.stem)
