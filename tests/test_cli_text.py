@@ -123,3 +123,16 @@ def test_attack_decodes_with_the_users_own_tokenizer_file_checked_against_the_ca
     assert "not the one the capture was recorded with" in capsys.readouterr().err
     assert main(["attack", str(capture), "--attack", "dager", "--out", str(tmp_path / "o3"), "--quiet"]) == 0
     assert "tokenizer unknown" in capsys.readouterr().out
+
+
+def test_a_hostile_tokenizer_file_is_refused_in_one_line_before_the_attack_runs(tmp_path: Path, capsys) -> None:
+    capture, _, _ = _record_text_step(tmp_path)
+    (tmp_path / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": [1, 2')
+    assert main(["attack", str(capture), "--attack", "dager", "--tokenizer", str(tmp_path / "tokenizer.json"),
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a tokenizers JSON file" in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "out").exists()
+    assert main(["attack", str(capture), "--attack", "dager", "--tokenizer", str(tmp_path / "missing"),
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "no tokenizer.json there" in capsys.readouterr().err

@@ -36,7 +36,9 @@ def run(args: argparse.Namespace) -> int:
     check_token_labels(obs)
     if args.tokenizer is not None and obs.inputs.kind != "tokens":
         raise ConfigError(f"--tokenizer decodes token sequences; this capture holds {obs.inputs.kind}")
+    decoder = None
     if obs.inputs.kind == "tokens":
+        decoder = capture_tokenizer(obs, args.tokenizer)  # a bad --tokenizer file is refused before the attack runs
         attack = text_attack(args.attack, attack_kwargs(args))
         wrong = [f for f in ("iterations", "restarts", "checkpoint") if getattr(args, f) is not None]
         if wrong:
@@ -52,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     source = {"capture": str(args.capture)} if args.capture else \
         {"weights": str(args.weights), "update": str(args.update), "model": args.model}
     if obs.inputs.kind == "tokens":
-        _attack_text_result(args, out, obs, recon, truth, source)
+        assert decoder is not None
+        _attack_text_result(args, out, obs, recon, truth, source, decoder)
         return 0
     scores = None
     if truth is not None:
@@ -79,10 +82,10 @@ def _attacker_guesses(args: argparse.Namespace, obs: Any) -> tuple[Any, Any]:
 
 
 def _attack_text_result(args: argparse.Namespace, out: Path, obs: Any, recon: Any, truth: Any,
-                        source: dict[str, Any]) -> None:
-    """``attack`` on token sequences: decode the records recovered with the capture's tokenizer (token ids when
-    it is unknown), and with ``--truth`` score them as ``demo --text`` does."""
-    tok, unknown = capture_tokenizer(obs, args.tokenizer)
+                        source: dict[str, Any], decoder: tuple[Any, str | None]) -> None:
+    """``attack`` on token sequences: decode the records recovered with the capture's tokenizer (``decoder``:
+    it, or ``None`` and why; then token ids), and with ``--truth`` score them as ``demo --text`` does."""
+    tok, unknown = decoder
     if tok is None:
         pad = obs.inputs.pad_token_id if obs.inputs.pad_token_id is not None else -1
         config = obs.model_spec.kwargs.get("config") if obs.model_spec.source == "huggingface" else None
