@@ -215,9 +215,9 @@ def bench_speed(iterations: int, models: list[str], batches: list[int], repeats:
                       f"{100 * flops / t_glk / rate:>6.1f}", flush=True)
 
 
-def trained_victims(pretrain_steps: int, images: int) -> list:
+def trained_victims(pretrain_steps: int, images: int, share_buffers: bool = False) -> list:
     """One ConvNet-64 trained on the photos none of the ``images`` attacked ones (one cached model, not one per
-    photo), then each photo's batch-1 update from it."""
+    photo), then each photo's batch-1 update from it (with its BatchNorm buffer change when ``share_buffers``)."""
     ds = load_dataset("photos")
     attacked = list(PHOTOS[:images])
     c, h, _ = ds.input_shape
@@ -232,7 +232,7 @@ def trained_victims(pretrain_steps: int, images: int) -> list:
     for i in attacked:
         x, y = ds.batch([i])
         victims.append(simulate(spec, x, y, num_classes=ds.num_classes, mean=ds.mean, std=ds.std,
-                                model=copy.deepcopy(model), leak_labels=True))
+                                model=copy.deepcopy(model), leak_labels=True, share_buffers=share_buffers))
     return victims
 
 
@@ -277,7 +277,7 @@ def bench_psnr(iterations: int, pretrain_steps: int, images: int, ratio_iteratio
           f"({' '.join(f'{v:.2f}' for v in guess_psnr)}); a sample leaks when it beats it by 3 dB and 0.1 SSIM")
 
 
-def bench_curve(budgets: list[int], pretrain_steps: int, images: int) -> None:
+def bench_curve(budgets: list[int], pretrain_steps: int, images: int, bn: float | None = None) -> None:
     """PSNR against iterations on the trained ConvNet-64 (issue 25): one run per budget (the step decay at 3/8,
     5/8, 7/8 scales with it), batch 1, labels known, seed 0. For each run: the PSNR and attacker objective
     (cosine + TV) of the image returned (each restart's best iterate) and of the last evaluated iterate (what the
@@ -294,17 +294,24 @@ def bench_curve(budgets: list[int], pretrain_steps: int, images: int) -> None:
     10.63 dB. The objective's infimum is the flat mean image; more iterations descend towards low-TV images the
     update cannot tell apart from the truth's contrast-scaled copies. The loss of PSNR at 1,000 iterations is
     the objective (a TV weight against an invariance of the gradient), not the optimiser, the schedule, the box
-    or the label (the leaked one)."""
+    or the label (the leaked one).
+
+    ``--bn W``: the client's update carries its BatchNorm buffer change (a client that sends its state dict) and
+    the attack adds the BN prior at weight ``W`` with the client's own batch statistics as its reference
+    (``attacks.bn_statistics``); ``W = 0`` is the published attack on the same update."""
+    carried = bn is not None
     print(f"\n== PSNR against iterations: ConvNet-64 ({_convnet_layout()}) trained {pretrain_steps} steps, "
-          f"{images} photo(s), batch 1, {torch.get_num_threads()} thread(s)", flush=True)
-    victims = trained_victims(pretrain_steps, images)
+          f"{images} photo(s), batch 1, {torch.get_num_threads()} thread(s)"
+          + (f", update carries the BN buffer change, BN prior weight {bn}" if carried else ""), flush=True)
+    victims = trained_victims(pretrain_steps, images, share_buffers=carried)
+    settings = {"bn": bn} if carried else {}
     ds = load_dataset("photos")
     rows: dict[int, list[tuple[float, ...]]] = {}
     for k, (obs, truth) in enumerate(victims):
         guesses = ImageGuesses.of(obs.inputs, ds.images[ds.disjoint_from([PHOTOS[k]])])
         # the attacker's objective at the true image (only a benchmark can compute it): a reconstruction below it
         # is preferred to the truth by the objective itself
-        attack = ATTACKS.build("inverting")
+        attack = ATTACKS.build("inverting", **settings)
         mean, std = obs.normalization("cpu")
         at_truth = UpdateMatcher([obs], attack.engine(obs), "cpu").values(
             ((truth.inputs - mean) / std)[None, None], obs.labels.view(1, 1, -1), False)
@@ -324,7 +331,8 @@ def bench_curve(budgets: list[int], pretrain_steps: int, images: int) -> None:
                     last["pixels"] = pixels[0].clone()
 
             start = time.perf_counter()
-            recon = ATTACKS.build("inverting", iterations=budget).reconstruct(obs, seed=0, callback=keep_last)
+            recon = ATTACKS.build("inverting", iterations=budget, **settings).reconstruct(obs, seed=0,
+                                                                                           callback=keep_last)
             wall = time.perf_counter() - start
             returned = score(recon.inputs, None, truth, guesses=guesses)
             at_last = score(last["pixels"], None, truth, guesses=guesses)
@@ -364,12 +372,16 @@ def main() -> None:
                         help="speed: thread counts (default: 1 and every core); psnr: the first one (default: every core)")
     parser.add_argument("--pretrain-steps", type=int, default=200)
     parser.add_argument("--images", type=int, default=5)
+    parser.add_argument("--bn", nargs="+", type=float, default=None,
+                        help="curve: the update carries the client's BatchNorm buffer change; one curve per BN-prior "
+                        "weight on the client's carried statistics (0: the published attack on the same update)")
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.curve:
         if args.threads:
             torch.set_num_threads(args.threads[0])
-        bench_curve(args.budgets, args.pretrain_steps, args.images)
+        for weight in args.bn or [None]:
+            bench_curve(args.budgets, args.pretrain_steps, args.images, weight)
         return
     if args.section in ("speed", "all"):
         bench_speed(args.iterations, args.models, args.batches, args.repeats, args.threads)

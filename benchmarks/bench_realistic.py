@@ -14,9 +14,16 @@ Each row is one victim setting, attacked on ``--samples`` private batches (seeds
   ``--local-batches`` mini-batches of the private batch, SGD ``--local-lr``: the weight delta); BatchNorm stays in
   train mode (``model_mode=train``) where the model has it (ResNet-18).
 - **attack**: Inverting Gradients (``inverting``, Geiping et al. 2020) on FedSGD, its unrolled variant (``fedavg``)
-  on FedAvg; with ``--attacks dip``, the deep image prior (Ulyanov et al. 2018) beside it on the same batches,
-  stopped at the wall time Inverting Gradients took on each; threat model: honest-but-curious server (it only
-  reads the update it receives).
+  on FedAvg, as published (no BN prior: ``bn=0``); with ``--attacks dip``, the deep image prior (Ulyanov et al.
+  2018) beside it on the same batches, stopped at the wall time Inverting Gradients took on each; with
+  ``--attacks inverting+bn`` (``fedavg+bn`` on FedAvg), the same attack, same iterations, with the BN-statistics
+  prior whose reference is the client's own batch statistics, read off the BatchNorm buffer change its update
+  carries (``attacks.bn_statistics``); threat model: honest-but-curious server (it only reads the update it
+  receives).
+- **buffers** (``--share-buffers``, row label ``+buffers``): the client sends its state dict, so its update carries
+  the change of its BatchNorm running statistics (``client_step(share_buffers=True)``). For ``fedsgd`` that is a
+  client that takes one local step and sends its state dict (Flower's PyTorch examples; its weight delta is
+  ``-lr`` times the gradient, which cosine matching cannot tell apart); FedAvg clients share them by default.
 Columns: the share of samples **leaked** (the reconstruction beats the best of the attacker's guesses (mid-gray,
 the public mean image, the best image of a disjoint public set) by 3 dB PSNR and 0.1 SSIM), **top-1
 re-identification** in a line-up of the true sample and up to 99 public images (pixels, and the features of a
@@ -92,7 +99,8 @@ def victims(args: argparse.Namespace, dataset: str, size: int, model: str, stage
         x, y = ds.batch(indices)
         obs, truth = simulate(spec, x, y, num_classes=ds.num_classes, mean=ds.mean, std=ds.std, protocol=protocol,
                               local_training=local, model=copy.deepcopy(net), model_mode="train",
-                              device=args.device, info={"dataset": ds.name, "indices": indices})
+                              device=args.device, info={"dataset": ds.name, "indices": indices},
+                              share_buffers=args.share_buffers)
         out.append((indices, obs, truth))
     return out, acc
 
@@ -102,7 +110,10 @@ def run_row(args: argparse.Namespace, dataset: str, size: int, model: str, stage
     """One victim setting, every attack of ``--attacks`` on the same private batches: Inverting Gradients (or its
     unrolled FedAvg variant) first, then the others each limited to the wall time it took on that batch."""
     reference = "inverting" if protocol == "fedsgd" else "fedavg"
-    names = [reference] + [a for a in args.attacks if a != reference]
+    other = {"inverting": "fedavg", "fedavg": "inverting"}  # each attack's variant on the other protocol
+    asked = [a if a.removesuffix("+bn") != other[reference] else reference + a.removeprefix(other[reference])
+             for a in args.attacks]
+    names = [reference] + [a for a in asked if a != reference]
     ds = load_dataset(dataset, size=size)
     embed = feature_model(dataset, size, args.feature_steps, args.seed)
     found = {a: {k: [] for k in ("leaked", "reid_px", "reid_ft", "psnr", "ssim", "best_p", "best_s", "times",
@@ -118,8 +129,11 @@ def run_row(args: argparse.Namespace, dataset: str, size: int, model: str, stage
             if name == "dip":
                 # not registered by name yet (the attack contract's tables list every registered attack)
                 attack = DeepImagePrior(iterations=10**6 if budget else args.iterations, time_limit_s=budget)
-            else:
-                attack = ATTACKS.build(name, iterations=args.iterations)
+            elif name.endswith("+bn"):  # the BN prior on the client's carried statistics, at its default weight
+                attack = ATTACKS.build(name.removesuffix("+bn"), iterations=args.iterations, bn=None)
+            else:  # as published: no BN prior, whatever the update carries
+                published = {"bn": 0.0} if name in ("inverting", "fedavg") else {}
+                attack = ATTACKS.build(name, iterations=args.iterations, **published)
             recon = attack.reconstruct(obs, device=args.device, seed=args.seed + s)
             elapsed = time.perf_counter() - start
             budget = budget or elapsed
@@ -139,12 +153,14 @@ def run_row(args: argparse.Namespace, dataset: str, size: int, model: str, stage
             lineup = scores.reidentification["pixels"].lineup
         grid["truth"].append(truth.inputs)
     if args.grid:
-        path = f"{args.grid}/realistic_{dataset}{size}_{model}_{stage}_b{batch}_{protocol}.png"
+        shared = "+buffers" if args.share_buffers else ""
+        path = f"{args.grid}/realistic_{dataset}{size}_{model}_{stage}_b{batch}_{protocol}{shared}.png"
         save_grid([torch.cat(v) for v in grid.values()], list(grid), path)
         print(f"grid: {path}", flush=True)
     mean = lambda v: sum(v) / len(v)  # noqa: E731
     return [{"dataset": dataset, "size": size, "model": model, "stage": stage, "train_acc": acc, "batch": batch,
-             "protocol": protocol, "attack": f"{a} ({mean(f['iterations']):.0f} it)", "leaked": mean(f["leaked"]),
+             "protocol": protocol + ("+buffers" if args.share_buffers else ""),
+             "attack": f"{a} ({mean(f['iterations']):.0f} it)", "leaked": mean(f["leaked"]),
              "reid_pixels": mean(f["reid_px"]), "reid_features": mean(f["reid_ft"]), "lineup": lineup,
              "psnr": mean(f["psnr"]), "best_guess_psnr": mean(f["best_p"]), "ssim": mean(f["ssim"]),
              "best_guess_ssim": mean(f["best_s"]), "seconds": mean(f["times"]), "samples": len(f["psnr"]),
@@ -187,6 +203,9 @@ def main() -> None:
     p.add_argument("--width", type=int, default=64, help="convnet width (64: the paper's ConvNet-64, Geiping et al. 2020)")
     p.add_argument("--attacks", nargs="+", default=["inverting"], help="beside Inverting Gradients (fedavg on "
                    "FedAvg), each at its wall time per batch: 'dip' (the deep image prior, Ulyanov et al. 2018)")
+    p.add_argument("--share-buffers", action=argparse.BooleanOptionalAction, default=None,
+                   help="the client's update carries its BatchNorm running-statistics change (default: the "
+                   "protocol's: yes for fedavg, no for fedsgd)")
     p.add_argument("--grid", default=None, help="a folder for one PNG per row: the private images, then each "
                    "attack's reconstructions matched to them")
     p.add_argument("--seed", type=int, default=0)

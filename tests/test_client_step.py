@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
+from gradleak.attacks.bn_statistics import carried_statistics
+from gradleak.data import load_dataset
 from gradleak.defenses import build_defense
 from gradleak.fl.clients import ClientSetup, client_update
-from gradleak.observation import LocalTraining, ModelSpec
-from gradleak.victim import simulate
+from gradleak.observation import LocalTraining, ModelSpec, shared_buffer_names
+from gradleak.victim import batch_gradient, normalize, simulate
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "gradleak"
 
@@ -69,3 +73,76 @@ def test_a_dp_step_given_its_schedule_carries_its_epsilon(assert_matches_google,
     assert_matches_google(privacy["epsilon"], 1.0, 0.002, 100)
     assert load_capture(save_capture(obs, tmp_path / "dp.safetensors")).info["privacy"] == privacy
     assert "privacy" not in simulate(spec, x, y, defense=build_defense("dpsgd"), **kwargs)[0].info
+
+
+def _batchnorm_client(protocol: str = "fedsgd", share_buffers: bool | None = True, indices=(3, 25)):
+    """A tiny ConvNet whose BatchNorm running statistics have moved (a server model that has trained), one
+    client's step on 16x16 photos in train mode; returns the observation, the server's model and the batch."""
+    ds = load_dataset("photos", size=16)
+    spec = ModelSpec("convnet", {"in_channels": 3, "num_classes": ds.num_classes, "image_size": 16, "width": 4})
+    torch.manual_seed(0)
+    net = spec.build()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2.0)
+    x, y = ds.batch(list(indices))
+    local = LocalTraining(3, 0.1, 1) if protocol == "fedavg" else None
+    obs, _ = simulate(spec, x, y, num_classes=ds.num_classes, mean=ds.mean, std=ds.std, protocol=protocol,
+                      local_training=local, model=copy.deepcopy(net), share_buffers=share_buffers, seed=0)
+    return obs, net, normalize(x, ds.mean, ds.std), y
+
+
+def _true_statistics(net: torch.nn.Module, batches: list[torch.Tensor], step=None) -> list[dict]:
+    """Each forward pass's per-channel (mean, unbiased var) at every BatchNorm input, in float64."""
+    seen: list[dict] = []
+    hooks = [m.register_forward_pre_hook(
+        lambda _m, i, name=name: seen[-1].__setitem__(name, (i[0].detach().double().mean((0, 2, 3)),
+                                                             i[0].detach().double().var((0, 2, 3)))))
+        for name, m in net.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for xb in batches:
+        seen.append({})
+        step(xb) if step is not None else net(xb)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def test_the_buffer_change_a_client_shares_gives_its_batch_statistics() -> None:
+    """A client that sends its state dict hands over ``after - before`` of every BatchNorm running statistic: for
+    one forward pass (FedSGD shape) ``old + delta / momentum`` is the batch's own mean and unbiased variance at
+    every layer (Yin et al. 2021 match exactly these), and for 3 FedAvg steps the same formula over ``1 - 0.9^3``
+    gives the steps' statistics mixed as the running statistics mix them. The default follows the protocol
+    (FedAvg clients send their state dict, a FedSGD gradient has no buffers), and gradient matching never sees
+    the buffer entries."""
+    obs, net, x, y = _batchnorm_client()
+    plain, *_ = _batchnorm_client(share_buffers=None)
+    assert set(obs.buffer_update) == set(shared_buffer_names(net)) and not plain.buffer_update
+    assert set(obs.gradient_estimate()) == set(plain.update) == {n for n, _ in net.named_parameters()}
+    assert all(torch.equal(obs.update[k], v) for k, v in plain.update.items())
+    carried = carried_statistics(obs)
+    assert carried is not None and carried.step_weights == pytest.approx((1.0,))
+    (truth,) = _true_statistics(copy.deepcopy(net).train(), [x])
+    for name, (mean, var) in truth.items():
+        got_mean, got_var = carried.statistics[name]
+        assert torch.allclose(got_mean, mean, rtol=1e-4, atol=1e-5) and torch.allclose(got_var, var, rtol=1e-4)
+
+    fedavg, net, x, y = _batchnorm_client("fedavg", share_buffers=None)  # shared by default
+    carried = carried_statistics(fedavg)
+    assert carried is not None and len(carried.step_weights) == 3
+    work = copy.deepcopy(net).train()
+    steps = [x[s % 2: s % 2 + 1] for s in range(3)]
+
+    def sgd_step(xb: torch.Tensor, k=iter(range(3))) -> None:
+        s = next(k)
+        grads = batch_gradient(work, xb, y[s % 2: s % 2 + 1])
+        with torch.no_grad():
+            for n, p in work.named_parameters():
+                p -= 0.1 * grads[n]
+
+    per_step = _true_statistics(work, steps, sgd_step)
+    for name, (mean, var) in carried.statistics.items():
+        mixed_mean = sum(w * s[name][0] for w, s in zip(carried.step_weights, per_step))
+        mixed_var = sum(w * s[name][1] for w, s in zip(carried.step_weights, per_step))
+        assert torch.allclose(mean, mixed_mean, rtol=1e-4, atol=1e-5) and torch.allclose(var, mixed_var, rtol=1e-4)

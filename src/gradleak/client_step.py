@@ -35,7 +35,7 @@ from gradleak.defenses.dp import DPSGD, dp_text_gradient
 from gradleak.errors import ConfigError
 from gradleak.inputs import FeatureInput, ImageInput, InputSpec, TokenInput
 from gradleak.model_spec import ModelSpec
-from gradleak.observation import GroundTruth, LocalTraining, Observation, UpdateKind
+from gradleak.observation import GroundTruth, LocalTraining, Observation, UpdateKind, shared_buffer_names
 from gradleak.training_task import Task, batch_gradient
 
 Protocol = Literal["fedsgd", "fedavg"]
@@ -43,8 +43,9 @@ PROTOCOLS: tuple[str, ...] = ("fedsgd", "fedavg")
 #: the gradient of one local step on a model-space batch: ``(model, inputs, labels) -> update``
 StepGradient = Callable[[nn.Module, torch.Tensor, "torch.Tensor | None"], Update]
 
-__all__ = ["PROTOCOLS", "Protocol", "StepGradient", "batch_gradient", "changes_step", "client_step", "describe_inputs", "local_sgd",
-           "make_observation", "make_truth", "normalize", "privacy_metadata", "step_gradient_of"]
+__all__ = ["PROTOCOLS", "Protocol", "StepGradient", "batch_gradient", "buffer_change", "changes_step", "client_step",
+           "describe_inputs", "local_sgd", "make_observation", "make_truth", "normalize", "privacy_metadata",
+           "shares_buffers", "step_gradient_of"]
 
 
 def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -128,6 +129,31 @@ def local_sgd(
     return {name: (p.detach() - before[name]) for name, p in model.named_parameters()}
 
 
+def shares_buffers(protocol: str, share_buffers: bool | None) -> bool:
+    """Whether the client's update carries its BatchNorm running-statistics change. ``None`` takes the protocol's
+    usual client: a FedAvg client sends its state dict (Flower's PyTorch examples send every ``state_dict()``
+    entry, buffers included), so its weight delta carries them; a FedSGD client shares a gradient, which has no
+    buffers."""
+    if share_buffers is None:
+        return protocol == "fedavg"
+    if not isinstance(share_buffers, bool):
+        raise ConfigError(f"share_buffers must be true, false or null (the protocol's default), got {share_buffers!r}")
+    return share_buffers
+
+
+def buffer_change(model: nn.Module, step: Callable[[], Update]) -> Update:
+    """Run ``step`` (which trains ``model``) and add the change ``after - before`` of ``model``'s BatchNorm running
+    statistics (``observation.shared_buffer_names``) to the update it returns, under the buffers' state-dict
+    names: what the server reads off the state dict a client sends back (in train mode, one forward pass moves
+    them by ``momentum * (batch statistic - running statistic)``)."""
+    state = model.state_dict()
+    names = shared_buffer_names(model)
+    before = {n: state[n].detach().clone() for n in names}
+    update = step()
+    state = model.state_dict()
+    return {**update, **{n: state[n].detach() - before[n] for n in names}}
+
+
 def make_observation(
     model_spec: ModelSpec,
     weights: dict[str, torch.Tensor],
@@ -198,6 +224,7 @@ def client_step(
     info: dict[str, Any] | None = None,
     defense: Defense | None = None,
     population: tuple[torch.Tensor, torch.Tensor] | None = None,
+    share_buffers: bool | None = None,
 ) -> tuple[Observation, GroundTruth]:
     """One client's round: build (or take) the server's model, train on the private batch, observe the update.
 
@@ -207,6 +234,10 @@ def client_step(
     ``defense`` (see ``gradleak.defenses``) changes the client's step and/or what it shares, through
     ``defenses.defended_update``, the same code path as training with the defense; its randomness is seeded
     by ``seed``. ``population`` (pixels, labels) holds other clients' data, drawn by secure aggregation.
+    ``share_buffers``: whether the update also carries the change of the BatchNorm running statistics
+    (``shares_buffers``; default: yes for FedAvg, whose clients send their state dict, no for FedSGD's gradient).
+    A defense transforms those entries with the rest of the update, as Flower's DP wrappers clip and noise every
+    array a client sends.
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -234,14 +265,21 @@ def client_step(
     generator = torch.Generator(device=torch.device(device)).manual_seed(0 if seed is None else seed)
     step_gradient = step_gradient_of(defense, spec, task, generator=generator)
 
+    with_buffers = shares_buffers(protocol, share_buffers)
+
     def protocol_update(xb: torch.Tensor, yb: torch.Tensor) -> Update:
         if protocol == "fedsgd":
-            return step_gradient(model, xb, yb)
+            if not with_buffers:
+                return step_gradient(model, xb, yb)
+            return buffer_change(model, lambda: step_gradient(model, xb, yb))
         assert local_training is not None
         work = model_spec.build().to(device)
         work.load_state_dict(model.state_dict())
         work.train(model_mode == "train")
-        return local_sgd(work, xb, yb, local_training, step_gradient)
+        if not with_buffers:
+            return local_sgd(work, xb, yb, local_training, step_gradient)
+        return buffer_change(work, lambda: local_sgd(work, xb, yb, local_training, step_gradient))
+
 
     def draw_others(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         if population is None or len(population[0]) < n:

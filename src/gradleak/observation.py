@@ -28,8 +28,24 @@ from gradleak.training_task import Task, forward
 
 UpdateKind = Literal["gradient", "weight_delta"]
 
-__all__ = ["GroundTruth", "LocalTraining", "ModelSpec", "Observation", "UpdateKind", "check_plain_tensor",
-           "update_digest"]
+__all__ = ["BUFFER_STATISTICS", "GroundTruth", "LocalTraining", "ModelSpec", "Observation", "UpdateKind",
+           "check_plain_tensor", "shared_buffer_names", "update_digest"]
+
+#: the BatchNorm buffers whose change a client's update carries when it shares its state dict (``share_buffers``)
+BUFFER_STATISTICS: tuple[str, ...] = ("running_mean", "running_var")
+
+
+def shared_buffer_names(model: nn.Module) -> list[str]:
+    """State-dict names of the running statistics of ``model``'s BatchNorm layers (``running_mean`` and
+    ``running_var`` of each layer that tracks them): what a client that sends its state dict shares beside its
+    parameters. ``num_batches_tracked`` is left out: an integer count of train-mode forward passes that the
+    protocol's metadata (one pass for FedSGD, ``local_training.steps`` for FedAvg) already states."""
+    names = []
+    for prefix, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats \
+                and module.running_mean is not None:
+            names += [f"{prefix}.{b}" if prefix else b for b in BUFFER_STATISTICS]
+    return names
 
 
 def _is_int(value: Any) -> bool:
@@ -88,8 +104,9 @@ def _check_tensors(tensors: dict[str, torch.Tensor], reference: dict[str, torch.
         if not isinstance(tensor, torch.Tensor):
             raise CaptureError(f"{what} entry {name!r} is a {type(tensor).__name__}, not a tensor")
         if name not in reference:
-            raise CaptureError(f"{what} key {name!r} is not a parameter of model {model_name!r} "
-                               f"(parameters: {', '.join(list(reference)[:6])}, ...)")
+            kind = "parameter or BatchNorm running statistic" if what == "update" else "parameter"
+            raise CaptureError(f"{what} key {name!r} is not a {kind} of model {model_name!r} "
+                               f"(expected: {', '.join(list(reference)[:6])}, ...)")
         if tuple(tensor.shape) != tuple(reference[name].shape):
             raise CaptureError(f"{what} tensor {name!r} has shape {tuple(tensor.shape)}, model {model_name!r} "
                                f"expects {tuple(reference[name].shape)}")
@@ -107,7 +124,10 @@ class Observation:
     ``update`` maps parameter names (as in ``model.named_parameters()``) to tensors. For ``update_kind ==
     'gradient'`` it is the gradient of the task's mean loss over the batch; for ``'weight_delta'`` it is
     ``weights_after - weights_before`` of ``local_training``. Defenses, frozen layers and adapters may leave
-    entries out: attacks use the keys present. ``labels`` is set only when the labels leaked. Images enter the
+    entries out: attacks use the keys present. A client that shares its state dict also carries the change
+    ``after - before`` of its BatchNorm running statistics under their state-dict names (``shared_buffer_names``;
+    ``client_step(share_buffers=...)``): ``parameter_update`` and ``buffer_update`` split the two, and
+    ``gradient_estimate`` holds parameters only. ``labels`` is set only when the labels leaked. Images enter the
     model normalised by ``(x - mean) / std`` with ``x`` in [0, 1].
     """
 
@@ -122,6 +142,8 @@ class Observation:
     labels: torch.Tensor | None = None
     model_mode: Literal["train", "eval"] = "train"
     info: dict[str, Any] = field(default_factory=dict)
+    #: the state-dict names of the model's shareable BatchNorm buffers (set by ``validate``)
+    _buffer_keys: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -152,7 +174,12 @@ class Observation:
         model = self.model_spec.build()
         params = dict(model.named_parameters())
         state = model.state_dict()
-        _check_tensors(self.update, params, "update", self.model_spec.name)
+        buffers = shared_buffer_names(model)
+        object.__setattr__(self, "_buffer_keys", frozenset(buffers))
+        _check_tensors(self.update, {**params, **{b: state[b] for b in buffers}}, "update", self.model_spec.name)
+        if not any(k in params for k in self.update):
+            raise CaptureError("the update holds BatchNorm running statistics only: no gradient or weight delta of a "
+                               "parameter to attack")
         _check_tensors(self.weights, state, "weights", self.model_spec.name)
         for name in params:
             if name not in self.weights:
@@ -211,13 +238,26 @@ class Observation:
         model.train(self.model_mode == "train")
         return model.to(device)
 
+    @property
+    def parameter_update(self) -> dict[str, torch.Tensor]:
+        """The update's parameter entries: the gradient or weight delta, without any BatchNorm buffer change."""
+        return {k: v for k, v in self.update.items() if k not in self._buffer_keys}
+
+    @property
+    def buffer_update(self) -> dict[str, torch.Tensor]:
+        """The change ``after - before`` of the BatchNorm running statistics the client shared (empty when it
+        shared parameters only)."""
+        return {k: v for k, v in self.update.items() if k in self._buffer_keys}
+
     def gradient_estimate(self) -> dict[str, torch.Tensor]:
-        """The update as a mean gradient: itself, or ``-delta / (lr * steps)`` for a weight delta."""
+        """The parameter update as a mean gradient: itself, or ``-delta / (lr * steps)`` for a weight delta.
+        BatchNorm buffer changes are no gradient and are left out (``buffer_update`` holds them)."""
+        params = self.parameter_update
         if self.update_kind == "gradient":
-            return self.update
+            return params
         assert self.local_training is not None
         scale = -1.0 / (self.local_training.lr * self.local_training.steps)
-        return {k: v * scale for k, v in self.update.items()}
+        return {k: v * scale for k, v in params.items()}
 
     def with_update(self, update: dict[str, torch.Tensor], **info: Any) -> Observation:
         """A copy with another update (what a defense returns), recording ``info``."""

@@ -25,12 +25,12 @@ import torch
 from torch import nn
 
 from gradleak.capture import rebuild_problem
-from gradleak.client_step import make_observation, make_truth, privacy_metadata
+from gradleak.client_step import make_observation, make_truth, privacy_metadata, shares_buffers
 from gradleak.defenses.base import Privacy
 from gradleak.errors import CaptureError, ConfigError
 from gradleak.inputs import FeatureInput, ImageInput, InputSpec, TokenInput
 from gradleak.model_spec import ModelSpec
-from gradleak.observation import GroundTruth, LocalTraining, Observation
+from gradleak.observation import GroundTruth, LocalTraining, Observation, shared_buffer_names
 from gradleak.text.tokenizer import user_tokenizer, vocabulary_digest
 from gradleak.training_task import Task, forward, is_huggingface
 
@@ -198,6 +198,7 @@ def record(
     leak_labels: bool = False,
     info: dict[str, Any] | None = None,
     tokenizer: Any = None,
+    share_buffers: bool | None = None,
 ) -> Iterator[Recording]:
     """Record the update of the training step run inside the block.
 
@@ -216,6 +217,8 @@ def record(
     travels with the capture, by name and by the sha256 of its vocabulary, so that the attacker can decode:
     ``gradleak attack`` rebuilds gradleak's own tokenizers from their names and checks a user's file
     (``--tokenizer``) against the digest.
+    ``share_buffers``: the update also carries the change of the BatchNorm running statistics across the block
+    (default: with ``share="delta"``, as a FedAvg client that sends its state dict does; not with a gradient).
     """
     x, y = (batch, None) if isinstance(batch, torch.Tensor) else batch
     if share not in ("gradient", "delta"):
@@ -247,6 +250,9 @@ def record(
         check_rebuilds(model_spec, module=inner)
     weights = {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()}
     before = {strip_prefix(n): p.detach().clone() for n, p in model.named_parameters()}
+    buffer_names = shared_buffer_names(inner) if shares_buffers("fedavg" if share == "delta" else "fedsgd",
+                                                                share_buffers) else []
+    buffers_before = {n: weights[n].clone() for n in buffer_names}
     mode: Literal["train", "eval"] = "train" if inner.training else "eval"
     rec = Recording()
     yield rec
@@ -267,6 +273,8 @@ def record(
     if not update:
         raise ConfigError("the block produced no update: no trainable parameter has a gradient (did it call "
                           "loss.backward()?)")
+    state = inner.state_dict()
+    update.update({n: state[n].detach().cpu() - buffers_before[n] for n in buffer_names})
     local = None
     if share == "delta":
         assert lr is not None

@@ -6,6 +6,13 @@ deep networks alike; the signed gradient and the box come from adversarial-attac
 of the authors' CIFAR recipe as kept in ``breaching`` (step 0.1, decay x0.1 at 3/8, 5/8, 7/8, TV 0.2 on the
 mean-difference TV used here); the paper's ImageNet runs use 24,000 iterations and restarts.
 Applied to a FedAvg weight delta this attack reads the delta as one gradient; ``fedavg`` replays the steps.
+
+When the update carries the client's BatchNorm running-statistics change (a client that sends its state dict,
+``client_step(share_buffers=...)``), ``bn`` (default ``None``: ``CARRIED_BN_WEIGHT`` then, else off) adds the BN
+prior with the client's own batch statistics as its reference (``bn_statistics``; Yin et al. 2021, Hatamizadeh et
+al. 2022). It fixes what the published attack cannot: under BatchNorm on batch statistics at batch 1 the gradient
+does not change with the image's contrast while TV does, so the published objective drifts to flat images
+(issue 25); the carried statistics pin every layer's mean and variance.
 """
 
 from __future__ import annotations
@@ -15,8 +22,13 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from gradleak.attacks.base import ATTACKS
+from gradleak.attacks.bn_statistics import carried_statistics
 from gradleak.observation import Observation
 from gradleak.attacks.optimization import EngineConfig, OptimizationAttack
+
+#: the BN prior's weight beside cosine + TV when the update carries the client's BatchNorm statistics (measured:
+#: see ``benchmarks/bench_realistic.py --bn-weights``)
+CARRIED_BN_WEIGHT = 1e-3
 
 
 @dataclass
@@ -37,12 +49,16 @@ class InvertingGradients(OptimizationAttack):
     box: bool = True
     extra_priors: dict[str, float] = field(default_factory=dict)
     patience: int = 0
+    bn: float | None = None
 
     def engine(self, obs: Observation | None = None) -> EngineConfig:
+        bn = self.bn
+        if bn is None:  # on when the client's own statistics are known, off otherwise (the published attack)
+            bn = CARRIED_BN_WEIGHT if obs is not None and carried_statistics(obs) is not None else 0.0
         return EngineConfig(
             iterations=self.iterations, restarts=self.restarts, optimizer="adam", lr=self.lr,
             signed_gradients=self.signed, schedule=self.schedule, warmup=self.warmup, objective=self.objective,
-            layer_weights=self.layer_weights, priors={"tv": self.tv, **self.extra_priors}, init=self.init,
+            layer_weights=self.layer_weights, priors={"tv": self.tv, "bn": bn, **self.extra_priors}, init=self.init,
             box=self.box, patience=self.patience, simulation=self.simulation(),
         )
 

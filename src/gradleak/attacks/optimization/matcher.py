@@ -20,6 +20,7 @@ from torch import nn
 from torch.func import functional_call, replace_all_batch_norm_modules_
 from torch.nn import functional as F
 
+from gradleak.attacks.bn_statistics import CarriedStatistics, carried_statistics
 from gradleak.attacks.objectives import CLOSED_FORMS, OBJECTIVES
 from gradleak.attacks.optimization.config import EngineConfig
 from gradleak.attacks.optimization.evaluation import Evaluator
@@ -46,17 +47,22 @@ class UpdateMatcher:
         for p in model.parameters():
             p.requires_grad_(False)
         self.bn_reference = _batchnorm_reference(model)
+        self.distance = OBJECTIVES.get(config.objective)
+        active = [(PRIORS.get(n), float(w)) for n, w in config.priors.items() if w]
+        self.image_priors = [(p, w) for p, w in active if prior_kind(p) == "image"]
+        self.bn_priors = [(p, w) for p, w in active if prior_kind(p) == "batchnorm"]
+        self.restart_priors = [(p, w) for p, w in active if prior_kind(p) == "restarts"]
+        # the client's own batch statistics when its update carries its BatchNorm buffers: the BN prior's reference
+        self.carried = _carried(observations, model) if self.bn_priors else None
+        if self.carried is not None:
+            self.bn_reference = {**self.bn_reference, **{k: (m.float().to(self.device), v.float().to(self.device))
+                                                         for k, (m, v) in self.carried.statistics.items()}}
         if obs.model_mode == "train":
             # Batch statistics, no in-place running-stat updates: the same forward, and vmap-safe.
             replace_all_batch_norm_modules_(model)
         self.model: nn.Module = model
         self.params = dict(model.named_parameters())
         self.buffers = {k: v for k, v in model.named_buffers() if v is not None}
-        self.distance = OBJECTIVES.get(config.objective)
-        active = [(PRIORS.get(n), float(w)) for n, w in config.priors.items() if w]
-        self.image_priors = [(p, w) for p, w in active if prior_kind(p) == "image"]
-        self.bn_priors = [(p, w) for p, w in active if prior_kind(p) == "batchnorm"]
-        self.restart_priors = [(p, w) for p, w in active if prior_kind(p) == "restarts"]
         if self.bn_priors and not self.bn_reference:
             raise ConfigError(f"the BN prior needs BatchNorm layers with running statistics; model "
                               f"{obs.model_spec.name!r} has none")
@@ -92,8 +98,9 @@ class UpdateMatcher:
 
     # -- what is matched -------------------------------------------------------------------------------
     def observed(self, obs: Observation) -> dict[str, torch.Tensor]:
-        """The observed update in the form ``simulated_update`` produces."""
-        return obs.gradient_estimate() if obs.update_kind == "weight_delta" else obs.update
+        """The observed update in the form ``simulated_update`` produces: parameters only (a BatchNorm buffer
+        change is no gradient; the BN prior reads it, see ``_carried``)."""
+        return obs.gradient_estimate()
 
     def simulated_update(
         self, x: torch.Tensor, y: torch.Tensor
@@ -120,10 +127,13 @@ class UpdateMatcher:
         return -(F.softmax(y, dim=-1) * F.log_softmax(logits, dim=-1)).sum(-1).mean(), stats
 
     def _recorder(self, name: str) -> Callable[..., None]:
+        # against the client's carried statistics the variance is unbiased, as BatchNorm's running_var update
+        unbiased = self.carried is not None
+
         def record(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
             h = inputs[0]
             dims = [d for d in range(h.dim()) if d != 1]
-            self._bn_log[name] = (h.mean(dim=dims), h.var(dim=dims, unbiased=False))
+            self._bn_log[name] = (h.mean(dim=dims), h.var(dim=dims, unbiased=unbiased))
 
         return record
 
@@ -186,7 +196,10 @@ class UnrolledMatcher(UpdateMatcher):
     """FedAvg (McMahan et al. 2017) as the attacker replays it: ``steps`` plain SGD steps of ``lr`` on consecutive
     mini-batches of the candidate (wrapping around, as ``victim.local_sgd``), mean cross-entropy each, all
     parameters trained, written functionally so the weight delta is differentiable in the candidate
-    (Geiping et al. 2020, Sec. 6). The BN statistics of the BN prior are those of the first local step."""
+    (Geiping et al. 2020, Sec. 6). The BN statistics of the BN prior are those of the first local step; when the
+    update carries the client's BatchNorm buffer change, they are the steps' statistics mixed as the running
+    statistics mix them (``bn_statistics``), so the prior compares the simulated buffer change with the observed
+    one."""
 
     def __init__(self, observations: Sequence[Observation], config: EngineConfig, device: torch.device | str) -> None:
         obs = observations[0]
@@ -202,7 +215,7 @@ class UnrolledMatcher(UpdateMatcher):
         self.step_indices = [i.to(self.device) for i in self.step_indices]
 
     def observed(self, obs: Observation) -> dict[str, torch.Tensor]:
-        return obs.update
+        return obs.parameter_update
 
     def simulated_update(
         self, x: torch.Tensor, y: torch.Tensor
@@ -210,13 +223,18 @@ class UnrolledMatcher(UpdateMatcher):
         start = dict(self.params)
         params = dict(start)
         first_stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        mixed: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         step_grad = torch.func.grad(lambda p, xb, yb: self.loss(p, xb, yb), has_aux=True)
+        weights = self.carried.step_weights if self.carried is not None else ()
         for s, idx in enumerate(self.step_indices):
             grads, stats = step_grad(params, x[idx], y[idx])
             if s == 0:
                 first_stats = stats
+            if len(weights) == len(self.step_indices):
+                mixed = {k: (mixed[k][0] + weights[s] * m, mixed[k][1] + weights[s] * v) if k in mixed else
+                         (weights[s] * m, weights[s] * v) for k, (m, v) in stats.items()}
             params = {k: params[k] - self.training.lr * grads[k] for k in params}
-        return {k: params[k] - start[k] for k in self.targets}, first_stats
+        return {k: params[k] - start[k] for k in self.targets}, (mixed or first_stats)
 
 
 MATCHERS: dict[str, type[UpdateMatcher]] = {"gradient": UpdateMatcher, "unrolled": UnrolledMatcher}
@@ -230,6 +248,23 @@ def _batchnorm_reference(model: nn.Module) -> dict[str, tuple[torch.Tensor, torc
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
             ref[name] = (module.running_mean.detach().clone().float(), module.running_var.detach().clone().float())
     return ref
+
+
+def _carried(observations: Sequence[Observation], model: nn.Module) -> CarriedStatistics | None:
+    """The client's batch statistics its update carries (``bn_statistics``), when every observation attacked
+    together carries the same ones (one observation, in practice); ``None`` when none carries them."""
+    found = [carried_statistics(o, model) for o in observations]
+    if all(f is None for f in found):
+        return None
+    first = found[0]
+    same = all(f is not None and first is not None and f.statistics.keys() == first.statistics.keys()
+               and all(torch.equal(f.statistics[k][0], first.statistics[k][0])
+                       and torch.equal(f.statistics[k][1], first.statistics[k][1]) for k in first.statistics)
+               for f in found)
+    if not same:
+        raise ConfigError("the observations carry different BatchNorm statistics (their clients' own batches): "
+                          "attack them one at a time")
+    return first
 
 
 def _check_compatible(observations: Sequence[Observation]) -> None:
