@@ -269,3 +269,44 @@ def test_fuzzed_captures_load_or_raise_our_error(digit_capture, tmp_path: Path, 
         assert not obs.labels.dtype.is_floating_point and obs.labels.shape == (obs.batch_size,)
         assert 0 <= int(obs.labels.min()) and int(obs.labels.max()) < obs.num_classes
     assert obs.model_mode in ("train", "eval")
+
+
+@pytest.fixture(scope="module")
+def buffer_capture(tmp_path_factory) -> tuple[Path, dict, dict]:
+    """A capture whose update carries BatchNorm running-statistics changes (a client that sends its state dict)."""
+    ds = load_dataset("photos", size=16)
+    spec = ModelSpec("convnet", {"in_channels": 3, "num_classes": ds.num_classes, "image_size": 16, "width": 4})
+    x, y = ds.batch([3])
+    obs, _ = simulate(spec, x, y, num_classes=ds.num_classes, mean=ds.mean, std=ds.std, seed=0, share_buffers=True)
+    path = save_capture(obs, tmp_path_factory.mktemp("cap") / "b.safetensors")
+    back = load_capture(path)  # the buffer entries round-trip, and stay out of the gradient
+    assert back.buffer_update and all(torch.equal(back.update[k], v) for k, v in obs.update.items())
+    assert set(back.gradient_estimate()) == set(obs.parameter_update)
+    with safe_open(str(path), framework="pt") as f:
+        return path, json.loads(f.metadata()["gradleak"]), {k: f.get_tensor(k) for k in f.keys()}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t.fill_(math.nan), r"update tensor 'features.1.running_var' contains NaN or Inf"),
+    (lambda t: torch.zeros(5), r"update tensor 'features.1.running_var' has shape \(5,\), model 'convnet' expects \(4,\)"),
+    (lambda t: t.long(), r"update tensor 'features.1.running_var' has dtype torch.int64; a floating-point"),
+])
+def test_carried_buffer_changes_are_validated_at_the_boundary(buffer_capture, tmp_path: Path, change, message) -> None:
+    _, meta, tensors = buffer_capture
+    key = "update/features.1.running_var"
+    bad = {**tensors, key: change(tensors[key].clone())}
+    meta = {k: v for k, v in meta.items() if k != "update_digest"}
+    with pytest.raises(CaptureError, match=message):
+        load_capture(_write(tmp_path / "bad.safetensors", meta, bad))
+
+
+def test_a_buffer_name_the_model_lacks_or_an_update_of_buffers_only_is_refused(buffer_capture, tmp_path: Path) -> None:
+    _, meta, tensors = buffer_capture
+    meta = {k: v for k, v in meta.items() if k != "update_digest"}
+    stray = {**tensors, "update/features.1.num_batches_tracked": torch.ones(())}
+    with pytest.raises(CaptureError, match=r"update key 'features.1.num_batches_tracked' is not a parameter or "
+                                           r"BatchNorm running statistic of model 'convnet'"):
+        load_capture(_write(tmp_path / "stray.safetensors", meta, stray))
+    only = {k: v for k, v in tensors.items() if not k.startswith("update/") or k.endswith(("running_mean", "running_var"))}
+    with pytest.raises(CaptureError, match="BatchNorm running statistics only"):
+        load_capture(_write(tmp_path / "only.safetensors", meta, only))
