@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ClassVar, Literal
 
 import torch
@@ -92,12 +92,24 @@ class DeepImagePrior(InvertingGradients):
         return search.reconstruction(self.name, self.settings(), labels,
                                      {"generator_parameters": sum(p.numel() for p in net.parameters())})
 
+    def reconstruct_many(
+        self,
+        observations: Sequence[Observation],
+        *,
+        device: torch.device | str = "cpu",
+        seed: int | None = None,
+        progress: bool = False,
+    ) -> list[Reconstruction]:
+        """One search per client: the generator is fitted to one batch (the engine's batched path would run
+        Inverting Gradients on the pixels instead)."""
+        return [self.reconstruct(o, device=device, seed=seed, progress=progress) for o in observations]
+
 
 class GeneratorSearch:
     """Adam on a generator's tensors (its weights, or its input code) against the engine's objective, keeping the
     best iterate by that objective across calls of ``run`` (the engine keeps each restart's best iterate the same
-    way): a diverging or oscillating step never costs the answer. Stops early at a wall-clock budget counted from
-    ``start`` or at a non-finite objective."""
+    way): a diverging or oscillating step never costs the answer. A stage ends early at a wall-clock budget counted
+    from ``start`` (``time_limit_s``); a non-finite objective ends the search (``stopped``)."""
 
     def __init__(self, obs: Observation, matcher: UpdateMatcher, labels: torch.Tensor, start: float,
                  time_limit_s: float | None, callback: Callback | None) -> None:
@@ -106,21 +118,25 @@ class GeneratorSearch:
         self.trace: list[float] = []
         self.best_value = float("inf")
         self.best_pixels: torch.Tensor | None = None
+        self.best_tensors: list[torch.Tensor] = []
         self.stopped = False
 
     def out_of_time(self) -> bool:
         return self.time_limit_s is not None and time.perf_counter() - self.start > self.time_limit_s
 
-    def keep(self, value: float, pixels: torch.Tensor) -> None:
+    def keep(self, value: float, pixels: torch.Tensor, tensors: Sequence[torch.Tensor] = ()) -> None:
         if math.isfinite(value) and value < self.best_value:
             self.best_value, self.best_pixels = value, pixels.detach().clone()
+            self.best_tensors = [t.detach().clone() for t in tensors]
 
-    def run(self, net: Callable[[], torch.Tensor], tensors: list[torch.Tensor], config: EngineConfig) -> None:
-        """``config.iterations`` Adam steps of ``config.lr_at(i)`` on ``tensors``, ``net()`` giving the pixels."""
+    def run(self, net: Callable[[], torch.Tensor], tensors: list[torch.Tensor], config: EngineConfig,
+            keep: Sequence[torch.Tensor] = ()) -> None:
+        """``config.iterations`` Adam steps of ``config.lr_at(i)`` on ``tensors``, ``net()`` giving the pixels;
+        the tensors in ``keep`` are copied with each new best iterate (``best_tensors``)."""
+        if self.stopped:
+            return
         opt = torch.optim.Adam(tensors, lr=config.lr)
         for i in range(config.iterations):
-            if self.stopped:
-                return
             for group in opt.param_groups:
                 group["lr"] = config.lr_at(i)
             pixels = net()
@@ -128,19 +144,21 @@ class GeneratorSearch:
             value, gx, _ = self.matcher.value_and_grad(x.detach()[None, None], self.ys, False)
             v = float(value.detach().reshape(-1)[0])
             self.trace.append(v)
-            self.keep(v, pixels)
+            self.keep(v, pixels, keep)
             if self.callback is not None:
                 self.callback(len(self.trace) - 1, pixels.detach()[None])
-            if not math.isfinite(v) or self.out_of_time():
+            if not math.isfinite(v):
                 self.stopped = True
+                return
+            if self.out_of_time():
                 return
             opt.zero_grad()
             x.backward(gx[0, 0])
             opt.step()
         with torch.no_grad():
             pixels = net()
-            self.keep(float(self.matcher.values(self.obs.inputs.to_model(pixels)[None, None], self.ys, False)[0, 0]),
-                      pixels)
+            value = self.matcher.values(self.obs.inputs.to_model(pixels)[None, None], self.ys, False)
+            self.keep(float(value.reshape(-1)[0]), pixels, keep)
 
     def reconstruction(self, name: str, settings: dict, labels: torch.Tensor, details: dict) -> Reconstruction:
         """The best iterate seen, its objective, and the trace of every evaluation."""
