@@ -4,7 +4,9 @@ matching with a BatchNorm-statistics prior, image priors and group consistency a
 Labels come from the column-minimum rule (``labels.yin``). The BN prior (DeepInversion, Yin et al. 2020) pulls
 the batch statistics of every BatchNorm input towards the running statistics of the model the server sent, so
 it helps only when those hold the data's statistics (a model that has trained, as in FL after a few rounds);
-in an untrained model they are 0 and 1. Group consistency runs several restarts and pulls each towards their
+in an untrained model they are 0 and 1. When the client's update carries its BatchNorm buffer change (a client
+that sends its state dict: ``client_step(share_buffers=...)``), the reference is the client's own batch
+statistics instead (``attacks.bn_statistics``), as Yin et al. and Hatamizadeh et al. (2022) assume. Group consistency runs several restarts and pulls each towards their
 mean. Defaults as ``breaching`` keeps them (objective scale 1e-4, TV 1e-4, L2 1e-6, Adam 0.1 with cosine decay
 and 50 warm-up steps, 20,000 iterations); BN 1e-4 and group 1e-5 are chosen to weigh as much as TV here.
 """

@@ -9,7 +9,7 @@ Applied to a FedAvg weight delta this attack reads the delta as one gradient; ``
 
 When the update carries the client's BatchNorm running-statistics change (a client that sends its state dict,
 ``client_step(share_buffers=...)``), ``bn`` (default ``None``: ``CARRIED_BN_WEIGHT`` then, else off) adds the BN
-prior with the client's own batch statistics as its reference (``bn_statistics``; Yin et al. 2021, Hatamizadeh et
+prior in standardised form (``priors.bn_standardized``) with the client's own batch statistics as its reference (``bn_statistics``; Yin et al. 2021, Hatamizadeh et
 al. 2022). It fixes what the published attack cannot: under BatchNorm on batch statistics at batch 1 the gradient
 does not change with the image's contrast while TV does, so the published objective drifts to flat images
 (issue 25); the carried statistics pin every layer's mean and variance.
@@ -28,7 +28,7 @@ from gradleak.attacks.optimization import EngineConfig, OptimizationAttack
 
 #: the BN prior's weight beside cosine + TV when the update carries the client's BatchNorm statistics (measured:
 #: see ``benchmarks/bench_realistic.py --bn-weights``)
-CARRIED_BN_WEIGHT = 1e-3
+CARRIED_BN_WEIGHT = 0.3
 
 
 @dataclass
@@ -58,7 +58,7 @@ class InvertingGradients(OptimizationAttack):
         return EngineConfig(
             iterations=self.iterations, restarts=self.restarts, optimizer="adam", lr=self.lr,
             signed_gradients=self.signed, schedule=self.schedule, warmup=self.warmup, objective=self.objective,
-            layer_weights=self.layer_weights, priors={"tv": self.tv, "bn": bn, **self.extra_priors}, init=self.init,
+            layer_weights=self.layer_weights, priors={"tv": self.tv, "bn_standardized": bn, **self.extra_priors}, init=self.init,
             box=self.box, patience=self.patience, simulation=self.simulation(),
         )
 

@@ -4,8 +4,10 @@ A prior has a ``kind`` that tells the engine what it needs:
 
 - ``"image"``: ``prior(x)`` on one restart's candidate batch ``(..., B, C, H, W)`` (normalised space) -> ``(...)``,
   one value per leading index (restarts scored together);
-- ``"batchnorm"``: ``prior(stats)`` on the BatchNorm input statistics of that candidate, ``(..., C)``, and the
-  running statistics of the model the server sent (:class:`BatchNormStatistics`) -> ``(...)``;
+- ``"batchnorm"``: ``prior(stats)`` on the BatchNorm input statistics of that candidate, ``(..., C)``, and their
+  reference (:class:`BatchNormStatistics`): the running statistics of the model the server sent or, when the
+  client's update carries its BatchNorm buffer change, the client's own batch statistics
+  (``attacks.bn_statistics``) -> ``(...)``;
 - ``"restarts"``: ``prior(xs)`` on all restarts ``(R, B, C, H, W)`` of one attack -> ``(R,)``: it couples the
   restarts, so the engine evaluates it outside the per-restart ``vmap``.
 """
@@ -40,7 +42,9 @@ def _kind(kind: PriorKind) -> Callable[[Callable[..., torch.Tensor]], Callable[.
 @dataclass(frozen=True)
 class BatchNormStatistics:
     """Per BatchNorm module (by name): ``(mean, var)`` over the batch of its *input* for the candidate, and the
-    running ``(mean, var)`` stored in the weights the server sent (the reference of the BN prior)."""
+    reference ``(mean, var)``: the running statistics stored in the weights the server sent, or the client's own
+    batch statistics when its update carries them (then both variances are unbiased, as BatchNorm's
+    ``running_var`` update)."""
 
     candidate: dict[str, tuple[torch.Tensor, torch.Tensor]]
     reference: dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -75,6 +79,24 @@ def batchnorm_statistics(stats: BatchNormStatistics) -> torch.Tensor:
         ref_mean, ref_var = stats.reference[name]
         total = (total + torch.linalg.vector_norm(mean - ref_mean, dim=-1)
                  + torch.linalg.vector_norm(var - ref_var, dim=-1))
+    return total
+
+
+@PRIORS.register("bn_standardized")
+@_kind("batchnorm")
+def standardized_batchnorm_statistics(stats: BatchNormStatistics) -> torch.Tensor:
+    """The BN prior in the reference's own units, the same for any layer width or scale: per BatchNorm layer,
+    the root-mean-square over channels of the mean's shift in reference standard deviations and of the variance
+    ratio's distance to 1, ``sqrt(mean_c ((mu - ref_mu)^2 / ref_var)) + sqrt(mean_c (var / ref_var - 1)^2)``,
+    summed over layers. The absolute form (``bn``, Yin et al. 2020) grows with the width and the activations'
+    scale, so a weight measured on one model means little on another; this form is what Inverting Gradients adds
+    when the update carries the client's statistics (an exact reference: a z-score of 1 is a large miss)."""
+    total = torch.zeros(())
+    for name, (mean, var) in stats.candidate.items():
+        ref_mean, ref_var = stats.reference[name]
+        scale = ref_var.clamp_min(1e-8)
+        total = (total + ((mean - ref_mean).pow(2) / scale).mean(-1).add(1e-12).sqrt()
+                 + (var / scale - 1.0).pow(2).mean(-1).add(1e-12).sqrt())
     return total
 
 
