@@ -40,3 +40,19 @@ def test_group_consistency_pulls_towards_the_mean() -> None:
     assert torch.allclose(value, torch.full((2,), 0.25))
     (grad,) = torch.autograd.grad(value.sum(), xs)
     assert (grad[0] < 0).all() and (grad[1] > 0).all()  # descent moves each restart to the consensus 0.5
+
+
+def test_standardized_batchnorm_prior_is_in_the_references_units() -> None:
+    """Zero at the reference; a one-standard-deviation shift of every channel's mean (and a variance halved) costs
+    the same whatever the layer's width or its activations' scale, where the absolute ``bn`` prior grows with both."""
+    prior, absolute = PRIORS.get("bn_standardized"), PRIORS.get("bn")
+    assert prior_kind(prior) == "batchnorm"
+    values = []
+    for width, scale in ((4, 1.0), (64, 30.0)):
+        ref = (torch.zeros(width), torch.full((width,), scale**2))
+        shifted = (ref[0] + scale, ref[1] / 2)
+        assert float(prior(BatchNormStatistics({"l": ref}, {"l": ref}))) < 1e-5
+        values.append((float(prior(BatchNormStatistics({"l": shifted}, {"l": ref}))),
+                       float(absolute(BatchNormStatistics({"l": shifted}, {"l": ref})))))
+    assert abs(values[0][0] - 1.5) < 1e-4 and abs(values[1][0] - 1.5) < 1e-4
+    assert values[1][1] > 100 * values[0][1]
