@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gradleak.attacks.text import dager, lamp, subspace, tag  # noqa: F401  (registers)
+from gradleak.attacks.text import pursuit  # noqa: F401  (registers: causal LMs past the width)
 from gradleak.attacks.text.token_bag import token_bag
 
 __all__ = ["token_bag"]

@@ -1,0 +1,61 @@
+"""Text past the width (issue 23 item 3): batch 32 and 64 of 20-token records on a GPT-2-small-shaped decoder.
+
+The client's step is recorded with ``gradleak.record`` (``bench_text.recorded_case``: Faker records cut to 20
+tokens, the last one the end-of-sequence token, a random GPT-2-small built from its ``transformers`` config, width
+768, dropout off). Batch 32 holds 640 tokens (under the width) and batch 64 holds 1280 (over it: DAGER's layer-1
+span is the whole space). Per batch, on the same update: ``pursuit`` (the output-embedding matching pursuit,
+``attacks.text.pursuit``), DAGER, and two guesses without the update's order: the attacker's bag guess
+(``text_baselines``: random draws from the bag the update leaks, or from the whole vocabulary where it leaks none, and
+the bag by public frequency) and the same guesses from the true bag (an oracle: what ordering the exact bag is worth).
+
+    python benchmarks/bench_text_wide.py --threads 1                 # batch 32 and 64
+    python benchmarks/bench_text_wide.py --batches 64 --attacks pursuit
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from bench_text import attack_row, bag_row, recorded_case
+from gradleak.text.metrics import bag_baselines
+
+
+def oracle_bag_row(case) -> str:
+    """The bag guesses drawn from the true bag (the best guess's ROUGE-1 / ROUGE-2)."""
+    tok = case.tokenizer
+    truth = case.truth.inputs
+    bag = {int(v) for v in truth.flatten() if int(v) not in (tok.pad_id, tok.eos_id)}
+    guesses = bag_baselines(truth, bag, tok.decode, pad_id=tok.pad_id, ignore_ids=(tok.eos_id,))
+    means = [{k: sum(v) / max(len(v), 1) for k, v in g.items()} for g in guesses.values()]
+    best = max(means, key=lambda m: m.get("rouge1", 0.0))
+    return f"{best['rouge1']:.3f} / {best['rouge2']:.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, nargs="*", default=[32, 64])
+    parser.add_argument("--attacks", nargs="*", default=["pursuit", "dager"])
+    parser.add_argument("--length", type=int, default=20, help="tokens per record (the last: end of sequence)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print("| batch | tokens / width | attack | ROUGE-1 | ROUGE-2 | exact | secrets | bag guess R-1 / R-2 | "
+          "true-bag guess R-1 / R-2 | attack s | note |")
+    print("|" + " --- |" * 11)
+    for batch in args.batches:
+        t0 = time.perf_counter()
+        case = recorded_case("gpt2-small", batch, dropout=0.0, max_len=args.length)
+        setup = time.perf_counter() - t0
+        tokens = int((case.truth.inputs != case.tokenizer.pad_id).sum())
+        bag, oracle = bag_row(case), oracle_bag_row(case)
+        for attack in args.attacks:
+            row, note, wall = attack_row(case, attack)
+            print(f"| {batch} | {tokens} / 768 | {attack} | {row} | {bag} | {oracle} | {wall:.1f} | {note} "
+                  f"(setup {setup:.0f} s) |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
