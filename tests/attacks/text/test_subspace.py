@@ -48,3 +48,22 @@ def test_gap_rank_and_end_of_record_stop_beat_the_plain_ranking_on_fp16() -> Non
     plain = ATTACKS.build("subspace").reconstruct(case.observation)
     assert ours.details["rank"][0] < plain.details["rank"][0] == 2 * case.observation.inputs.seq_len
     assert _rouge1(case, ours) >= _rouge1(case, plain) + 0.1, (_rouge1(case, ours), _rouge1(case, plain))
+
+
+def test_continuous_search_recovers_a_noised_record_exactly(assert_text_leaks) -> None:
+    """The relaxed-token refinement (after TIGER, Kalikman et al. 2026) on a Gaussian-noised update (std 1e-5):
+    the record exactly, where the ranking search alone runs past the record's end (measured ROUGE-1 1.00 against
+    0.89; gpt2-tiny and a 24-token record keep it fast)."""
+    case = text_victim("gpt2-tiny", 1, seed=0, max_len=24, defense=build_defense("gaussian", std=1e-5))
+    greedy = ATTACKS.build("subspace").reconstruct(case.observation)
+    recon = ATTACKS.build("subspace", search="continuous").reconstruct(case.observation)
+    scores = _scores(case, recon)
+    assert scores.exact == [True] and _rouge1(case, greedy) < 1.0, (scores.rouge1, _rouge1(case, greedy))
+    assert recon.details["continuous"]["lengths"] == [23]  # ends before the end-of-sequence token (no span holds it)
+    assert_text_leaks(scores, case.observation, case.truth.inputs, case.tokenizer)
+
+
+def test_settings_are_checked_when_built() -> None:
+    for bad in ({"search": "beam"}, {"steps": 0}, {"lr": -0.1}, {"assemble_sweeps": -1}):
+        with pytest.raises(ConfigError):
+            ATTACKS.build("subspace", **bad)

@@ -16,16 +16,30 @@ continuation jumps). On gpt2-mini, batch 4 (171 tokens) together they raise ROUG
 0.68 to 0.83 (Gaussian 1e-6); int8 (no gap in the spectrum) stays at 0.34. On GPT-2-small, batch 8, Gaussian 1e-6
 they move ROUGE-1 from 0.31 to 0.34 only (before the cut was floored at the batch size, the layer-2 gap fell at rank
 1 and gave 0.10), so neither is the default yet.
-This is a ranking search, not (yet) the continuous optimisation of embeddings toward the span that TIGER describes.
+``search="continuous"`` (off by default until measured wider) then refines those records by TIGER's idea proper (Kalikman et al. 2026:
+optimise token embeddings toward the gradient's subspace instead of testing tokens one by one): each record's
+token at each position is a softmax over that position's shortlist (the relaxed distribution over the tokens the
+layer-1 distances rank first), fed as a convex combination of their embeddings through the first block with its
+causal attention; Adam minimises the soft distances of every position's layer-1 and layer-2 input to the
+gradients' subspaces, plus a closed-form gradient-matching term (the share of the layer-2 gradient the batch's
+layer-2 inputs leave unexplained: ``G = Y^T Delta`` with the errors ``Delta`` solved by least squares). The
+subspaces are weighted, not cut: direction ``j`` counts ``s_j^2 / (s_j^2 + lambda^2)``, with ``lambda`` the
+first singular value the batch cannot fill (index ``batch * seq_len``: an estimate of the noise's level read off
+the update itself), so directions that stand above the noise count fully and those inside it fade. The relaxed
+records are projected to tokens, then ``assemble_sweeps`` coordinate sweeps try every shortlisted token at every
+position on the exact (hard-token) objective, and each record is cut where its distances jump to the noise level
+(positions past a record's end, and its end-of-sequence token, are in no span).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
+from torch.nn import functional as F
 
 from gradleak.attacks.base import ATTACKS, Attack, Callback, Reconstruction
 from gradleak.attacks.rank import RankDecision, largest_gap, record, spectrum, surface
@@ -61,7 +75,9 @@ class SubspaceAttack(Attack):
     of the largest distance already accepted at that position; ``gap``: the subspace keeps the singular directions
     above the largest drop ``s_k / s_{k+1} > gap`` (the true tokens over the noise floor; else ``batch * seq_len``;
     0: always that); ``stop_ratio``: a sequence ends when its best continuation lies farther than this times the
-    median accepted distance (past a record's end no token is in the span; 0: never)."""
+    median accepted distance (past a record's end no token is in the span; 0: never); ``search``: ``greedy``
+    (the ranking search alone) or ``continuous`` (then the relaxed-token refinement: ``steps`` Adam steps of
+    rate ``lr`` on the logits, ``assemble_sweeps`` discrete sweeps)."""
 
     name: ClassVar[str] = "subspace"
     input_kinds: ClassVar[frozenset[str]] = frozenset({"tokens"})
@@ -70,10 +86,15 @@ class SubspaceAttack(Attack):
     branch_ratio: float = 1.0
     gap: float = 0.0
     stop_ratio: float = 0.0
+    search: Literal["greedy", "continuous"] = "greedy"
+    steps: int = 150
+    lr: float = 0.1
+    assemble_sweeps: int = 1
 
     def settings(self) -> dict[str, Any]:
         return {"extra": self.extra, "branch_ratio": self.branch_ratio, "gap": self.gap,
-                "stop_ratio": self.stop_ratio}
+                "stop_ratio": self.stop_ratio, "search": self.search, "steps": self.steps, "lr": self.lr,
+                "assemble_sweeps": self.assemble_sweeps}
 
     def _span(self, arch: _GPT2, layer: int, rank: int, least: int = 1) -> Span:
         name = _find(arch.update, (f"h.{layer}.attn.c_attn.weight",))
@@ -112,11 +133,13 @@ class SubspaceAttack(Attack):
         rank = batch * length
         span1, span2 = self._span(arch, 0, rank, batch), self._span(arch, 1, rank, batch)
         per_position: list[list[int]] = []
+        in_span: list[int] = []  # per position: how many of its first-ranked tokens the records must hold
         for p in range(length):
             d = span1.distance(arch.first_inputs(p))
             order = torch.argsort(d)
-            keep = _largest_gap(d[order], batch) + self.extra
-            per_position.append([int(v) for v in order[:keep]])
+            inside = _largest_gap(d[order], batch)
+            in_span.append(inside)
+            per_position.append([int(v) for v in order[:inside + self.extra]])
         config = getattr(arch.model, "config", None)
         ends = {t for t in (getattr(config, "eos_token_id", None), obs.inputs.pad_token_id) if t is not None}
         device_ = arch.t.wte.weight.device
@@ -168,12 +191,190 @@ class SubspaceAttack(Attack):
         details: dict[str, Any] = {"rank": [span1.rank, span2.rank],
                                    "candidates_per_position": [len(c) for c in per_position],
                                    "sequences_found": len(finished)}
+        if self.search == "continuous":
+            rows, refined = _Relaxed(arch, rank, per_position, pad, in_span).refine(rows, self.steps, self.lr,
+                                                                             self.assemble_sweeps, seed)
+            details["continuous"] = refined
         record(details, "layer1", span1.decision)
         record(details, "layer2", span2.decision)
         surface(details, "subspace")
         return Reconstruction(inputs=torch.tensor(rows, dtype=torch.long), labels=None, attack=self.name,
                               settings=self.settings(), iterations=1, wall_time_s=time.perf_counter() - start,
                               details=details)
+
+
+#: floor of the distances whose logarithms are minimised, and the positions a token is judged on (its own and the
+#: next ones, whose layer-2 inputs it enters; farther ones are mostly past the record's end)
+_EPS, _AHEAD = 1e-7, 4
+
+
+def _log(d: torch.Tensor) -> torch.Tensor:
+    return (d.clamp_min(0.0) + _EPS).log()
+
+
+def _soft_weights(grad: torch.Tensor, most: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The left singular vectors ``(d, k)`` of a Conv1D gradient (inputs on its columns) and their weights
+    ``s_j^2 / (s_j^2 + lambda^2)``, ``k = min(most, d)``; ``lambda = s_most`` (the first direction the batch's
+    ``most`` tokens cannot fill: the noise's level), or the smallest singular value past the width."""
+    u, s, _ = spectrum(grad, "columns")
+    k = min(most, int(s.numel()))
+    lam = float(s[k]) if k < s.numel() else float(s[-1])
+    w = s[:k].square() / (s[:k].square() + lam ** 2)
+    return u[:, :k].float(), w.float(), lam
+
+
+class _Relaxed:
+    """The continuous refinement (``search="continuous"``): relaxed tokens over per-position shortlists, the
+    soft subspace distances of their layer-1 and layer-2 inputs, and the exact objective of hard records."""
+
+    def __init__(self, arch: _GPT2, rank: int, shortlist: list[list[int]], pad: int,
+                 in_span: list[int] | None = None) -> None:
+        self.arch, self.pad = arch, pad
+        #: per position, the shortlist's first tokens that some record must hold (the layer-1 distances' gap cut:
+        #: with noise a record's weaker token lies farther from the span than another record's token at the same
+        #: position, so distances alone would give both records the stronger one)
+        self.in_span = in_span if in_span is not None else [0] * len(shortlist)
+        t = arch.t
+        self.device = t.wte.weight.device
+        names = [_find(arch.update, (f"h.{i}.attn.c_attn.weight",)) for i in (0, 1)]
+        if None in names:
+            raise ConfigError("subspace attack (continuous): needs the full c_attn gradients of layers 1 and 2")
+        self.u1, self.w1, self.noise1 = _soft_weights(arch.update[names[0]], rank)
+        self.u2, self.w2, self.noise2 = _soft_weights(arch.update[names[1]], rank)
+        g2 = arch.update[names[1]].float()
+        # least-squares matching of the layer-2 gradient, with the noise's expected share taken out of its energy
+        self.g2 = g2
+        self.g2_energy = float(g2.square().sum())
+        width = max(len(c) for c in shortlist)
+        self.cands = torch.tensor([(c + [c[0]] * width)[:width] for c in shortlist], device=self.device)  # (L, m)
+        self.valid = torch.tensor([[i < len(c) for i in range(width)] for c in shortlist], device=self.device)
+        self.wte, self.wpe = t.wte.weight.detach(), t.wpe.weight.detach()
+
+    def _distance(self, x: torch.Tensor, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Soft relative distance ``1 - sum_j w_j (u_j . x / |x|)^2`` of rows ``(..., d)``."""
+        c = F.normalize(x, dim=-1) @ u
+        return 1.0 - (c.square() * w).sum(-1)
+
+    def _block(self, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer-1 and layer-2 inputs ``(n, L, d)`` of embeddings ``e`` (word + position), through the first block
+        with its causal attention (the same numbers as ``_GPT2.second_inputs`` at every position)."""
+        t = self.arch.t
+        block, attn = t.h[0], t.h[0].attn
+        n, L, d = e.shape
+        heads, head_dim = d // attn.head_dim, attn.head_dim
+        scale = getattr(attn, "scaling", None) or head_dim ** -0.5
+        x = block.ln_1(e)
+        q, k, v = (z.view(n, L, heads, head_dim).transpose(1, 2) for z in attn.c_attn(x).split(d, dim=-1))
+        causal = torch.ones(L, L, dtype=torch.bool, device=e.device).tril()
+        scores = (q @ k.transpose(-1, -2) * scale).masked_fill(~causal, float("-inf"))
+        mixed = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(n, L, d)
+        resid = e + attn.c_proj(mixed)
+        hidden = resid + block.mlp(block.ln_2(resid))
+        return x, t.h[1].ln_1(hidden)
+
+    def _objective(self, e: torch.Tensor, joint: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per position ``(n, L)`` soft distances (layer 1 + layer 2) and the batch's unexplained share of the
+        layer-2 gradient (``joint``; 0 otherwise)."""
+        x, y = self._block(e)
+        per = self._distance(x, self.u1, self.w1) + self._distance(y, self.u2, self.w2)
+        if not joint:
+            return per, per.new_zeros(())
+        rows = y.reshape(-1, y.shape[-1])
+        q, _ = torch.linalg.qr(rows.T)  # (d, n L): the batch's layer-2 inputs' span
+        explained = (q.T @ self.g2).square().sum() / self.g2_energy
+        return per, 1.0 - explained
+
+    def _embed_ids(self, rows: torch.Tensor) -> torch.Tensor:
+        L = rows.shape[-1]
+        return self.wte[rows] + self.wpe[:L]
+
+    def refine(self, rows: list[list[int]], steps: int, lr: float, sweeps: int,
+               seed: int | None) -> tuple[list[list[int]], dict[str, Any]]:
+        L = self.cands.shape[0]
+        B = len(rows)
+        start = torch.tensor(rows, device=self.device)
+        m = self.cands.shape[1]
+        hit = self.cands[None] == start[..., None]  # (B, L, m): the greedy record's token in the shortlist
+        z0 = torch.where(hit & self.valid, 3.0, 0.0).float()
+        z0 = z0.masked_fill(~self.valid, float("-inf"))
+        gen = torch.Generator().manual_seed(0 if seed is None else seed)
+        z = (z0 + 0.01 * torch.randn(z0.shape, generator=gen).to(self.device)).requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=lr)
+        cand_emb = self.wte[self.cands]  # (L, m, d)
+        joint = B * L < self.wte.shape[1]
+        must = torch.zeros(L, m, dtype=torch.bool, device=self.device)  # (L, m): tokens some record must hold
+        for p, n in enumerate(self.in_span):
+            must[p, :min(n, m)] = True
+        trace = []
+        for _ in range(steps):
+            opt.zero_grad()
+            pi = torch.softmax(z, dim=-1)
+            e = torch.einsum("blm,lmd->bld", pi, cand_emb) + self.wpe[:L]
+            per, unexplained = self._objective(e, joint)
+            # logarithms: a position in the span (1e-5) against one out of it (1e-2) counts as much as the noise
+            # level between two wrong tokens, so the positions past a record's end do not steer its tokens
+            loss = _log(per).mean() + _log(unexplained)
+            if B > 1 and bool(must.any()):  # coverage: the probability that some record holds each such token
+                held = 1.0 - (1.0 - pi).clamp_min(0.0).prod(dim=0)  # (L, m)
+                loss = loss - _log(held[must]).mean()
+            loss.backward()
+            opt.step()
+            trace.append(float(loss.detach()))
+        with torch.no_grad():
+            ids = torch.gather(self.cands.expand(B, -1, -1), 2, z.argmax(-1, keepdim=True)).squeeze(-1)
+            changed = 0
+            for _ in range(sweeps):
+                for b in range(B):
+                    for p in range(L):
+                        options = self.cands[p][self.valid[p]]
+                        current = int(ids[b, p])
+                        needed = set(self.cands[p][:self.in_span[p]].tolist())
+                        if B > 1 and current in needed and current not in ids[torch.arange(B) != b, p].tolist():
+                            continue  # the only record holding a token the span needs keeps it
+                        # causal: the token at p moves only positions p.. (judged up to p + _AHEAD)
+                        trial = ids[b, :p + _AHEAD].expand(len(options), -1).clone()
+                        trial[:, p] = options
+                        per, _ = self._objective(self._embed_ids(trial), False)
+                        best = int(_log(per[:, p:]).sum(1).argmin())
+                        changed += int(options[best] != ids[b, p])
+                        ids[b, p] = options[best]
+            # each record keeps the greedy search's tokens where they fit the subspaces better (a relaxed run can
+            # settle in a worse basin than the one it started from)
+            per, _ = self._objective(self._embed_ids(ids), False)
+            before, _ = self._objective(self._embed_ids(start), False)
+            worse = _log(per).sum(1) > _log(before).sum(1)
+            ids = torch.where(worse[:, None], start, ids)
+            per, unexplained = self._objective(self._embed_ids(ids), joint)
+            keep, cut = _ends(per, [sum(int(v) != self.pad for v in r) for r in rows])
+            out = torch.where(keep, ids, torch.full_like(ids, self.pad))
+        return [[int(v) for v in r] for r in out], {
+            "steps": steps, "objective": trace[-1] if trace else None, "objective_start": trace[0] if trace else None,
+            "sweep_changes": changed, "noise_level": [self.noise1, self.noise2], "end_at": cut,
+            "unexplained_layer2": float(unexplained),
+            "kept_greedy": int(worse.sum()), "lengths": [int(k.sum()) for k in keep]}
+
+
+def _ends(per: torch.Tensor, fallback: list[int], ratio: float = 10.0) -> tuple[torch.Tensor, list[int]]:
+    """Which positions ``(B, L)`` each record holds. A record's distances split at the largest jump of their
+    sorted logarithms (lifted to their 10th percentile first, so one exact hit does not make the jump); when that
+    jump reaches ``ratio``, the record ends after its last position below it (its end-of-sequence token and the
+    positions past it are in no span; a wrong token inside the record shows as a lone high value and is kept).
+    Where no jump reaches ``ratio`` (the noise hides the end), the record keeps its ``fallback`` length."""
+    keep = torch.ones_like(per, dtype=torch.bool)
+    lengths = []
+    for b in range(per.shape[0]):
+        logs = per[b].double().clamp_min(1e-30).log()
+        logs = logs.clamp_min(float(torch.quantile(logs, 0.1)))
+        values = torch.sort(logs).values
+        jumps = values[1:] - values[:-1]
+        n = fallback[b]
+        if jumps.numel() and float(jumps.max()) >= math.log(ratio):
+            i = int(jumps.argmax())
+            low = torch.nonzero(logs <= values[i]).flatten()
+            n = int(low.max()) + 1
+        keep[b, n:] = False
+        lengths.append(n)
+    return keep, lengths
 
 
 ATTACKS.register("subspace")(SubspaceAttack)
