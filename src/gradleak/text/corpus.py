@@ -12,8 +12,11 @@ optional integer ``label``); malformed files are one ``DataError`` naming the fi
 
 from __future__ import annotations
 
+import ast
 import json
 import random
+import re
+import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,3 +129,69 @@ def load_text(source: str) -> list[Record]:
     if not out:
         raise DataError(f"{path}: holds no text")
     return out
+
+
+#: license texts Debian ships (``/usr/share/common-licenses``): held out from pre-training, the realistic batches'
+#: sentences come from them; the others are pre-training text
+LICENSE_DIR = Path("/usr/share/common-licenses")
+HELD_OUT_LICENSES: tuple[str, ...] = ("Apache-2.0", "Artistic", "CC0-1.0", "MPL-2.0")
+#: standard-library modules whose documentation strings (read with ``ast``, nothing imported) are pre-training text
+DOC_MODULES: tuple[str, ...] = ("argparse", "calendar", "collections/__init__", "csv", "datetime", "difflib",
+                                "email/message", "fractions", "functools", "gettext", "heapq", "http/client",
+                                "inspect", "json/__init__", "logging/__init__", "pathlib", "random", "shutil",
+                                "statistics", "string", "subprocess", "tarfile", "textwrap", "threading",
+                                "typing", "unittest/case", "urllib/parse", "zipfile")
+
+
+#: longest piece of a sentence kept as one text (characters): the BPE trained on the records spends about 2.4
+#: characters a token on license prose, so pieces hold about 15-40 tokens
+MAX_PIECE_CHARS = 100
+
+
+def _sentences(text: str) -> list[str]:
+    """Sentences of running text: whitespace collapsed, split after ``.``, ``;`` or ``:``; a longer sentence is cut
+    after commas into pieces of at most ``MAX_PIECE_CHARS``; pieces of 30 characters or more are kept."""
+    flat = re.sub(r"\s+", " ", text)
+    out = []
+    for sentence in re.split(r"(?<=[.;:])\s+", flat):
+        piece = ""
+        for part in re.split(r"(?<=,)\s+", sentence.strip()):
+            if piece and len(piece) + 1 + len(part) > MAX_PIECE_CHARS:
+                out.append(piece)
+                piece = part
+            else:
+                piece = f"{piece} {part}" if piece else part
+        out.append(piece)
+    return [s for s in out if 30 <= len(s) <= MAX_PIECE_CHARS + 40]
+
+
+def _docstrings(path: Path) -> str:
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return ""
+    nodes = [tree] + [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))]
+    return "\n\n".join(d for d in (ast.get_docstring(n) for n in nodes) if d)
+
+
+def public_sentences(split: str) -> list[str]:
+    """Public English sentences that ship with the system, for pre-training and attacking language models without
+    a download: ``"pretrain"``: the license texts not held out and the documentation strings of ``DOC_MODULES``;
+    ``"heldout"``: the ``HELD_OUT_LICENSES``' sentences (none of which is in the pre-training split). Sorted order
+    of files, sentences in reading order, duplicates dropped; a missing file contributes nothing (the counts depend
+    on the Debian and Python versions)."""
+    if split not in ("pretrain", "heldout"):
+        raise DataError(f"public text split must be 'pretrain' or 'heldout', got {split!r}")
+    held: list[str] = []
+    for name in HELD_OUT_LICENSES:
+        path = LICENSE_DIR / name
+        held += _sentences(path.read_text(encoding="utf-8")) if path.is_file() else []
+    held = list(dict.fromkeys(held))
+    if split == "heldout":
+        return held
+    texts = [p.read_text(encoding="utf-8") for p in sorted(LICENSE_DIR.glob("*"))
+             if p.is_file() and not p.is_symlink() and p.name not in HELD_OUT_LICENSES]
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    texts += [_docstrings(stdlib / f"{m}.py") for m in DOC_MODULES]
+    seen = set(held)
+    return [s for s in dict.fromkeys(s for t in texts for s in _sentences(t)) if s not in seen]

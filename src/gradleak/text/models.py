@@ -19,6 +19,7 @@ from torch import nn
 from gradleak.cache import cached_weights
 from gradleak.errors import ConfigError
 from gradleak.model_spec import ModelSpec
+from gradleak.text.corpus import public_sentences
 from gradleak.training_task import Task
 
 #: name -> (model_type, config settings)
@@ -87,4 +88,63 @@ def _train_causal_lm(spec: ModelSpec, batches: Callable[[int], torch.Tensor], st
         optimizer.step()
         if progress and step % 20 == 0:
             print(f"pretrain step {step}: loss {loss.item():.3f}")
+    return model.state_dict()
+
+
+#: tokens of one pre-training text (public sentences are cut to it)
+PRETRAIN_LEN = 48
+
+
+def pretrain_public(spec: ModelSpec, tokenizer: Any, *, steps: int, batch: int = 4, lr: float = 1e-3, seed: int = 0,
+                    progress: bool = False) -> dict[str, torch.Tensor]:
+    """Weights of ``spec`` after ``steps`` AdamW steps on ``batch`` public sentences a step
+    (``public_sentences("pretrain")``, each followed by the end-of-sequence token), cached. Decoders: causal LM.
+    Encoders (BERT): masked LM on the same encoder (15 % of the tokens replaced by a random token and predicted,
+    BERT's corruption without a mask token, which the tokenizer lacks); the encoder's weights are returned under
+    the classifier's names, its head stays as built. 0 steps: the model as built from its seed."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ConfigError(f"pretrain steps must be an integer >= 0, got {steps!r}")
+    torch.manual_seed(seed)
+    if steps == 0:
+        return spec.build().state_dict()
+    sentences = public_sentences("pretrain")
+    rows = [(tokenizer.encode(s) + [tokenizer.eos_id])[:PRETRAIN_LEN] for s in sentences]
+    ids = torch.tensor([r + [tokenizer.pad_id] * (PRETRAIN_LEN - len(r)) for r in rows], dtype=torch.long)
+    g = torch.Generator().manual_seed(seed)
+
+    def draw(step: int) -> torch.Tensor:
+        return ids[torch.randint(0, len(ids), (batch,), generator=g)]
+
+    key = f"public-{len(sentences)}-{tokenizer.name}-batch{batch}"
+    if spec.name != "bert":
+        return pretrain(spec, draw, steps=steps, lr=lr, seed=seed, key=key, progress=progress)
+    mlm = ModelSpec(spec.name, {**spec.kwargs, "head": "masked_lm"}, source=spec.source)
+    recipe = {"spec": mlm.to_json(), "steps": steps, "lr": lr, "seed": seed, "key": key, "v": 1}
+    weights = cached_weights("text-models", recipe, lambda: _train_masked_lm(mlm, draw, steps, lr, seed, progress,
+                                                                             tokenizer.pad_id))
+    own = spec.build().state_dict()
+    own.update({k: v for k, v in weights.items() if k in own and own[k].shape == v.shape})
+    return own
+
+
+def _train_masked_lm(spec: ModelSpec, batches: Callable[[int], torch.Tensor], steps: int, lr: float, seed: int,
+                     progress: bool, pad: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    model: nn.Module = spec.build()
+    model.train()
+    vocab = model.config.vocab_size
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed + 1)
+    for step in range(steps):
+        ids = batches(step)
+        mask = (ids != pad).long()
+        chosen = (torch.rand(ids.shape, generator=g) < 0.15) & (ids != pad)
+        corrupted = torch.where(chosen, torch.randint(0, vocab, ids.shape, generator=g), ids)
+        labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+        loss = Task.masked_lm().loss(model, corrupted, labels, mask)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if progress and step % 20 == 0:
+            print(f"pretrain (masked LM) step {step}: loss {loss.item():.3f}")
     return model.state_dict()
