@@ -2,8 +2,9 @@
 
 Layout (format ``gradleak.capture`` version 2):
 
-- tensors ``weights/<name>`` (the server's state dict), ``update/<name>`` (the shared update) and, when the labels
-  leaked, ``labels``; no other tensor names;
+- tensors ``weights/<name>`` (the server's state dict), ``update/<name>`` (the shared update: parameters and, from
+  a client that sends its state dict, the change of its BatchNorm ``running_mean``/``running_var`` under their
+  state-dict names) and, when the labels leaked, ``labels``; no other tensor names;
 - the safetensors header's ``__metadata__`` holds one key, ``gradleak``, whose value is a JSON object with
   ``format``, ``version``, ``model`` (``source``: registry / import / huggingface, ``name``, ``kwargs``),
   ``inputs`` (``kind``: image / tokens / features and its description), ``task`` (``kind``, ``num_classes``),

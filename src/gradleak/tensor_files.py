@@ -1,5 +1,9 @@
 """A red team's own files: weights and gradients as a mapping from parameter names to tensors.
 
+An update file may also hold the change of the BatchNorm running statistics (``running_mean``/``running_var``
+under their state-dict names), as the state dict a FedAvg client sends gives it: validated like the parameters,
+kept out of the gradient, and read by the attacks' BN prior (``attacks.bn_statistics``).
+
 Two formats are read, neither of which can run code: safetensors, and PyTorch files through
 ``torch.load(weights_only=True)`` (tensors and plain containers only; anything else is refused by PyTorch's
 restricted unpickler), whatever the file's name says. Only dense, real tensors in CPU memory are accepted (a
