@@ -9,7 +9,7 @@ span is the whole space). Per batch, on the same update: ``pursuit`` (the output
 the bag by public frequency) and the same guesses from the true bag (an oracle: what ordering the exact bag is worth).
 
     python benchmarks/bench_text_wide.py --threads 1                 # batch 32 and 64
-    python benchmarks/bench_text_wide.py --batches 64 --attacks pursuit
+    python benchmarks/bench_text_wide.py --batches 64 --attacks pursuit --iters 0 1
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import time
 
 import torch
 
-from bench_text import attack_row, bag_row, recorded_case
+from bench_text import bag_row, recorded_case, score
+from gradleak.attacks import ATTACKS
 from gradleak.text.metrics import bag_baselines
 
 
@@ -34,11 +35,26 @@ def oracle_bag_row(case) -> str:
     return f"{best['rouge1']:.3f} / {best['rouge2']:.3f}"
 
 
+def attack_row(case, attack: str, **settings) -> tuple[str, str, float]:
+    """ROUGE-1 | ROUGE-2 | exact | secrets of one attack on the case, a note from its details, and its wall time."""
+    t1 = time.perf_counter()
+    recon = ATTACKS.build(attack, **settings).reconstruct(case.observation)
+    wall = time.perf_counter() - t1
+    s = score(case, recon)
+    d = recon.details
+    if attack == "dager":
+        note = f"layer-1 rank {d.get('layer1_rank')}" + (f"; stopped: {d['stopped']}" if d.get("stopped") else "")
+    else:
+        note = f"{settings or 'defaults'}; fit per decode {[round(f, 3) for f in d.get('fit', [])]}"
+    return f"{s['rouge1']:.3f} | {s['rouge2']:.3f} | {s['exact']:.2f} | {s['secrets_recovered']:.2f}", note, wall
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, nargs="*", default=[32, 64])
     parser.add_argument("--attacks", nargs="*", default=["pursuit", "dager"])
     parser.add_argument("--length", type=int, default=20, help="tokens per record (the last: end of sequence)")
+    parser.add_argument("--iters", type=int, nargs="*", default=[None], help="pursuit's iters (default: its own)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -51,8 +67,10 @@ def main() -> None:
         setup = time.perf_counter() - t0
         tokens = int((case.truth.inputs != case.tokenizer.pad_id).sum())
         bag, oracle = bag_row(case), oracle_bag_row(case)
-        for attack in args.attacks:
-            row, note, wall = attack_row(case, attack)
+        runs = [(a, {} if a != "pursuit" or it is None else {"iters": it}) for a in args.attacks
+                for it in (args.iters if a == "pursuit" else [None])]
+        for attack, settings in runs:
+            row, note, wall = attack_row(case, attack, **settings)
             print(f"| {batch} | {tokens} / 768 | {attack} | {row} | {bag} | {oracle} | {wall:.1f} | {note} "
                   f"(setup {setup:.0f} s) |", flush=True)
 
