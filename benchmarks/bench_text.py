@@ -45,9 +45,9 @@ from gradleak.attacks import ATTACKS
 from gradleak.defenses import build_defense
 from gradleak.recorder import record
 from gradleak.training_task import Task
-from gradleak.text.corpus import private_records
+from gradleak.text.corpus import Record, private_records, public_sentences
 from gradleak.text.metrics import score_text, text_baselines
-from gradleak.text.models import text_model_spec
+from gradleak.text.models import pretrain_public, text_model_spec
 from gradleak.text.tokenizer import load_tokenizer
 from gradleak.text.victim import TextCase, encode_records, text_victim
 
@@ -123,6 +123,80 @@ def recorded_case(model: str, batch: int, *, dropout: float, seed: int = 0, max_
     return TextCase(rec.observation, rec.truth, records, tok)
 
 
+def realistic_case(model: str, batch: int, *, steps: int, dropout: float, seed: int = 0) -> TextCase:
+    """A user's train-mode step on ``batch`` held-out public sentences of 10-40 tokens (``public_sentences``:
+    license texts not used in pre-training), each followed by the end-of-sequence token, recorded with
+    ``gradleak.record`` on ``model`` built from its config, pre-trained ``steps`` AdamW steps on the public
+    pre-training text (``pretrain_public``, cached; 0: random), every dropout rate at ``dropout``."""
+    tok = load_tokenizer("bpe", 2048)
+    pool = [s for s in public_sentences("heldout") if 10 <= len(tok.encode(s)) <= 40]
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.randperm(len(pool), generator=g)[:batch].tolist()
+    records = [Record(pool[i], (), k % 4) for k, i in enumerate(picks)]
+    ids = encode_records(tok, records)
+    spec = text_model_spec(model, tok.vocab_size, tok.pad_id, eos_id=tok.eos_id, dropout=dropout, num_labels=4)
+    net = spec.build()
+    net.load_state_dict(pretrain_public(spec, tok, steps=steps, seed=seed))
+    net.train()
+    mask = (ids != tok.pad_id).long()
+    encoder = model.startswith("bert")
+    labels = torch.tensor([r.label for r in records]) if encoder else None
+    task = Task.classification(4) if encoder else Task.causal_lm()
+    torch.manual_seed(seed)  # the dropout masks
+    with record(net, ids if labels is None else (ids, labels), tokenizer=tok) as rec:
+        task.loss(net, ids, labels, mask).backward()
+    assert rec.observation is not None and rec.truth is not None
+    return TextCase(rec.observation, rec.truth, records, tok)
+
+
+#: the realistic grid: models (width 768), pre-training steps (0: random), dropout rates, batch sizes
+REALISTIC = (("gpt2-small", "bert-base"), (0, 30), (0.0, 0.1), (1, 8, 16, 32, 64))
+
+
+def run_realistic(cells: set[tuple[str, int, float, int]] | None, time_limit: float) -> None:
+    """One row per cell of ``REALISTIC``; a cell not in ``cells`` prints "not run" (``None``: all)."""
+    print("\nRealistic (issue 23): held-out public sentences (license texts not pre-trained on), 10-40 tokens, a "
+          "train-mode step recorded with gradleak.record; trained: pre-trained here on the other public text "
+          f"(AdamW, batch 4); DAGER's time limit {time_limit:g} s; public text holds no secrets (column '-')")
+    print("| model | pre-training steps | dropout | batch | tokens / width | ROUGE-1 | ROUGE-2 | exact | secrets | "
+          "bag R-1 / R-2 | attack s | setup s | note |")
+    print("|" + " --- |" * 13)
+    models, stages, rates, batches = REALISTIC
+    for model in models:
+        for steps in stages:
+            for rate in rates:
+                for batch in batches:
+                    head = f"| {model} | {steps} | {rate:g} | {batch} |"
+                    if cells is not None and (model, steps, rate, batch) not in cells:
+                        print(f"{head} not run |" + " |" * 8, flush=True)
+                        continue
+                    t0 = time.perf_counter()
+                    case = realistic_case(model, batch, steps=steps, dropout=rate)
+                    setup = time.perf_counter() - t0
+                    tokens = int((case.truth.inputs != case.tokenizer.pad_id).sum())
+                    t1 = time.perf_counter()
+                    try:
+                        recon = ATTACKS.build("dager", time_limit_s=time_limit).reconstruct(case.observation,
+                                                                                            progress=True)
+                        s = score(case, recon)
+                        row = f"{s['rouge1']:.3f} | {s['rouge2']:.3f} | {s['exact']:.2f} | -"
+                        d = recon.details
+                        note = "; ".join(x for x in (
+                            f"stopped: {d['stopped']}" if d.get("stopped") else "",
+                            f"certified {d.get('records_certified')}",
+                            f"beam cut at {len(d['beam_cut_at'])} positions" if d.get("beam_cut_at") else "",
+                            f"last token: {d['last_token']}" if d.get("last_token") else "") if x)
+                    except Exception as exc:  # a failing cell is a row (nothing recovered), not the end of the run
+                        row, note = "0 | 0 | 0 | -", f"{type(exc).__name__}: {str(exc)[:70]}"
+                    wall = time.perf_counter() - t1
+                    try:
+                        bag = bag_row(case)
+                    except Exception as exc:  # the bag's guesses are a column, not the run
+                        bag = type(exc).__name__
+                    print(f"{head} {tokens} / 768 | {row} | {bag} | {wall:.1f} | {setup:.1f} | {note[:160]} |",
+                          flush=True)
+
+
 def bag_row(case) -> str:
     """The best guess from the leaked token bag (random draws, the bag by public frequency): ROUGE-1/2."""
     tok = case.tokenizer
@@ -174,7 +248,11 @@ def utility(name: str | None, kwargs: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("batch", "trained", "lora", "defense", "dropout", "noise"), default=None)
+    parser.add_argument("--only", choices=("batch", "trained", "lora", "defense", "dropout", "noise", "realistic"),
+                        default=None)
+    parser.add_argument("--cells", nargs="*", default=None,
+                        help="realistic group: the cells to run, MODEL:STEPS:DROPOUT:BATCH (default: all)")
+    parser.add_argument("--time-limit", type=float, default=600.0, help="realistic group: DAGER's time_limit_s")
     parser.add_argument("--batches", type=int, nargs="*", default=None, help="dropout group: the batch sizes")
     parser.add_argument("--models", nargs="*", default=None, help="dropout group: gpt2-small, bert-base")
     parser.add_argument("--pretrain-steps", type=int, default=30, help="steps of the trained model (cached)")
@@ -218,6 +296,10 @@ def main() -> None:
             for label, name, kwargs in (("gaussian", "gaussian", {"std": 1e-6}), ("fp16", "quantization",
                                                                                  {"kind": "fp16"})):
                 run(f"{label} {kwargs}", "noise", batch, defense=build_defense(name, **kwargs))
+    if args.only in (None, "realistic"):
+        cells = None if args.cells is None else {(m, int(st), float(r), int(b)) for m, st, r, b in
+                                                 (c.split(":") for c in args.cells)}
+        run_realistic(cells, args.time_limit)
     if args.only in (None, "defense"):
         print("\nDefense table: GPT-2-small shape, batch 8, the same update for both attacks; perplexity: gpt2-tiny "
               "fine-tuned 30 steps with the defense (lower is better); epsilon: DP-SGD's (RDP, delta 1e-5) for "

@@ -174,3 +174,29 @@ def test_dager_defaults_recover_a_record_from_a_noised_or_fp16_update(kind: str,
     assert scores.means()["exact"] == 1.0, scores.means()
     assert recon.details["layer1_rank"] == 59 and recon.details["threshold_used"] > 1e-3
     assert_text_leaks(scores, case.observation, case.truth.inputs, case.tokenizer)
+
+
+def test_the_last_token_of_records_without_an_end_token_comes_from_the_output_layer(assert_text_leaks) -> None:
+    """Records recorded without an end-of-sequence token: the last token feeds no loss term and lies in no span,
+    but it labels the position before it, so the tied output layer's gradient gives it (gpt2-tiny, 2 records)."""
+    from gradleak.recorder import record  # noqa: PLC0415  (why: gradleak.recorder imported first hits the
+    # recorder -> text -> attacks -> lamp -> victim -> recorder cycle; gradleak.attacks is already loaded here)
+    from gradleak.text.models import text_model_spec
+    from gradleak.text.tokenizer import load_tokenizer
+    from gradleak.training_task import Task
+
+    tok = load_tokenizer("bpe", 2048)
+    rows = [tok.encode(t) for t in ("Refund to Anna Schmidt, account DE89 3704 0044",
+                                    "Contact jo@example.org or call 555 0199 about the parcel")]
+    length = max(map(len, rows))
+    ids = torch.tensor([r + [tok.pad_id] * (length - len(r)) for r in rows])
+    torch.manual_seed(0)
+    net = text_model_spec("gpt2-tiny", tok.vocab_size, tok.pad_id, eos_id=tok.eos_id).build().train()
+    with record(net, ids, tokenizer=tok) as rec:
+        Task.causal_lm().loss(net, ids, None, (ids != tok.pad_id).long()).backward()
+    recon = ATTACKS.build("dager").reconstruct(rec.observation)
+    assert recon.details["last_token"].startswith("recovered"), recon.details["last_token"]
+    got = {tuple(v for v in row.tolist() if v != tok.pad_id) for row in recon.inputs}
+    assert got == {tuple(r) for r in rows}
+    scores = score_text(recon.inputs, ids, tok.decode, pad_id=tok.pad_id)
+    assert_text_leaks(scores, rec.observation, ids, tok)

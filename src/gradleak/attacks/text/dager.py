@@ -18,9 +18,10 @@ Dropout (a train-mode step, ``transformers``' default 0.1): the first layer's in
 (``attacks.text.dropout``) certifies the tokens and ``_link`` orders them into records from the first layer's
 query gradients (``details["dropout"]``, ``details["records_certified"]``).
 
-The last token of a causal-LM record is invisible: its input feeds no loss term (its output predicts nothing and
-no earlier position attends to it), so it lies in no span. Records prepared with an end-of-sequence token lose only
-that token; a record recorded without one loses its last real token, and ``details["last_token"]`` says so.
+The last token of a causal-LM record is invisible to the spans: its input feeds no loss term (its output predicts
+nothing and no earlier position attends to it). It is the label of the position before it, though, so the output
+layer's gradient (GPT-2's tied ``wte``) carries it: ``DAGER._last_tokens`` reads it there once the rest of each
+record is known (clean gradient, no dropout), and ``details["last_token"]`` says whether it was recovered or lost.
 Only records every test passed are counted in ``details["records_certified"]``; ``sequences_found`` counts what
 was returned.
 """
@@ -355,12 +356,16 @@ class DAGER(Attack):
                 sequences = self._decode(arch, per_position, obs, details, progress, deadline)
         else:
             per_position, sequences = self._encode(arch, span1, obs, details, dropout)
+        if arch.decoder and not dropout and not details.get("stopped") and obs.task.kind == "causal_lm" \
+                and obs.update_kind == "gradient" and sequences:
+            sequences = self._last_tokens(arch, sequences, obs, details)
+        elif arch.decoder:
+            details["last_token"] = ("not recovered: a causal-LM record's last token feeds no loss term (the "
+                                     "end-of-sequence token when the records end with one); its trace in the "
+                                     "output layer is read only from a clean gradient without dropout")
         pad = obs.inputs.pad_token_id if obs.inputs.pad_token_id is not None else 0
         rows = [(s + [pad] * length)[:length] for s in sequences][: max(obs.batch_size, 1)]
         details["sequences_found"] = len(sequences)
-        if arch.decoder:
-            details["last_token"] = ("not recovered: a causal-LM record's last token feeds no loss term (the "
-                                     "end-of-sequence token when the records end with one)")
         # certified: every token passed the layer-1 test and the record's order passed the layer-2 test (decoders
         # without dropout); under dropout or in an encoder's assembly the order is a best guess, not a proof
         details["records_certified"] = (min(len(sequences), max(obs.batch_size, 1))
@@ -576,6 +581,96 @@ class DAGER(Attack):
             return prefixes
         details.setdefault("beam_cut_at", []).append(position)
         return sorted(prefixes, key=lambda a: worst[tuple(a)])[:beam]
+
+    def _last_tokens(self, arch: _Architecture, sequences: list[list[int]], obs: Observation,
+                     details: dict[str, Any], shortlist: int = 4) -> list[list[int]]:
+        """Each record's last token, from the output layer's gradient (ours). It feeds no loss term as an input,
+        but it is the label of the position before it: with the visible tokens known, the model's forward gives
+        every hidden state ``h`` and prediction ``p``, so the output-layer gradient less what the known labels and
+        the predictions explain is ``-(1/N) sum_r d logit_r[y_r] / dW`` over the records' last positions, where
+        ``N`` counts the labelled positions: row ``y_r`` holds ``-h_r / N`` (through the tied input embedding, the
+        rows of the record's own tokens move too; both are computed exactly). Each record's ``shortlist``
+        tokens whose rows match ``-h_r`` best are tried, and coordinate descent picks the set whose terms explain
+        the residual; a token is reported ``recovered`` when the residual left is under ``threshold2`` of it,
+        else the record keeps its visible tokens and ``details["last_token"]`` says it is lost."""
+        assert isinstance(arch, _GPT2)
+        model = arch.model
+        names = {n: p for n, p in model.named_parameters() if n.endswith(("wte.weight", "lm_head.weight"))}
+        names = {n: p for n, p in names.items() if n in arch.update}
+        n_labels = sum(len(s) for s in sequences)
+        if not names or n_labels == 0:
+            details["last_token"] = "not recovered: the update holds no output-layer or tied embedding gradient"
+            return sequences
+        params = list(names.values())
+        device = params[0].device
+        batch = len(sequences)
+        length = max(len(s) for s in sequences)
+        pad = obs.inputs.pad_token_id if obs.inputs.pad_token_id is not None else 0  # type: ignore[union-attr]
+        ids = torch.tensor([s + [pad] * (length - len(s)) for s in sequences], device=device)
+        mask = (torch.arange(length, device=device)[None] < torch.tensor([len(s) for s in sequences],
+                                                                         device=device)[:, None]).long()
+        last = torch.tensor([len(s) - 1 for s in sequences], device=device)
+        rows = torch.arange(batch, device=device)
+        observed = torch.cat([arch.update[n].detach().double().flatten() for n in names])
+
+        def flat_grad(value: torch.Tensor) -> torch.Tensor:
+            grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+            return torch.cat([(torch.zeros_like(p) if g is None else g).double().flatten()
+                              for p, g in zip(params, grads)])
+
+        with torch.enable_grad():
+            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            logits = out.logits
+            logp = torch.log_softmax(logits.double(), dim=-1)
+            known = logp[:, :-1].gather(-1, ids[:, 1:, None])[..., 0] * mask[:, 1:]
+            # the known labels' terms and the unknown ones' normaliser: -log p(y) = logsumexp - logit[y]
+            explained = (-known.sum() + torch.logsumexp(logits[rows, last].double(), dim=-1).sum()) / n_labels
+            residual = observed - flat_grad(explained)
+            hidden = out.hidden_states[-1][rows, last].detach().double()  # (B, d): after the final norm
+            head = params[0] if len(params) == 1 else names[next(n for n in names if n.endswith("lm_head.weight"))]
+            vocab, width = head.shape
+            offset = 0 if head is params[0] else params[0].numel()
+            out_rows = residual[offset:offset + vocab * width].view(vocab, width)
+            match = -(out_rows @ hidden.T) * n_labels / (hidden * hidden).sum(1).clamp_min(1e-300)  # (V, B): ~1
+            picks = torch.topk(match, min(shortlist, vocab), dim=0).indices.T.tolist()  # (B, shortlist)
+            del out, logits, logp
+            terms: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # sparse: (indices, values)
+            for r in range(batch):  # one record's forward: its terms touch its own tokens' rows and the label's
+                own = model(input_ids=ids[r:r + 1, :len(sequences[r])]).logits[0, -1]
+                for v in picks[r]:
+                    g = -flat_grad(own[v]) / n_labels
+                    idx = torch.nonzero(g).flatten()
+                    terms[(r, v)] = (idx, g[idx])
+
+        def add(vector: torch.Tensor, term: tuple[torch.Tensor, torch.Tensor], sign: float) -> None:
+            vector.index_add_(0, term[0], term[1], alpha=sign)
+
+        def cost(vector: torch.Tensor, term: tuple[torch.Tensor, torch.Tensor]) -> float:
+            """``|vector - term|^2 - |vector|^2``"""
+            return float(-2 * (vector[term[0]] * term[1]).sum() + (term[1] * term[1]).sum())
+
+        choice = [picks[r][0] for r in range(batch)]
+        left = residual.clone()
+        for r in range(batch):
+            add(left, terms[(r, choice[r])], -1.0)
+        for _ in range(3):  # coordinate descent over the records' choices
+            changed = False
+            for r in range(batch):
+                add(left, terms[(r, choice[r])], 1.0)
+                best = min(picks[r], key=lambda v: cost(left, terms[(r, v)]))
+                changed |= best != choice[r]
+                choice[r] = best
+                add(left, terms[(r, best)], -1.0)
+            if not changed:
+                break
+        share = float(left.norm() / residual.norm().clamp_min(1e-300))
+        details["last_token_residual"] = share
+        if share >= self.threshold2:
+            details["last_token"] = (f"not recovered: the output layer's gradient is not explained by any last "
+                                     f"tokens tried (residual {share:.2g} of it); the records lack their last token")
+            return sequences
+        details["last_token"] = f"recovered from the output layer's gradient (residual {share:.2g}), {batch} records"
+        return [s + [v] for s, v in zip(sequences, choice)]
 
     def _link(self, arch: _Architecture, per_position: list[list[int]], obs: Observation, span1: Span,
               rate: float, details: dict[str, Any]) -> list[list[int]]:
