@@ -25,7 +25,9 @@ receives.
 Columns: the share of images **leaked** (beats the best of the attacker's guesses, mid-gray, the public mean
 image and the best image of a disjoint public set, by 3 dB PSNR and 0.1 SSIM), **top-1 re-identification** among
 the true image and up to 99 public ones (pixels / features of a LeNet trained on the public photos), PSNR and SSIM
-beside the best guess's, seconds per iteration and per batch. A row whose leaked share is 0 is "no leak", whatever
+beside the best guess's, seconds per iteration (the attack's wall time over its iterations, its label inference
+included: at batch > 1 the counting rule runs 256 probe images through the model, about 12 iterations' worth at
+224x224) and per batch. A row whose leaked share is 0 is "no leak", whatever
 its PSNR. Grids (truth over each attack, images downscaled to ``--grid-side``) go to
 ``benchmarks/results/fullsize_*.png``. The last line prints the whole run's wall time.
 """
