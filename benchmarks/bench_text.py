@@ -258,6 +258,9 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=30, help="steps of the trained model (cached)")
     parser.add_argument("--lora-steps", type=int, default=10, help="adapter steps before the round (B != 0)")
     parser.add_argument("--no-utility", action="store_true", help="defense table without the perplexity column")
+    parser.add_argument("--defenses", nargs="*", default=None,
+                        help="defense group: only these rows by label (none, gaussian, pruning, fp16, int8, dpsgd)")
+    parser.add_argument("--attacks", nargs="*", default=["dager", "subspace"], help="defense group: the attacks")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -307,10 +310,11 @@ def main() -> None:
         print(head + " perplexity | epsilon | attack s | setup s | note |")
         print("|" + " --- |" * 14)
         for label, name, kwargs in DEFENSES:
-            extra = " - | - |" if args.no_utility else utility(name, kwargs)
             text = label if not kwargs else f"{label} {kwargs}"
-            run(text, "defense", 8, defense=build_defense(name, **kwargs), attacks=("dager", "subspace"),
-                extra=extra)
+            if args.defenses is not None and label not in args.defenses:
+                continue
+            extra = " - | - |" if args.no_utility else utility(name, kwargs)
+            run(text, "defense", 8, defense=build_defense(name, **kwargs), attacks=tuple(args.attacks), extra=extra)
 
 
 if __name__ == "__main__":

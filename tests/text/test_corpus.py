@@ -40,3 +40,17 @@ def test_bad_jsonl_is_one_line_naming_file_and_line(tmp_path: Path, content: byt
     (tmp_path / "b.jsonl").write_bytes(content)
     with pytest.raises(DataError, match=message):
         load_text(f"jsonl:{tmp_path / 'b.jsonl'}")
+
+
+def test_public_sentences_hold_out_their_licenses() -> None:
+    """The realistic text benchmark attacks held-out license sentences on models pre-trained on the rest."""
+    from gradleak.text.corpus import LICENSE_DIR, public_sentences
+
+    if not (LICENSE_DIR / "Apache-2.0").is_file():
+        pytest.skip("no Debian license texts on this system")
+    held, train = public_sentences("heldout"), public_sentences("pretrain")
+    assert len(held) >= 64 and len(train) > len(held)
+    assert not set(held) & set(train)
+    assert public_sentences("heldout") == held
+    with pytest.raises(DataError, match="split must be"):
+        public_sentences("test")

@@ -200,3 +200,8 @@ def test_the_last_token_of_records_without_an_end_token_comes_from_the_output_la
     assert got == {tuple(r) for r in rows}
     scores = score_text(recon.inputs, ids, tok.decode, pad_id=tok.pad_id)
     assert_text_leaks(scores, rec.observation, ids, tok)
+
+
+def test_dager_refuses_a_negative_beam() -> None:
+    with pytest.raises(ConfigError, match="beam must be an integer >= 0"):
+        ATTACKS.build("dager", beam=-1)

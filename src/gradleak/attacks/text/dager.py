@@ -551,8 +551,9 @@ class DAGER(Attack):
                 details.setdefault("tokens_cut_at", []).append(p)
                 tokens = tokens[:fit]
             kept = []
-            for i in range(0, len(extendable), 64):
-                chunk = extendable[i:i + 64]
+            step = max(1, min(64, 4096 // len(tokens)))  # (prefix, token) pairs a forward holds: bounded memory
+            for i in range(0, len(extendable), step):
+                chunk = extendable[i:i + step]
                 dist = span2.distance(arch.second_inputs_extending(chunk, tokens)).cpu()
                 for a, v in torch.nonzero(dist < threshold2).tolist():
                     new = chunk[a] + [tokens[v]]
