@@ -44,6 +44,10 @@ bag the update leaks, or from the vocabulary where it leaks none, and the bag by
 draws from the batch's true bag (a stronger guess than any attacker has).
 
     python benchmarks/bench_text_optimization.py --only noise-dp --batches 1 4 --threads 1
+
+``--defense LABEL`` (one of the noise-dp labels) runs the TAG/LAMP/DAGER table on the BERT update under that
+defense; every attack row's note says how many records leaked by the shared rule (ROUGE-1 or ROUGE-2 past the
+leaked bag's best guess by 0.2, ``Margins``), issue 23 item 5.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ import time
 import torch
 
 from gradleak.attacks import ATTACKS
+from gradleak.baselines import Margins
 from gradleak.defenses import build_defense
 from gradleak.text.metrics import bag_baselines, score_text, text_baselines
 from gradleak.text.victim import text_victim
@@ -79,6 +84,27 @@ def _baseline(case, bag: bool, draws: int = 5) -> dict:
     scores = [_means(case, torch.where(keep, truth, pool[torch.randint(0, len(pool), truth.shape, generator=gen)]))
               for _ in range(draws)]
     return {k: (None if scores[0][k] is None else sum(s[k] for s in scores) / draws) for k in scores[0]}
+
+
+def _defense(label: str | None, batch: int):
+    """The ``NOISE_DP`` defense named ``label`` (DP-SGD with its one-step schedule at sample rate B/256)."""
+    if label is None:
+        return None
+    name, kwargs = next((n, k) for lab, n, k in NOISE_DP if lab == label)
+    if name == "dpsgd":
+        kwargs = {**kwargs, "dataset_size": 256, "batch_size": batch, "steps": 1}
+    return build_defense(name, **kwargs)
+
+
+def _verdict(case, ids: torch.Tensor) -> str:
+    """Records leaked by the shared rule: ROUGE-1 or ROUGE-2 past the best guess from the leaked bag
+    (``text_baselines``) by ``Margins().rouge1`` (0.2)."""
+    tok = case.tokenizer
+    scores = score_text(ids, case.truth.inputs, tok.decode, pad_id=tok.pad_id, ignore_ids=(tok.eos_id,))
+    judged = scores.with_baselines(text_baselines(case.observation, case.truth.inputs, tok), Margins().rouge1)
+    best = max(judged.baseline_means().values(), key=lambda m: m["rouge1"])
+    return (f"leaked {sum(judged.leaked)}/{len(judged.leaked)} (bag's best {best['rouge1']:.3f} / "
+            f"{best['rouge2']:.3f}, margin {Margins().rouge1})")
 
 
 def _row(batch: int, seed: int, label: str, s: dict | None, wall: float, note: str = "") -> dict | None:
@@ -108,6 +134,7 @@ NOISE_DP_ATTACKS = (
     ("dager (default)", "dager", {}),
     ("subspace greedy", "subspace", {"search": "greedy"}),
     ("subspace continuous", "subspace", {"search": "continuous"}),
+    ("subspace greedy + ends", "subspace", {"search": "continuous", "steps": 1, "assemble_sweeps": 0}),
 )
 
 
@@ -117,7 +144,7 @@ def _best_guess(guesses: dict) -> tuple[float, float]:
     return best["rouge1"], best["rouge2"]
 
 
-def noise_dp(batches: list[int], only: list[str] | None) -> None:
+def noise_dp(batches: list[int], only: list[str] | None, rows: list[str] | None = None) -> None:
     """Text attacks on a GPT-2-small-shaped decoder's noised, rounded or DP-SGD update (see the docstring)."""
     print("| batch | defense | epsilon | attack | ROUGE-1 | ROUGE-2 | exact | secrets | attack s | note |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -143,6 +170,8 @@ def noise_dp(batches: list[int], only: list[str] | None) -> None:
             print(f"| {batch} | {label} | {eps} | random from the true bag | {strong[0]:.3f} | {strong[1]:.3f} | 0 | - "
                   f"| - | the true bag: no attacker has it |", flush=True)
             for row, attack, settings in NOISE_DP_ATTACKS:
+                if rows and row not in rows:
+                    continue
                 t1 = time.perf_counter()
                 note = ""
                 try:
@@ -166,6 +195,7 @@ def main() -> None:
     parser.add_argument("--only", choices=("noise-dp",), default=None,
                         help="noise-dp: the subspace attacks and DAGER under noise, rounding and DP-SGD (GPT-2)")
     parser.add_argument("--defenses", nargs="*", default=None, help="noise-dp: only these defense labels")
+    parser.add_argument("--rows", nargs="*", default=None, help="noise-dp: only these attack rows (labels)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--cases", type=int, default=2, help="victim seeds 0..cases-1 per batch size")
     parser.add_argument("--tag-steps", type=int, default=300, help="paper: 2500")
@@ -177,11 +207,13 @@ def main() -> None:
     parser.add_argument("--attacks", nargs="+", default=["tag", "lamp", "dager"], choices=["tag", "lamp", "dager"])
     parser.add_argument("--no-wide-dager", dest="wide_dager", action="store_false",
                         help="skip the DAGER row on bert-mini (width 256) at batch > 1")
+    parser.add_argument("--defense", default=None, choices=[label for label, _, _ in NOISE_DP],
+                        help="TAG/LAMP/DAGER group: the client's update under this defense (issue 23 item 5)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.only == "noise-dp":
-        noise_dp(args.batches, args.defenses)
+        noise_dp(args.batches, args.defenses, args.rows)
         return
     print(PUBLISHED)
     print(f"TAG: {args.tag_steps} steps; LAMP_Cos: {args.lamp_steps} steps, {args.lamp_init} initial candidates, "
@@ -197,7 +229,7 @@ def main() -> None:
     for batch in args.batches:
         totals: dict[str, list[dict]] = {}
         for seed in range(args.cases):
-            case = text_victim("bert-tiny", batch, seed=seed)
+            case = text_victim("bert-tiny", batch, seed=seed, defense=_defense(args.defense, batch))
             ids = case.truth.inputs
             lengths = (ids != case.tokenizer.pad_id).sum(1).tolist()
             obs = case.observation.with_update(case.observation.update, lengths=lengths)
@@ -217,6 +249,7 @@ def main() -> None:
                     if name != "dager" and recon.labels is not None:
                         right = sorted(recon.labels.tolist()) == sorted(case.truth.labels.tolist())
                         note = f"labels {'right' if right else 'wrong'}"
+                    note = f"{note}; {_verdict(case, recon.inputs)}"
                 except Exception as exc:  # a failing attack is a row of the table, not the end of the benchmark
                     s, note = None, f"{type(exc).__name__}: {str(exc)[:70]}"
                 s = _row(batch, seed, name, s, time.perf_counter() - t0, note)

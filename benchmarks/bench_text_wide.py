@@ -7,6 +7,8 @@ span is the whole space). Per batch, on the same update: ``pursuit`` (the output
 ``attacks.text.pursuit``), DAGER, and two guesses without the update's order: the attacker's bag guess
 (``text_baselines``: random draws from the bag the update leaks, or from the whole vocabulary where it leaks none, and
 the bag by public frequency) and the same guesses from the true bag (an oracle: what ordering the exact bag is worth).
+``leaked``: the share of records whose ROUGE-1 beats the attacker's best bag guess by 0.2 (``Margins``, the verdict
+the tests' ``assert_text_leaks`` uses).
 
     python benchmarks/bench_text_wide.py --threads 1                 # batch 32 and 64
     python benchmarks/bench_text_wide.py --batches 64 --attacks pursuit --iters 0 1
@@ -21,7 +23,8 @@ import torch
 
 from bench_text import bag_row, recorded_case, score
 from gradleak.attacks import ATTACKS
-from gradleak.text.metrics import bag_baselines
+from gradleak.baselines import Margins
+from gradleak.text.metrics import bag_baselines, score_text, text_baselines
 
 
 def oracle_bag_row(case) -> str:
@@ -35,18 +38,24 @@ def oracle_bag_row(case) -> str:
     return f"{best['rouge1']:.3f} / {best['rouge2']:.3f}"
 
 
-def attack_row(case, attack: str, **settings) -> tuple[str, str, float]:
-    """ROUGE-1 | ROUGE-2 | exact | secrets of one attack on the case, a note from its details, and its wall time."""
+def attack_row(case, attack: str, baselines, **settings) -> tuple[str, str, float]:
+    """ROUGE-1 | ROUGE-2 | exact | secrets | leaked share of one attack on the case, a note from its details, and
+    its wall time. Leaked: the records whose ROUGE-1 beats the best bag guess by the shared margin (0.2)."""
     t1 = time.perf_counter()
     recon = ATTACKS.build(attack, **settings).reconstruct(case.observation)
     wall = time.perf_counter() - t1
     s = score(case, recon)
+    tok = case.tokenizer
+    judged = score_text(recon.inputs, case.truth.inputs, tok.decode, pad_id=tok.pad_id, ignore_ids=(tok.eos_id,),
+                        records=case.records).with_baselines(baselines, Margins().rouge1)
+    leaked = sum(judged.leaked) / max(len(judged.leaked), 1)
     d = recon.details
     if attack == "dager":
         note = f"layer-1 rank {d.get('layer1_rank')}" + (f"; stopped: {d['stopped']}" if d.get("stopped") else "")
     else:
         note = f"{settings or 'defaults'}; fit per decode {[round(f, 3) for f in d.get('fit', [])]}"
-    return f"{s['rouge1']:.3f} | {s['rouge2']:.3f} | {s['exact']:.2f} | {s['secrets_recovered']:.2f}", note, wall
+    row = f"{s['rouge1']:.3f} | {s['rouge2']:.3f} | {s['exact']:.2f} | {s['secrets_recovered']:.2f} | {leaked:.2f}"
+    return row, note, wall
 
 
 def main() -> None:
@@ -58,19 +67,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print("| batch | tokens / width | attack | ROUGE-1 | ROUGE-2 | exact | secrets | bag guess R-1 / R-2 | "
+    print("| batch | tokens / width | attack | ROUGE-1 | ROUGE-2 | exact | secrets | leaked | bag guess R-1 / R-2 | "
           "true-bag guess R-1 / R-2 | attack s | note |")
-    print("|" + " --- |" * 11)
+    print("|" + " --- |" * 12)
     for batch in args.batches:
         t0 = time.perf_counter()
         case = recorded_case("gpt2-small", batch, dropout=0.0, max_len=args.length)
         setup = time.perf_counter() - t0
         tokens = int((case.truth.inputs != case.tokenizer.pad_id).sum())
         bag, oracle = bag_row(case), oracle_bag_row(case)
+        baselines = text_baselines(case.observation, case.truth.inputs, case.tokenizer)
         runs = [(a, {} if a != "pursuit" or it is None else {"iters": it}) for a in args.attacks
                 for it in (args.iters if a == "pursuit" else [None])]
         for attack, settings in runs:
-            row, note, wall = attack_row(case, attack, **settings)
+            row, note, wall = attack_row(case, attack, baselines, **settings)
             print(f"| {batch} | {tokens} / 768 | {attack} | {row} | {bag} | {oracle} | {wall:.1f} | {note} "
                   f"(setup {setup:.0f} s) |", flush=True)
 
