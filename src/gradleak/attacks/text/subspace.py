@@ -42,7 +42,8 @@ int8 0.744 for both. At batch 4 every record kept its greedy tokens (the relaxed
 worse): the gain is the end cut, which ``steps=1, assemble_sweeps=0`` keeps at the greedy search's cost. DP-SGD
 (clip 1, sigma >= 0.1): nothing, by any of them (the noise's singular values, ~7.5 at sigma 0.1 and batch 1, lie
 above the first layer's whole clipped gradient). DAGER with default settings: exact at batch 1 up to Gaussian 1e-5
-and fp16, 0 at int8 and at batch 4 from Gaussian 1e-5 (the span is the whole space).
+and fp16; 0 at Gaussian 1e-4 and int8, and at batch 4 from Gaussian 1e-5 (the span is the whole space), where the
+subspace attack still recovers ROUGE-1 0.52-0.96.
 """
 
 from __future__ import annotations
