@@ -27,6 +27,9 @@ epoch, 20 steps at E=10) and the attack recipe (Inverting Gradients' cosine, sig
 an L2 distance with layer weights, plain Adam and a clip prior). At a step of 0.004 the client's reshuffle barely
 changes its update, so the replay of one order is close to exact; at 0.1 even the replay with the client's true
 orders known reaches only 12.8 dB at 200 iterations on digits.
+Measured (seed 0, 1 thread, loaded machine), ``--datasets digits --epochs 10 --local-batch 5 --images 10
+--iterations 400``: replay 80% recovered, 21.67 dB, leaked 10%; per-epoch 30%, 19.40 dB, no leak; the best guess
+19.50 dB, above 20 dB on 40%. At this step the replay wins, the reverse of the paper: its clients take 100 steps.
 """
 
 from __future__ import annotations
