@@ -10,6 +10,11 @@ recovered and wall time. Groups:
 - ``trained``: the same on a model pre-trained here.
 - ``lora``: only a LoRA adapter (rank r on c_attn) is shared; fresh (B = 0: the B test through A) and after
   ``--lora-steps`` adapter steps (B != 0: dL/dA spans the inputs); both need fewer tokens than r.
+- ``realistic`` (issue 23): a user's train-mode step on held-out public sentences (license texts Debian ships,
+  not in the pre-training text; 10-40 tokens, each ending with the end-of-sequence token), GPT-2-small and
+  BERT-base shapes (width 768), random or pre-trained here (``pretrain_public``: 30 AdamW steps of 4 public
+  sentences; cached), dropout 0 and 0.1, batch 1-64; the cells to run are chosen with ``--cells`` (the others
+  print "not run").
 - ``defense``: one table per defense setting (none, Gaussian noise, pruning, fp16, int8, DP-SGD through Opacus
   with epsilon), DAGER and the subspace attack on the same update, and the utility price (perplexity of a
   gpt2-tiny decoder fine-tuned 30 steps with the defense, ``text_defense_cost``).
