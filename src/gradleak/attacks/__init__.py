@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gradleak.attacks import dlg  # noqa: F401  (registers)
 from gradleak.attacks import deep_prior, fedavg, gradinversion, inverting  # noqa: F401  (registers)
+from gradleak.attacks import generative_prior  # noqa: F401  (registers gias)
 from gradleak.attacks import analytic, imprint, rgap  # noqa: F401  (registers)
 from gradleak.attacks import cocktail, spear  # noqa: F401  (registers)
 from gradleak.attacks import text  # noqa: F401  (registers the token-sequence attacks)

@@ -223,6 +223,7 @@ class GenerativeImagePrior(DeepImagePrior):
         limit = None if self.time_limit_s is None else self.latent_share * self.time_limit_s
         search.time_limit_s = limit
         search.run(lambda: decoder(z), [z], self.stage(config, latent_iterations, self.lr), keep=[z])
+        latent_done = len(search.trace)
         if self.iterations > latent_iterations and not search.stopped:
             with torch.no_grad():
                 z.copy_(search.best_tensors[0])
@@ -233,7 +234,7 @@ class GenerativeImagePrior(DeepImagePrior):
             search.run(lambda: decoder(z), list(decoder.parameters()),
                        self.stage(config, self.iterations - latent_iterations, self.generator_lr))
         return search.reconstruction(self.name, self.settings(), labels, {
-            "latent_iterations": min(latent_iterations, len(search.trace)),
+            "latent_iterations": latent_done,
             "generator_parameters": sum(p.numel() for p in decoder.parameters())})
 
     @staticmethod
