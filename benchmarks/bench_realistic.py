@@ -29,6 +29,23 @@ the public mean image, the best image of a disjoint public set) by 3 dB PSNR and
 re-identification** in a line-up of the true sample and up to 99 public images (pixels, and the features of a
 LeNet trained on the public images), mean PSNR/SSIM beside the best guess's, and wall time per batch.
 A row whose leaked share is 0 is "no leak", whatever its PSNR. Same seed, same numbers (apart from times).
+
+Issue 25's must-show, measured on this 2-core machine shared by six jobs (5-16 s per iteration: times are loaded
+times; a row split over processes with ``--only`` is the same model and draws), 40 iterations per attack,
+``--share-buffers --attacks inverting+bn --threads 1``:
+
+| model | stage | batch | attack | leaked | re-id top-1 px / feat | PSNR vs best guess | SSIM vs best guess |
+|---|---|---|---|---|---|---|---|
+| convnet (ConvNet-64) | trained (0.92) | 1 (3 photos) | inverting | no leak (0/3) | 0/3 / 0/3 | 8.21 vs 16.74 dB | 0.021 vs 0.312 |
+| convnet (ConvNet-64) | trained (0.92) | 1 (3 photos) | inverting+bn | no leak (0/3) | 0/3 / 0/3 | 8.86 vs 16.74 dB | 0.012 vs 0.312 |
+| resnet18 | init | 1 (3 photos) | inverting | no leak (0/3) | 0/3 / 0/3 | 8.02 vs 16.74 dB | 0.014 vs 0.312 |
+| resnet18 | init | 1 (3 photos) | inverting+bn | no leak (0/3) | 0/3 / 0/3 | 9.08 vs 16.74 dB | 0.021 vs 0.312 |
+
+(``--models convnet --stages trained --batches 1 --samples 3 --only {0,1,2} --iterations 40`` and ``--models
+resnet18 --stages init ...``.) 40 iterations is far below the attack's budget (the reconstructions are still
+mostly noise, ``benchmarks/results/realistic_photos32_*+buffers.png``); the 5-photo rows, the trained ResNet-18
+and batch 8 did not fit: pretraining a model for a new held-out pool (300 steps) did not finish in 20 minutes at
+this load, so the trained ConvNet-64 row uses the cached 3-photo pool.
 """
 
 from __future__ import annotations
