@@ -113,7 +113,8 @@ class GeneratorSearch:
 
     def __init__(self, obs: Observation, matcher: UpdateMatcher, labels: torch.Tensor, start: float,
                  time_limit_s: float | None, callback: Callback | None) -> None:
-        self.obs, self.matcher, self.start, self.time_limit_s, self.callback = obs, matcher, start, time_limit_s, callback
+        self.obs, self.matcher, self.start, self.callback = obs, matcher, start, callback
+        self.time_limit_s = time_limit_s
         self.ys = labels.view(1, 1, -1)
         self.trace: list[float] = []
         self.best_value = float("inf")
