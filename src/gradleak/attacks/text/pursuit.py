@@ -27,12 +27,14 @@ and the decode whose batch's own gradient (one forward and backward) fits the ob
 
 Measured on a random GPT-2-small (width 768), records of 20 tokens (``bench_text_wide``; 2 cores shared by several
 jobs, so times are loaded): with the true prefixes the next token is the best-matching row at 733 of 1216 positions
-(850 with the true softmax part removed). Batch 64 (1280 tokens, past the width; DAGER: ROUGE-1 0.038, nothing
-exact): one decode, ROUGE-1 0.334 / ROUGE-2 0.118, 45 % of the records past the leaked bag's best guess (0.209) by
-0.2 ROUGE-1, 56 s; a second decode fits better (0.489 -> 0.438) but scores ROUGE-1 0.315 and 36 % leaked, so
-``iters`` is 0 by default. Batch 32 (640 tokens) with two decodes: ROUGE-1 0.465 / ROUGE-2 0.252, 69 % leaked. No
-record is exact. Looking one step ahead (``extra``: each record's best few continuations also scored by how well
-their own next state matches a row) gave ROUGE-1 0.332 against 0.334 at batch 64: off by default.
+(850 with the true softmax part removed). Batch 64 (1280 tokens, past the width; DAGER on the same update: ROUGE-1
+0.038, nothing exact, stopped at its time limit): with the second decode (the default, ``iters=1``; it fits better,
+0.489 -> 0.438) ROUGE-1 0.315 / ROUGE-2 0.103, 36 % of the records past the leaked bag's best guess (0.209) by 0.2
+ROUGE-1, 193 s; one decode (``iters=0``) 0.334 / 0.118, 45 %, 56 s. Batch 32 (640 tokens): 0.465 / 0.252, 69 %
+(one decode: 0.398 / 0.169, 56 %). No record is exact. The second decode is kept by the attack's own fit, not by
+these scores: it helps at batch 32 and costs a little at 64. Looking one step ahead (``extra``: each record's best
+few continuations also scored by how well their own next state matches a row) gave ROUGE-1 0.332 against 0.334 at
+batch 64 (one decode): off by default.
 
 Tried and not used: the first layer's per-head structure (a token's query gradient lies, head by head, in the span
 of its prefix's key differences; as a per-position ranking of the 442 bag tokens on the same update it put the true
@@ -126,7 +128,7 @@ class OutputPursuit(Attack):
     name: ClassVar[str] = "pursuit"
     input_kinds: ClassVar[frozenset[str]] = frozenset({"tokens"})
     tasks: ClassVar[frozenset[str]] = frozenset({"causal_lm"})
-    iters: int = 0
+    iters: int = 1
     extra: int = 0
     time_limit_s: float = 600.0
     candidates: int = 4096
