@@ -13,12 +13,12 @@ the tests' ``assert_text_leaks`` uses).
 Measured (2 cores shared by about six jobs, load 10-40: times are loaded; bag guess: the whole vocabulary's, as the
 update leaks no bag past the width, best by public frequency):
 
-| batch | tokens / width | attack | ROUGE-1 | ROUGE-2 | exact | secrets | leaked | bag guess | true-bag guess | s |
+| batch | tokens / width | attack | ROUGE-1 | ROUGE-2 | exact | secrets | leaked | bag | true bag | s |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
-| 64 | 1280 / 768 | pursuit (iters 1, default) | 0.315 | 0.103 | 0.00 | 0.01 | 0.36 | 0.209 / 0.000 | 0.007 / 0.000 | 193 |
+| 64 | 1280 / 768 | pursuit (iters 1) | 0.315 | 0.103 | 0.00 | 0.01 | 0.36 | 0.209 / 0.000 | 0.007 / 0.000 | 193 |
 | 64 | 1280 / 768 | pursuit (iters 0) | 0.334 | 0.118 | 0.00 | 0.01 | 0.45 | 0.209 / 0.000 | 0.007 / 0.000 | 56 |
 | 64 | 1280 / 768 | dager | 0.038 | 0.002 | 0.00 | 0.00 | 0.00 | 0.209 / 0.000 | 0.007 / 0.000 | 673 |
-| 32 | 640 / 768 | pursuit (iters 1, default) | 0.465 | 0.252 | 0.00 | 0.11 | 0.69 | 0.215 / 0.000 | 0.011 / 0.000 | 103 |
+| 32 | 640 / 768 | pursuit (iters 1) | 0.465 | 0.252 | 0.00 | 0.11 | 0.69 | 0.215 / 0.000 | 0.011 / 0.000 | 103 |
 | 32 | 640 / 768 | pursuit (iters 0) | 0.398 | 0.169 | 0.00 | 0.05 | 0.56 | 0.215 / 0.000 | 0.011 / 0.000 | 45 |
 
 DAGER at batch 64: layer-1 rank 458, stopped at its 600 s limit extending 128 prefixes at position 10. DAGER at

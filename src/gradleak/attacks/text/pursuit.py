@@ -121,9 +121,10 @@ class OutputPursuit(Attack):
     """Token sequences of a causal-LM batch from the output-embedding gradient, with no bound on batch x tokens.
 
     ``iters``: decodes after the first, each with the softmax part of the previous decode subtracted, the best fit
-    kept (0: one decode from the raw gradient); ``extra``: continuations looked ahead per record beyond its best match (each
-    scored by how well its own next state matches a row as well; 0: the best match alone); ``time_limit_s``: stop decoding after this long and return what is decoded;
-    ``candidates``: candidate tokens, the output rows with the most energy (every row of a smaller vocabulary)."""
+    kept (0: one decode from the raw gradient); ``extra``: continuations looked ahead per record beyond its best
+    match (each scored by how well its own next state matches a row as well; 0: the best match alone);
+    ``time_limit_s``: stop decoding after this long and return what is decoded; ``candidates``: candidate tokens,
+    the output rows with the most energy (every row of a smaller vocabulary)."""
 
     name: ClassVar[str] = "pursuit"
     input_kinds: ClassVar[frozenset[str]] = frozenset({"tokens"})
@@ -192,8 +193,8 @@ class OutputPursuit(Attack):
                               details=details)
 
     def _decode(self, states: _States, rows: torch.Tensor, pool: torch.Tensor, first_states: torch.Tensor,
-                limits: list[int], length: int, targets: int, pad: int, eos: int | None, deadline: float, progress: bool,
-                details: dict[str, Any]) -> tuple[torch.Tensor, list[float]]:
+                limits: list[int], length: int, targets: int, pad: int, eos: int | None, deadline: float,
+                progress: bool, details: dict[str, Any]) -> tuple[torch.Tensor, list[float]]:
         """One greedy decode of every record; ``rows``: the output-embedding gradient less the interference, at the
         candidate tokens ``pool``; record ``b`` holds at most ``limits[b]`` tokens and ends at ``eos`` (None: only
         at its limit).
