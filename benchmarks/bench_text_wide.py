@@ -3,7 +3,8 @@
 The client's step is recorded with ``gradleak.record`` (``bench_text.recorded_case``: Faker records cut to 20
 tokens, the last one the end-of-sequence token, a random GPT-2-small built from its ``transformers`` config, width
 768, dropout off). Batch 32 holds 640 tokens (under the width) and batch 64 holds 1280 (over it: 1280 inputs in 768
-dimensions, DAGER's layer-1 test cannot tell a batch token from any other). Per batch, on the same update: ``pursuit`` (the output-embedding matching pursuit,
+dimensions, DAGER's layer-1 test cannot tell a batch token from any other). Per batch, on the same update:
+``pursuit`` (the output-embedding matching pursuit,
 ``attacks.text.pursuit``), DAGER, and two guesses without the update's order: the attacker's bag guess
 (``text_baselines``: random draws from the bag the update leaks, or from the whole vocabulary where it leaks none, and
 the bag by public frequency) and the same guesses from the true bag (an oracle: what ordering the exact bag is worth).
@@ -21,7 +22,8 @@ update leaks no bag past the width, best by public frequency):
 | 32 | 640 / 768 | pursuit (iters 1) | 0.465 | 0.252 | 0.00 | 0.11 | 0.69 | 0.215 / 0.000 | 0.011 / 0.000 | 103 |
 | 32 | 640 / 768 | pursuit (iters 0) | 0.398 | 0.169 | 0.00 | 0.05 | 0.56 | 0.215 / 0.000 | 0.011 / 0.000 | 45 |
 
-DAGER at batch 64: its rank rule cut the layer-1 span at 458 (no true gap: every direction holds inputs), stopped at its 600 s limit extending 128 prefixes at position 10. DAGER at
+DAGER at batch 64: its rank rule cut the layer-1 span at 458 (no true gap: every direction holds inputs), stopped
+at its 600 s limit extending 128 prefixes at position 10. DAGER at
 batch 32 (under the width) was not run here for time; ``bench_text --only batch`` recovers 736 tokens (batch 32 cut
 to 23 tokens) exactly.
 
