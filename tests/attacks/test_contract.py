@@ -40,7 +40,7 @@ TEST_MODULES = {
     "gradinversion": "test_gradinversion.py", "imprint": "test_imprint.py", "linear": "test_analytic.py",
     "rgap": "test_rgap.py", "spear": "test_spear.py", "cocktail": "test_cocktail.py",
     "dager": "text/test_dager.py", "subspace": "text/test_subspace.py", "tag": "text/test_tag.py",
-    "lamp": "text/test_lamp.py",
+    "lamp": "text/test_lamp.py", "pursuit": "text/test_pursuit.py",
 }
 #: attacks that leak nothing in the suite's budget (measured; README), whose tests instead beat every guess on what
 #: the attack optimises, built from the same guesses (``text_guesses``): replacing the output by a guess fails them
@@ -132,7 +132,7 @@ def _judged_by_the_shared_assertion(name: str) -> bool:
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | \
         {a.arg for n in ast.walk(tree) if isinstance(n, ast.arguments) for a in n.args}
     strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
-    needed = NO_LEAK_IN_BUDGET.get(name) or ("assert_text_leaks" if name in ("dager", "subspace") else "assert_leaks")
+    needed = NO_LEAK_IN_BUDGET.get(name) or ("assert_text_leaks" if name in ("dager", "subspace", "pursuit") else "assert_leaks")
     return name in strings and needed in names
 
 
@@ -184,6 +184,7 @@ SMALL_CASES = {
     "tag": ("bert-tiny", {"steps": 2}),
     "lamp": ("bert-tiny", {"steps": 2, "init_candidates": 2, "candidates": 2, "swap_every": 1, "prior_steps": 2}),
     "subspace": ("gpt2-tiny", {}),
+    "pursuit": ("gpt2-tiny", {}),
 }
 
 
