@@ -1,8 +1,10 @@
 """Full-size images (issue 25, item 5): ResNet-18 in its ImageNet layout at 128x128 and 224x224, batch 1 and 8.
 
     .venv/bin/python benchmarks/bench_fullsize.py --help
-    .venv/bin/python benchmarks/bench_fullsize.py --threads 1 --sizes 224 --iterations 60 --share-buffers \
-        --attacks inverting dip inverting+bn                                       # the 224 README rows (CPU)
+    .venv/bin/python benchmarks/bench_fullsize.py --threads 1 --sizes 224 --batches 1 --iterations 60 \
+        --share-buffers --attacks inverting dip inverting+bn                       # a README row (CPU)
+    .venv/bin/python benchmarks/bench_fullsize.py --threads 1 --sizes 224 --batches 8 --iterations 20 \
+        --share-buffers --attacks inverting                                        # batch 8 (about 5 min)
     .venv/bin/python benchmarks/bench_fullsize.py --device cuda --iterations 4800 --share-buffers \
         --attacks inverting dip inverting+bn                                       # the published budget, on a GPU
 
