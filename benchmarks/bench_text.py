@@ -35,6 +35,16 @@ Measured (issue 23; 2 cores shared with four other jobs, load 6-7):
   ROUGE-1 0.862, ROUGE-2 0.838, exact 0.00, secrets 0.80 (304 s; bag guess 0.155 / 0.000; dropout 0: 1.000, all
   exact, 62 s); bert-base batch 1: 1.000, exact (14 s).
 
+Measured ``--only realistic --cells ...`` (issue 23; GPT-2-small, held-out license sentences; 2 cores shared with
+five other jobs, load 12-28, so times are loaded times): batch 1, random: 1.000 / 1.000, exact, last token (the
+end-of-sequence token) recovered from the output layer, 46 s; trained 30 steps: the same, 26 s; random, dropout
+0.1: exact, 126 s. Batch 16 (498 tokens): random 1.000 / 1.000, exact 1.00, 124 s; trained 30 steps: ROUGE-1
+0.240, ROUGE-2 0.125, exact 0.12, 239 s (the layer-1 rank is the bag plus the positions, 237, every bag token
+passes; layer 2 lets 2,000-5,500 pairs a position through and the beam's nearest prefixes are not all true; issue
+23 had it stop at 1.8 million prefixes). Dropout 0.1, batch 8 (262 tokens): ROUGE-1 0.860, ROUGE-2 0.750, exact
+0.12, 268 s (bag guess 0.034 / 0.000). The other cells were not run (time); BERT's pre-training
+(``pretrain_public``, masked LM) is in place but not measured here.
+
     python benchmarks/bench_text.py                      # every group (about 30 minutes on 2 shared cores)
     python benchmarks/bench_text.py --only defense       # one group: batch, trained, lora, defense, dropout, noise
 """
