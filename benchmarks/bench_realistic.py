@@ -48,14 +48,14 @@ times; a row split over processes with ``--only`` is the same model and draws), 
 (``--models convnet --stages trained --batches 1 --samples 3 --only {0,1,2} --iterations 40``; ResNet-18:
 ``--models resnet18 --stages init --batches 1 --samples 3 --only {0,1,2}`` and ``--samples 5 --only {3,4}``
 (at init the model and each seed's draw do not depend on ``--samples``), ``--batches 8 --samples 1 --iterations
-20``, and the same at batch 8 for ``--models convnet --stages init``.) Seconds per batch swung with the load (ConvNet-64 b1: 294-298 s published, 526-542 s with the prior, run
-one after the other; ResNet-18 b1: 200-632 s vs 147-204 s), so they say nothing of the prior's cost. 40
-iterations is far below the attack's budget (the reconstructions are still mostly noise; the grids are
-``benchmarks/results/realistic_photos32_*+buffers.png``); the carried statistics add 0.3-1.1 dB at equal
-iterations (0.3-0.8 dB and one or two more top-1 re-identifications of 8 at batch 8) and do not make a
-leak. The trained ResNet-18 rows and 5 held-out photos on the trained ConvNet-64 did
-not fit: pretraining a model for a new held-out pool (300 steps) did not finish in 20 minutes at this load, so the
-ConvNet-64 row uses the cached pool of 3 photos.
+20``, and the same at batch 8 for ``--models convnet --stages init``.) Seconds per batch swung with the load
+(ConvNet-64 b1: 294-298 s published, 526-542 s with the prior, run one after the other; ResNet-18 b1: 200-632 s
+vs 147-204 s), so they say nothing of the prior's cost. 40 iterations is far below the attack's budget (the
+reconstructions are still mostly noise; the grids are ``benchmarks/results/realistic_photos32_*+buffers.png``);
+the carried statistics add 0.3-1.1 dB at equal iterations (and one or two more top-1 re-identifications of 8 at
+batch 8) and do not make a leak. The trained ResNet-18 rows and 5 held-out photos on the trained ConvNet-64 did
+not fit: pretraining a model for a new held-out pool (300 steps) did not finish in 20 minutes at this load, so
+the ConvNet-64 row uses the cached pool of 3 photos.
 """
 
 from __future__ import annotations
