@@ -183,7 +183,8 @@ def run_row(args: argparse.Namespace, dataset: str, size: int, model: str, stage
             print(f"  sample {s} {name}: leaked {sum(scores.leaked)}/{len(scores.leaked)}, PSNR "
                   f"{sum(scores.psnr) / len(scores.psnr):.2f} vs best guess "
                   f"{sum(scores.baselines.best_psnr) / len(scores.psnr):.2f} dB, SSIM "
-                  f"{sum(scores.ssim) / len(scores.ssim):.3f} vs {sum(scores.baselines.best_ssim) / len(scores.ssim):.3f}, "
+                  f"{sum(scores.ssim) / len(scores.ssim):.3f} vs "
+                  f"{sum(scores.baselines.best_ssim) / len(scores.ssim):.3f}, "
                   f"re-id top-1 px {sum(r == 1 for r in scores.reidentification['pixels'].ranks)}/{len(scores.leaked)} "
                   f"feat {sum(r == 1 for r in scores.reidentification['features'].ranks)}/{len(scores.leaked)}, "
                   f"{elapsed:.0f} s", flush=True)

@@ -288,7 +288,8 @@ def buffer_capture(tmp_path_factory) -> tuple[Path, dict, dict]:
 
 @pytest.mark.parametrize("change, message", [
     (lambda t: t.fill_(math.nan), r"update tensor 'features.1.running_var' contains NaN or Inf"),
-    (lambda t: torch.zeros(5), r"update tensor 'features.1.running_var' has shape \(5,\), model 'convnet' expects \(4,\)"),
+    (lambda t: torch.zeros(5),
+     r"update tensor 'features.1.running_var' has shape \(5,\), model 'convnet' expects \(4,\)"),
     (lambda t: t.long(), r"update tensor 'features.1.running_var' has dtype torch.int64; a floating-point"),
 ])
 def test_carried_buffer_changes_are_validated_at_the_boundary(buffer_capture, tmp_path: Path, change, message) -> None:
@@ -307,6 +308,7 @@ def test_a_buffer_name_the_model_lacks_or_an_update_of_buffers_only_is_refused(b
     with pytest.raises(CaptureError, match=r"update key 'features.1.num_batches_tracked' is not a parameter or "
                                            r"BatchNorm running statistic of model 'convnet'"):
         load_capture(_write(tmp_path / "stray.safetensors", meta, stray))
-    only = {k: v for k, v in tensors.items() if not k.startswith("update/") or k.endswith(("running_mean", "running_var"))}
+    only = {k: v for k, v in tensors.items()
+            if not k.startswith("update/") or k.endswith(("running_mean", "running_var"))}
     with pytest.raises(CaptureError, match="BatchNorm running statistics only"):
         load_capture(_write(tmp_path / "only.safetensors", meta, only))

@@ -9,10 +9,11 @@ Applied to a FedAvg weight delta this attack reads the delta as one gradient; ``
 
 When the update carries the client's BatchNorm running-statistics change (a client that sends its state dict,
 ``client_step(share_buffers=...)``), ``bn`` (default ``None``: ``CARRIED_BN_WEIGHT`` then, else off) adds the BN
-prior in standardised form (``priors.bn_standardized``) with the client's own batch statistics as its reference (``bn_statistics``; Yin et al. 2021, Hatamizadeh et
-al. 2022). It fixes what the published attack cannot: under BatchNorm on batch statistics at batch 1 the gradient
-does not change with the image's contrast while TV does, so the published objective drifts to flat images
-(issue 25); the carried statistics pin every layer's mean and variance.
+prior in standardised form (``priors.bn_standardized``) with the client's own batch statistics as its reference
+(``bn_statistics``; Yin et al. 2021, Hatamizadeh et al. 2022). It fixes what the published attack cannot: under
+BatchNorm on batch statistics at batch 1 the gradient does not change with the image's contrast while TV does, so
+the published objective drifts to flat images (issue 25); the carried statistics pin every layer's mean and
+variance.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from gradleak.observation import Observation
 from gradleak.attacks.optimization import EngineConfig, OptimizationAttack
 
 #: the standardised BN prior's weight beside cosine + TV when the update carries the client's BatchNorm statistics.
-#: At 0.3 the truth beats its own 0.9-contrast copy on the attacker's objective on a 16x16 width-4 ConvNet and on
-#: the trained ConvNet-64 alike (0.101 vs 0.115 and 0.063 vs 0.086 at 0.1; 0.3 widens both margins about fourfold). On the trained
-#: ConvNet-64, photo 0, 80 iterations (``bench_inverting.py --curve --bn 0.1 0.3 --budgets 80``): 9.60 dB at 0.1,
-#: 9.03 dB at 0.3, against a best guess of 12.88 dB: no weight leaks at that budget; 0.3 was kept for its margin.
+#: The truth beats its own 0.9-contrast copy on the attacker's objective on a 16x16 width-4 ConvNet and on the
+#: trained ConvNet-64 alike (0.101 vs 0.115 and 0.063 vs 0.086 at 0.1; 0.3 widens both margins about fourfold).
+#: On the trained ConvNet-64, photo 0, 80 iterations (``bench_inverting.py --curve --bn 0.1 0.3 --budgets 80``):
+#: 9.60 dB at 0.1, 9.03 dB at 0.3, published 8.88 dB, best guess 12.88 dB: no weight leaks at that budget; 0.3
+#: was kept for its margin.
 CARRIED_BN_WEIGHT = 0.3
 
 
@@ -61,8 +63,8 @@ class InvertingGradients(OptimizationAttack):
         return EngineConfig(
             iterations=self.iterations, restarts=self.restarts, optimizer="adam", lr=self.lr,
             signed_gradients=self.signed, schedule=self.schedule, warmup=self.warmup, objective=self.objective,
-            layer_weights=self.layer_weights, priors={"tv": self.tv, "bn_standardized": bn, **self.extra_priors}, init=self.init,
-            box=self.box, patience=self.patience, simulation=self.simulation(),
+            layer_weights=self.layer_weights, priors={"tv": self.tv, "bn_standardized": bn, **self.extra_priors},
+            init=self.init, box=self.box, patience=self.patience, simulation=self.simulation(),
         )
 
     def simulation(self) -> Literal["gradient", "unrolled"]:
