@@ -41,6 +41,7 @@ from torch import nn
 from gradleak import limits
 from gradleak.errors import CaptureError, ConfigError
 from gradleak.models.registry import build_model  # importing it imports the zoo package: every model registered
+from gradleak.training_task import is_huggingface
 
 ModelSource = Literal["registry", "import", "huggingface", "instance"]
 MODEL_SOURCES: tuple[str, ...] = ("registry", "import", "huggingface", "instance")
@@ -514,3 +515,27 @@ class ModelSpec:
         return {"registry": f"{self.name} (gradleak registry)", "huggingface": f"{self.name} (transformers, "
                 f"{self.kwargs.get('head', 'base')})", "import": f"{self.name} (user code)",
                 "instance": f"{self.name} (live module)"}[self.source]
+
+
+def huggingface_head(model: nn.Module) -> str:
+    """The ``ModelSpec.huggingface`` head of a ``transformers`` model (or of the model a PEFT wrapper holds),
+    from its class name."""
+    if callable(getattr(model, "get_base_model", None)):
+        model = model.get_base_model()
+    kind = type(model).__name__
+    if "CausalLM" in kind or "LMHead" in kind:
+        return "causal_lm"
+    if "MaskedLM" in kind:
+        return "masked_lm"
+    if "SequenceClassification" in kind:
+        return "sequence_classification"
+    return "base"
+
+
+def spec_of(model: nn.Module, factory: str | None = None, model_kwargs: dict[str, Any] | None = None) -> ModelSpec:
+    """How the attacker rebuilds the user's model: its Hugging Face config for a ``transformers`` model, else the
+    live module, saved as ``factory`` (default: its class's import path) called with ``model_kwargs``."""
+    if factory is None and model_kwargs is None and is_huggingface(model) \
+            and not callable(getattr(model, "get_base_model", None)):
+        return ModelSpec.huggingface(model.config, huggingface_head(model))  # type: ignore[arg-type]
+    return ModelSpec.from_module(model, factory, **(model_kwargs or {}))

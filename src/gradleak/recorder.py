@@ -29,7 +29,7 @@ from gradleak.client_step import make_observation, make_truth, privacy_metadata,
 from gradleak.defenses.base import Privacy
 from gradleak.errors import CaptureError, ConfigError
 from gradleak.inputs import FeatureInput, ImageInput, InputSpec, TokenInput
-from gradleak.model_spec import ModelSpec
+from gradleak.model_spec import ModelSpec, huggingface_head, spec_of
 from gradleak.observation import GroundTruth, LocalTraining, Observation, shared_buffer_names
 from gradleak.text.tokenizer import user_tokenizer, vocabulary_digest
 from gradleak.training_task import Task, forward, is_huggingface
@@ -55,30 +55,6 @@ def strip_prefix(name: str) -> str:
             if name.startswith(prefix):
                 name, changed = name[len(prefix):], True
     return name
-
-
-def huggingface_head(model: nn.Module) -> str:
-    """The ``ModelSpec.huggingface`` head of a ``transformers`` model (or of the model a PEFT wrapper holds),
-    from its class name."""
-    if callable(getattr(model, "get_base_model", None)):
-        model = model.get_base_model()
-    kind = type(model).__name__
-    if "CausalLM" in kind or "LMHead" in kind:
-        return "causal_lm"
-    if "MaskedLM" in kind:
-        return "masked_lm"
-    if "SequenceClassification" in kind:
-        return "sequence_classification"
-    return "base"
-
-
-def spec_of(model: nn.Module, factory: str | None = None, model_kwargs: dict[str, Any] | None = None) -> ModelSpec:
-    """How the attacker rebuilds the user's model: its Hugging Face config for a ``transformers`` model, else the
-    live module, saved as ``factory`` (default: its class's import path) called with ``model_kwargs``."""
-    if factory is None and model_kwargs is None and is_huggingface(model) \
-            and not callable(getattr(model, "get_base_model", None)):
-        return ModelSpec.huggingface(model.config, huggingface_head(model))  # type: ignore[arg-type]
-    return ModelSpec.from_module(model, factory, **(model_kwargs or {}))
 
 
 def check_rebuilds(spec: ModelSpec, module: nn.Module | None = None, who: str = "record") -> None:

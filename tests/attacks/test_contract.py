@@ -36,7 +36,7 @@ HERE = Path(__file__).parent
 #: the test module that judges each attack
 TEST_MODULES = {
     "dlg": "test_dlg.py", "idlg": "test_dlg.py", "inverting": "test_inverting.py", "fedavg": "test_fedavg.py",
-    "dip": "test_deep_prior.py",
+    "dip": "test_deep_prior.py", "gias": "test_generative_prior.py",
     "gradinversion": "test_gradinversion.py", "imprint": "test_imprint.py", "linear": "test_analytic.py",
     "rgap": "test_rgap.py", "spear": "test_spear.py", "cocktail": "test_cocktail.py",
     "dager": "text/test_dager.py", "subspace": "text/test_subspace.py", "tag": "text/test_tag.py",
@@ -172,6 +172,8 @@ SMALL_CASES = {
     "idlg": (lambda: _image("lenet"), {"iterations": 2}),
     "inverting": (lambda: _image("lenet"), {"iterations": 2}),
     "dip": (lambda: _image("lenet"), {"iterations": 2}),
+    "gias": (lambda: _image("lenet"), {"iterations": 2, "train_steps": 2, "width": 2, "latent_dim": 2,
+                                       "init_candidates": 1}),
     "gradinversion": (lambda: _image("lenet"), {"iterations": 2, "restarts": 1, "warmup": 0}),
     "fedavg": (lambda: _image("lenet", protocol="fedavg", local_steps=2, local_batch_size=1), {"iterations": 2}),
     "linear": (lambda: _image("mlp"), {}),

@@ -19,8 +19,8 @@ from gradleak.client_step import client_step
 from gradleak.errors import ConfigError
 from gradleak.inputs import TokenInput
 from gradleak.memory import FLOAT_BYTES, check_memory
+from gradleak.model_spec import spec_of
 from gradleak.observation import GroundTruth, Observation
-from gradleak.recorder import spec_of
 from gradleak.training_task import Task
 from gradleak.text.corpus import Record, private_records
 from gradleak.text.models import TEXT_MODELS, pretrain, text_model_spec

@@ -9,8 +9,12 @@ from gradleak.attacks import ATTACKS
 from gradleak.attacks.text import token_bag
 from gradleak.attacks.text.dager import architecture
 from gradleak.errors import ConfigError
+from gradleak.recorder import record
 from gradleak.text.metrics import score_text
+from gradleak.text.models import text_model_spec
+from gradleak.text.tokenizer import load_tokenizer
 from gradleak.text.victim import text_victim
+from gradleak.training_task import Task
 
 pytest.importorskip("transformers")
 
@@ -179,12 +183,6 @@ def test_dager_defaults_recover_a_record_from_a_noised_or_fp16_update(kind: str,
 def test_the_last_token_of_records_without_an_end_token_comes_from_the_output_layer(assert_text_leaks) -> None:
     """Records recorded without an end-of-sequence token: the last token feeds no loss term and lies in no span,
     but it labels the position before it, so the tied output layer's gradient gives it (gpt2-tiny, 2 records)."""
-    from gradleak.recorder import record  # noqa: PLC0415  (why: gradleak.recorder imported first hits the
-    # recorder -> text -> attacks -> lamp -> victim -> recorder cycle; gradleak.attacks is already loaded here)
-    from gradleak.text.models import text_model_spec
-    from gradleak.text.tokenizer import load_tokenizer
-    from gradleak.training_task import Task
-
     tok = load_tokenizer("bpe", 2048)
     rows = [tok.encode(t) for t in ("Refund to Anna Schmidt, account DE89 3704 0044",
                                     "Contact jo@example.org or call 555 0199 about the parcel")]
