@@ -8,6 +8,7 @@ pytest.importorskip("flwr")
 
 import torch  # noqa: E402
 
+from gradleak.attacks.bn_statistics import carried_statistics  # noqa: E402
 from gradleak.baselines import ImageGuesses  # noqa: E402
 from gradleak.fl.audit import AuditTarget, audit, judge, to_observation  # noqa: E402
 from gradleak.fl.clients import ClientSetup, client_update  # noqa: E402
@@ -113,3 +114,29 @@ def to_observation_inputs(target: AuditTarget):
 def test_recording_strategy_wraps_only_flower_strategies():
     with pytest.raises(TypeError, match="flwr.serverapp.strategy.Strategy"):
         RecordingStrategy(object())
+
+
+def test_a_client_that_sends_its_state_dict_hands_over_its_batch_statistics():
+    """Flower's PyTorch clients return every state-dict array: the audit keeps the BatchNorm running statistics'
+    change, and from it the attacker reads the client's own batch statistics exactly (one local step)."""
+    spec = ModelSpec("convnet", {"width": 4, "num_classes": 3, "image_size": 16})
+    model = spec.build().train()
+    sent = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    first_bn_input: list[torch.Tensor] = []
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.register_forward_pre_hook(lambda _m, inp: first_bn_input.append(inp[0].detach()))
+    torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 0])).backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= 0.1 * p.grad
+    update = RecordedUpdate(1, "node-1", sent, {k: v.detach().clone() for k, v in model.state_dict().items()},
+                            config={"lr": 0.1, "local-steps": 1, "batch-size": 4}, metrics={"num-examples": 4})
+    obs = to_observation(update, AuditTarget(spec, (3, 16, 16), 3, (0.0,) * 3, (1.0,) * 3))
+
+    assert obs.buffer_update and all(k.endswith(("running_mean", "running_var")) for k in obs.buffer_update)
+    name = next(n for n, m in model.named_modules() if m is bn)
+    mean, var = carried_statistics(obs).statistics[name]
+    feats = first_bn_input[0].double()
+    torch.testing.assert_close(mean, feats.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(var, feats.var(dim=(0, 2, 3), unbiased=True), rtol=1e-4, atol=1e-6)

@@ -37,7 +37,7 @@ from gradleak.outputs import check_out_dir, clear_stale
 from gradleak.report.grid import save_grid
 from gradleak.report.html import render_audit_folder
 from gradleak.training_task import Task
-from gradleak.observation import GroundTruth, LocalTraining, ModelSpec, Observation
+from gradleak.observation import GroundTruth, LocalTraining, ModelSpec, Observation, shared_buffer_names
 
 TruthLookup = Callable[[RecordedUpdate], GroundTruth | None]
 AggregateView = Literal["client", "batch"]
@@ -80,18 +80,24 @@ def _setting(update: RecordedUpdate, key: str, default: Any = None) -> Any:
 
 
 def to_observation(update: RecordedUpdate, target: AuditTarget, aggregate_as: AggregateView = "client") -> Observation:
-    """The attacker's view of one recorded update: a weight delta with the local-training settings.
+    """The attacker's view of one recorded update: a weight delta with the local-training settings (and the
+    change of the BatchNorm running statistics when the client sent them).
 
     An aggregate of ``k`` clients is the mean of their deltas. ``aggregate_as='client'`` attacks it as one
     client's update (the per-client batch size the server configured); ``'batch'`` as one batch of all the
     examples behind it.
     """
-    names = [n for n, _ in target.model_spec.build().named_parameters()]
+    model = target.model_spec.build()
+    names = [n for n, _ in model.named_parameters()]
     missing = [n for n in names if n not in update.returned or n not in update.sent]
     if missing:
         raise ConfigError(f"round {update.round} {update.source}: arrays lack parameters {missing[:3]} "
                           f"of {target.model_spec.name!r}")
     delta = {n: (update.returned[n].float() - update.sent[n].float()) for n in names}
+    # a client that sends its state dict (Flower's PyTorch examples) also moves the BatchNorm running statistics:
+    # their change gives its batch statistics (attacks.bn_statistics); of an aggregate, the clients' mean
+    delta.update({n: update.returned[n].float() - update.sent[n].float() for n in shared_buffer_names(model)
+                  if n in update.returned and n in update.sent})
     lr = _setting(update, target.lr_key)
     if lr is None:
         raise ConfigError(f"round {update.round} {update.source}: no learning rate under {target.lr_key!r} "
