@@ -45,7 +45,7 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from bench_realistic import feature_model, victims
+from bench_realistic import feature_model, tally, victims
 from gradleak.attacks import ATTACKS
 from gradleak.attacks.inverting import InvertingGradients
 from gradleak.baselines import ImageGuesses
@@ -108,16 +108,7 @@ def run_row(args: argparse.Namespace, size: int, stage: str, batch: int) -> list
             elapsed = time.perf_counter() - start
             budget = budget or elapsed
             scores = score(recon.inputs, recon.labels, truth, guesses=guesses, embed=embed)
-            f = found[name]
-            f["seconds"].append(elapsed)
-            f["iterations"].append(recon.iterations)
-            f["leaked"] += scores.leaked
-            f["reid_px"] += [r == 1 for r in scores.reidentification["pixels"].ranks]
-            f["reid_ft"] += [r == 1 for r in scores.reidentification["features"].ranks]
-            f["psnr"] += scores.psnr
-            f["ssim"] += scores.ssim
-            f["best_p"] += scores.baselines.best_psnr
-            f["best_s"] += scores.baselines.best_ssim
+            tally(found[name], scores, recon, elapsed, time_key="seconds")
             lineup = scores.reidentification["pixels"].lineup
             by_guess = scores.baselines.psnr
             guess_names.append(max(by_guess, key=lambda g: sum(by_guess[g])))

@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from bench_realistic import feature_model, markdown, victims
+from bench_realistic import feature_model, markdown, tally, victims
 from gradleak.attacks.deep_prior import DeepImagePrior
 from gradleak.attacks.generative_prior import GenerativeImagePrior
 from gradleak.attacks.inverting import InvertingGradients
@@ -78,17 +78,8 @@ def run(args: argparse.Namespace) -> list[dict]:
             budget = budget or elapsed
             sc = score(recon.inputs, recon.labels, truth, guesses=ImageGuesses.of(obs.inputs, public, seed=s),
                        embed=embed)
-            f = found[name]
             grid[name].append(recon.inputs.detach().cpu()[sc.assignment])
-            f["times"].append(elapsed)
-            f["iterations"].append(recon.iterations)
-            f["leaked"] += sc.leaked
-            f["reid_px"] += [r == 1 for r in sc.reidentification["pixels"].ranks]
-            f["reid_ft"] += [r == 1 for r in sc.reidentification["features"].ranks]
-            f["psnr"] += sc.psnr
-            f["ssim"] += sc.ssim
-            f["best_p"] += sc.baselines.best_psnr
-            f["best_s"] += sc.baselines.best_ssim
+            tally(found[name], sc, recon, elapsed)
             lineup = sc.reidentification["pixels"].lineup
             print(f"sample {s} {indices} {name}: {recon.iterations} it, {elapsed:.1f} s, objective "
                   f"{float(recon.restart_objectives.min()):.4f}, PSNR {sc.psnr} vs best guess "

@@ -132,6 +132,21 @@ def victims(args: argparse.Namespace, dataset: str, size: int, model: str, stage
     return out, acc
 
 
+def tally(row: dict, scores, recon, elapsed: float, time_key: str = "times") -> None:
+    """Add one private batch's scores to a row's running figures (the keys ``markdown`` and the other benchmarks'
+    row printers read): time, iterations, leaked verdicts, top-1 re-identifications, PSNR and SSIM beside the
+    best guess's."""
+    row[time_key].append(elapsed)
+    row["iterations"].append(recon.iterations)
+    row["leaked"] += scores.leaked
+    row["reid_px"] += [r == 1 for r in scores.reidentification["pixels"].ranks]
+    row["reid_ft"] += [r == 1 for r in scores.reidentification["features"].ranks]
+    row["psnr"] += scores.psnr
+    row["ssim"] += scores.ssim
+    row["best_p"] += scores.baselines.best_psnr
+    row["best_s"] += scores.baselines.best_ssim
+
+
 def run_row(args: argparse.Namespace, dataset: str, size: int, model: str, stage: str, batch: int,
             protocol: str) -> list[dict]:
     """One victim setting, every attack of ``--attacks`` on the same private batches: Inverting Gradients (or its
@@ -168,17 +183,8 @@ def run_row(args: argparse.Namespace, dataset: str, size: int, model: str, stage
             budget = budget or elapsed
             scores = score(recon.inputs, recon.labels, truth, guesses=ImageGuesses.of(obs.inputs, public, seed=s),
                            embed=embed)
-            f = found[name]
             grid[name].append(recon.inputs.detach().cpu()[scores.assignment])
-            f["times"].append(elapsed)
-            f["iterations"].append(recon.iterations)
-            f["leaked"] += scores.leaked
-            f["reid_px"] += [r == 1 for r in scores.reidentification["pixels"].ranks]
-            f["reid_ft"] += [r == 1 for r in scores.reidentification["features"].ranks]
-            f["psnr"] += scores.psnr
-            f["ssim"] += scores.ssim
-            f["best_p"] += scores.baselines.best_psnr
-            f["best_s"] += scores.baselines.best_ssim
+            tally(found[name], scores, recon, elapsed)
             lineup = scores.reidentification["pixels"].lineup
             print(f"  sample {s} {name}: leaked {sum(scores.leaked)}/{len(scores.leaked)}, PSNR "
                   f"{sum(scores.psnr) / len(scores.psnr):.2f} vs best guess "

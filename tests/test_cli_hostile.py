@@ -106,7 +106,7 @@ def text_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ("argv", "message"),
     [
         (["demo", "--text", "--attack", "idlg"],
-         "--attack 'idlg' does not handle token sequences; text attacks: dager, lamp, subspace, tag"),
+         "--attack 'idlg' does not handle token sequences; text attacks: dager, lamp, pursuit, subspace, tag"),
         (["demo", "--text", "--iterations", "5"], "--iterations does not apply to demo --text (text attacks take "
                                                   "their settings from --attack-arg, e.g. steps=100 for tag)"),
         (["demo", "--text", "--checkpoint", "c.pt"], "--checkpoint does not apply to demo --text"),

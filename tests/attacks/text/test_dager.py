@@ -201,5 +201,7 @@ def test_the_last_token_of_records_without_an_end_token_comes_from_the_output_la
 
 
 def test_dager_refuses_a_negative_beam() -> None:
-    with pytest.raises(ConfigError, match="beam must be an integer >= 0"):
+    with pytest.raises(ConfigError, match=r"beam must lie in \[0, inf\), got -1"):
         ATTACKS.build("dager", beam=-1)
+    with pytest.raises(ConfigError, match="beam must be an integer, got 1.5"):
+        ATTACKS.build("dager", beam=1.5)

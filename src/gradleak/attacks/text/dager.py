@@ -313,9 +313,6 @@ class DAGER(Attack):
     def __post_init__(self) -> None:
         super().__post_init__()  # ranges of every setting (attacks.base.SETTING_RANGES)
         check_rtol(self.rtol, "dager")
-        if isinstance(self.beam, bool) or not isinstance(self.beam, int) or self.beam < 0:
-            raise ConfigError(f"attack 'dager': beam must be an integer >= 0 (0: twice the batch, at least 8), got "
-                              f"{self.beam!r}")
 
     def settings(self) -> dict[str, Any]:
         return {"threshold": self.threshold, "threshold2": self.threshold2, "rtol": self.rtol,
