@@ -130,6 +130,10 @@ SETTING_RANGES: dict[str, tuple[float, float, bool, bool, bool]] = {
     "coeff_perplexity": (0, INF, False, True, False), "epoch_prior": (0, INF, False, True, False),
     "count_prior": (0, INF, False, True, False), "tied_share": (0, 1, False, True, False),
     "width": (1, INF, False, True, True),
+    # GIAS's generator: its size, training and the share of the budget spent on the latent
+    "latent_dim": (1, INF, False, True, True), "train_steps": (1, INF, False, True, True),
+    "generator_seed": (0, INF, False, True, True), "latent_share": (0, 1, False, False, False),
+    "generator_lr": (0, INF, True, True, False),
     # LAMP's discrete moves and prior
     "init_candidates": (1, INF, False, True, True), "candidates": (1, INF, False, True, True),
     "swap_every": (1, INF, False, True, True), "swap_burnin": (0, 1, False, False, False),

@@ -27,20 +27,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gradleak.attacks.base import ATTACKS, SETTING_RANGES, Callback, Reconstruction
+from gradleak.attacks.base import ATTACKS, Callback, Reconstruction
 from gradleak.attacks.deep_prior import DeepImagePrior, GeneratorSearch
 from gradleak.attacks.optimization import EngineConfig, UpdateMatcher
 from gradleak.cache import cached_weights
 from gradleak.data import load_dataset
 from gradleak.errors import ConfigError
 from gradleak.observation import Observation
-
-# GIAS's own settings, in the one table every attack's settings are checked against (attacks.base)
-SETTING_RANGES.update({
-    "latent_dim": (1, math.inf, False, True, True), "train_steps": (1, math.inf, False, True, True),
-    "generator_seed": (0, math.inf, False, True, True), "latent_share": (0, 1, False, False, False),
-    "generator_lr": (0, math.inf, True, True, False),
-})
 
 #: bumped when the generator's architecture or training recipe changes, so a cached generator is never reused
 RECIPE_VERSION = 1
