@@ -166,6 +166,8 @@ def realistic_case(model: str, batch: int, *, steps: int, dropout: float, seed: 
 
 #: the realistic grid: models (width 768), pre-training steps (0: random), dropout rates, batch sizes
 REALISTIC = (("gpt2-small", "bert-base"), (0, 30), (0.0, 0.1), (1, 8, 16, 32, 64))
+#: both models' width
+WIDTH = 768
 
 
 def run_realistic(cells: set[tuple[str, int, float, int]] | None, time_limit: float) -> None:
@@ -173,26 +175,30 @@ def run_realistic(cells: set[tuple[str, int, float, int]] | None, time_limit: fl
     print("\nRealistic (issue 23): held-out public sentences (license texts not pre-trained on), 10-40 tokens, a "
           "train-mode step recorded with gradleak.record; trained: pre-trained here on the other public text "
           f"(AdamW, batch 4); DAGER's time limit {time_limit:g} s; public text holds no secrets (column '-')")
-    print("| model | pre-training steps | dropout | batch | tokens / width | ROUGE-1 | ROUGE-2 | exact | secrets | "
-          "bag R-1 / R-2 | attack s | setup s | note |")
-    print("|" + " --- |" * 13)
+    print("| model | pre-training steps | dropout | batch | attack | tokens / width | ROUGE-1 | ROUGE-2 | exact | "
+          "secrets | bag R-1 / R-2 | attack s | setup s | note |")
+    print("|" + " --- |" * 14)
     models, stages, rates, batches = REALISTIC
+    stages = tuple(sorted(set(stages) | {c[1] for c in cells or ()}))  # other pre-training stages, when named
     for model in models:
         for steps in stages:
             for rate in rates:
                 for batch in batches:
                     head = f"| {model} | {steps} | {rate:g} | {batch} |"
                     if cells is not None and (model, steps, rate, batch) not in cells:
-                        print(f"{head} not run |" + " |" * 8, flush=True)
+                        print(f"{head} not run |" + " |" * 9, flush=True)
                         continue
                     t0 = time.perf_counter()
                     case = realistic_case(model, batch, steps=steps, dropout=rate)
                     setup = time.perf_counter() - t0
                     tokens = int((case.truth.inputs != case.tokenizer.pad_id).sum())
+                    # DAGER's span test needs fewer batch tokens than the width; past it a decoder's records
+                    # come from the output layer (pursuit), an encoder's are out of reach
+                    attack = "pursuit" if tokens >= WIDTH and not model.startswith("bert") else "dager"
                     t1 = time.perf_counter()
                     try:
-                        recon = ATTACKS.build("dager", time_limit_s=time_limit).reconstruct(case.observation,
-                                                                                            progress=True)
+                        recon = ATTACKS.build(attack, time_limit_s=time_limit).reconstruct(case.observation,
+                                                                                           progress=True)
                         s = score(case, recon)
                         row = f"{s['rouge1']:.3f} | {s['rouge2']:.3f} | {s['exact']:.2f} | -"
                         d = recon.details
@@ -208,7 +214,8 @@ def run_realistic(cells: set[tuple[str, int, float, int]] | None, time_limit: fl
                         bag = bag_row(case)
                     except Exception as exc:  # the bag's guesses are a column, not the run
                         bag = type(exc).__name__
-                    print(f"{head} {tokens} / 768 | {row} | {bag} | {wall:.1f} | {setup:.1f} | {note[:160]} |",
+                    print(f"{head} {attack} | {tokens} / {WIDTH} | {row} | {bag} | {wall:.1f} | {setup:.1f} | "
+                          f"{note[:160]} |",
                           flush=True)
 
 
