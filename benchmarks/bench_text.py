@@ -138,13 +138,14 @@ def recorded_case(model: str, batch: int, *, dropout: float, seed: int = 0, max_
     return TextCase(rec.observation, rec.truth, records, tok)
 
 
-def realistic_case(model: str, batch: int, *, steps: int, dropout: float, seed: int = 0) -> TextCase:
-    """A user's train-mode step on ``batch`` held-out public sentences of 10-40 tokens (``public_sentences``:
+def realistic_case(model: str, batch: int, *, steps: int, dropout: float, seed: int = 0,
+                   lengths: tuple[int, int] = (10, 40)) -> TextCase:
+    """A user's train-mode step on ``batch`` held-out public sentences of ``lengths`` tokens (``public_sentences``:
     license texts not used in pre-training), each followed by the end-of-sequence token, recorded with
     ``gradleak.record`` on ``model`` built from its config, pre-trained ``steps`` AdamW steps on the public
     pre-training text (``pretrain_public``, cached; 0: random), every dropout rate at ``dropout``."""
     tok = load_tokenizer("bpe", 2048)
-    pool = [s for s in public_sentences("heldout") if 10 <= len(tok.encode(s)) <= 40]
+    pool = [s for s in public_sentences("heldout") if lengths[0] <= len(tok.encode(s)) <= lengths[1]]
     g = torch.Generator().manual_seed(seed)
     picks = torch.randperm(len(pool), generator=g)[:batch].tolist()
     records = [Record(pool[i], (), k % 4) for k, i in enumerate(picks)]
@@ -170,9 +171,11 @@ REALISTIC = (("gpt2-small", "bert-base"), (0, 30), (0.0, 0.1), (1, 8, 16, 32, 64
 WIDTH = 768
 
 
-def run_realistic(cells: set[tuple[str, int, float, int]] | None, time_limit: float) -> None:
+def run_realistic(cells: set[tuple[str, int, float, int]] | None, time_limit: float,
+                  lengths: tuple[int, int] = (10, 40)) -> None:
     """One row per cell of ``REALISTIC``; a cell not in ``cells`` prints "not run" (``None``: all)."""
-    print("\nRealistic (issue 23): held-out public sentences (license texts not pre-trained on), 10-40 tokens, a "
+    print(f"\nRealistic (issue 23): held-out public sentences (license texts not pre-trained on), "
+          f"{lengths[0]}-{lengths[1]} tokens, a "
           "train-mode step recorded with gradleak.record; trained: pre-trained here on the other public text "
           f"(AdamW, batch 4); DAGER's time limit {time_limit:g} s; public text holds no secrets (column '-')")
     print("| model | pre-training steps | dropout | batch | attack | tokens / width | ROUGE-1 | ROUGE-2 | exact | "
@@ -189,7 +192,7 @@ def run_realistic(cells: set[tuple[str, int, float, int]] | None, time_limit: fl
                         print(f"{head} not run |" + " |" * 9, flush=True)
                         continue
                     t0 = time.perf_counter()
-                    case = realistic_case(model, batch, steps=steps, dropout=rate)
+                    case = realistic_case(model, batch, steps=steps, dropout=rate, lengths=lengths)
                     setup = time.perf_counter() - t0
                     tokens = int((case.truth.inputs != case.tokenizer.pad_id).sum())
                     # DAGER's span test needs fewer batch tokens than the width; past it a decoder's records
@@ -249,6 +252,7 @@ DEFENSES = (
     ("gaussian", "gaussian", {"std": 1e-7}),
     ("gaussian", "gaussian", {"std": 1e-6}),
     ("gaussian", "gaussian", {"std": 1e-5}),
+    ("gaussian", "gaussian", {"std": 1e-4}),
     ("pruning", "pruning", {"ratio": 0.5}),
     ("pruning", "pruning", {"ratio": 0.9}),
     ("fp16", "quantization", {"kind": "fp16"}),
@@ -275,6 +279,8 @@ def main() -> None:
     parser.add_argument("--cells", nargs="*", default=None,
                         help="realistic group: the cells to run, MODEL:STEPS:DROPOUT:BATCH (default: all)")
     parser.add_argument("--time-limit", type=float, default=600.0, help="realistic group: DAGER's time_limit_s")
+    parser.add_argument("--lengths", type=int, nargs=2, default=(10, 40), metavar=("MIN", "MAX"),
+                        help="realistic group: the sentences' lengths in tokens (default 10 40)")
     parser.add_argument("--batches", type=int, nargs="*", default=None, help="dropout group: the batch sizes")
     parser.add_argument("--models", nargs="*", default=None, help="dropout group: gpt2-small, bert-base")
     parser.add_argument("--pretrain-steps", type=int, default=30, help="steps of the trained model (cached)")
@@ -324,7 +330,7 @@ def main() -> None:
     if args.only in (None, "realistic"):
         cells = None if args.cells is None else {(m, int(st), float(r), int(b)) for m, st, r, b in
                                                  (c.split(":") for c in args.cells)}
-        run_realistic(cells, args.time_limit)
+        run_realistic(cells, args.time_limit, tuple(args.lengths))
     if args.only in (None, "defense"):
         print("\nDefense table: GPT-2-small shape, batch 8, the same update for both attacks; perplexity: gpt2-tiny "
               "fine-tuned 30 steps with the defense (lower is better); epsilon: DP-SGD's (RDP, delta 1e-5) for "
