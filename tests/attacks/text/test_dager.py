@@ -10,11 +10,10 @@ from gradleak.attacks.text import token_bag
 from gradleak.attacks.text.dager import architecture
 from gradleak.errors import ConfigError
 from gradleak.recorder import record
-from gradleak.text.corpus import Record, public_sentences
 from gradleak.text.metrics import score_text
-from gradleak.text.models import pretrain_public, text_model_spec
+from gradleak.text.models import text_model_spec
 from gradleak.text.tokenizer import load_tokenizer
-from gradleak.text.victim import encode_records, text_victim
+from gradleak.text.victim import text_victim
 from gradleak.training_task import Task
 
 pytest.importorskip("transformers")
@@ -206,27 +205,3 @@ def test_dager_refuses_a_negative_beam() -> None:
         ATTACKS.build("dager", beam=-1)
     with pytest.raises(ConfigError, match="beam must be an integer, got 1.5"):
         ATTACKS.build("dager", beam=1.5)
-
-
-def test_dager_ranks_continuations_within_a_prefix_on_a_trained_model(assert_text_leaks) -> None:
-    """Pre-trained, the layer-2 distances of different prefixes do not compare (one threshold lets wrong
-    continuations through everywhere), but within a prefix the true next token is still the nearest: gpt2-mini
-    pre-trained 100 steps on public text, 6 held-out license sentences. Ranking across prefixes by the largest
-    distance (the previous rule) recovered ROUGE-1 0.71 here, 4 of 6 records exact, and called all 6 certified."""
-    tok = load_tokenizer("bpe", 2048)
-    pool = [s for s in public_sentences("heldout") if 10 <= len(tok.encode(s)) <= 40]
-    picks = torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))[:6].tolist()
-    records = [Record(pool[i], (), 0) for i in picks]
-    ids = encode_records(tok, records)
-    spec = text_model_spec("gpt2-mini", tok.vocab_size, tok.pad_id, eos_id=tok.eos_id, dropout=0.0)
-    net = spec.build()
-    net.load_state_dict(pretrain_public(spec, tok, steps=100))
-    with record(net.train(), ids, tokenizer=tok) as rec:
-        Task.causal_lm().loss(net, ids, None, (ids != tok.pad_id).long()).backward()
-    recon = ATTACKS.build("dager").reconstruct(rec.observation)
-    scores = score_text(recon.inputs, ids, tok.decode, pad_id=tok.pad_id, ignore_ids=(tok.eos_id,), records=records)
-    assert scores.means()["rouge1"] >= 0.95, scores.means()
-    assert scores.means()["exact"] >= 0.8, scores.means()
-    # the threshold alone did not single the records out, so none is reported as certified
-    assert recon.details["records_certified"] < 6
-    assert_text_leaks(scores, rec.observation, ids, tok)
