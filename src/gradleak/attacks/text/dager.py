@@ -554,6 +554,10 @@ class DAGER(Attack):
         ends = {t for t in (eos, obs.inputs.pad_token_id) if t is not None}  # type: ignore[union-attr]
         batch = max(obs.batch_size, 1)
         beam = self.beam or max(8, 2 * batch)
+        # where the records end is read off the output layer's end-of-sequence row after a ranked decode
+        # (``_record_ends``) when it can be
+        row_of_ends = self._end_row(arch, obs, eos)
+        ranked_used = False
         worst: dict[tuple[int, ...], float] = {}  # each prefix's largest layer-2 distance along its positions
         score: dict[tuple[int, ...], float] = {}  # the sum of its steps' distances ranked within their prefix
         certified: dict[tuple[int, ...], bool] = {}  # whether the threshold alone chose each of its steps
@@ -596,6 +600,7 @@ class DAGER(Attack):
                 inside = dist < threshold2
                 passing = inside & _chosen(z)
                 alone = inside.sum(1) == passing.sum(1)  # the threshold alone chose the same continuations
+                ranked_used |= not bool(alone.all())
                 for a, v in torch.nonzero(passing).tolist():
                     new = chunk[a] + [tokens[v]]
                     certified[tuple(new)] = certified[tuple(chunk[a])] and bool(alone[a])
@@ -614,7 +619,86 @@ class DAGER(Attack):
             found = sorted(found, key=lambda s: (score[tuple(s)] / max(len(s) - 1, 1), worst[tuple(s)]))[:batch]
         details["layer2_worst"] = max((worst[tuple(s)] for s in found), default=None)
         details["records_decoded_certified"] = sum(1 for s in found if certified[tuple(s)])
+        if ranked_used and row_of_ends is not None and found and eos is not None:
+            extended = self._extend(arch, span2, found, per_position, ends)
+            found = self._record_ends(arch, extended, [len(s) for s in found], row_of_ends, eos, details)
         return found
+
+    @staticmethod
+    def _extend(arch: _GPT2, span2: Span, sequences: list[list[int]], per_position: list[list[int]],
+                ends: set[int]) -> list[list[int]]:
+        """Each record continued to the last position by its nearest layer-2 continuation (ranked within the
+        prefix, no end test): the tails the end fit (``_record_ends``) may cut anywhere in."""
+        out = [list(s) for s in sequences]
+        for p in range(min(len(s) for s in out), len(per_position)):
+            tokens = [v for v in per_position[p] if v not in ends]
+            group = [s for s in out if len(s) == p]
+            if len(tokens) < 2 or not group:
+                continue
+            z = _ranked(span2.distance(arch.second_inputs_extending(group, tokens)).cpu())
+            for s, k in zip(group, z.argmin(dim=1).tolist()):
+                s.append(tokens[k])
+        return out
+
+    @staticmethod
+    def _end_row(arch: _Architecture, obs: Observation, eos: int | None) -> torch.Tensor | None:
+        """The output layer's gradient row of the end-of-sequence token, when the records' ends can be read from
+        it: a causal LM's clean gradient whose output layer (or tied embedding) is in the update."""
+        if eos is None or obs.task.kind != "causal_lm" or obs.update_kind != "gradient":
+            return None
+        name = next((n for n in arch.update if n.endswith(("lm_head.weight", "wte.weight"))), None)
+        if name is None or arch.update[name].shape[0] <= eos:
+            return None
+        row = arch.update[name][eos].detach().double()
+        return row if bool(torch.isfinite(row).all()) and float(row.norm()) > 0 else None
+
+    @torch.no_grad()
+    def _record_ends(self, arch: _Architecture, sequences: list[list[int]], start: list[int], observed: torch.Tensor,
+                     eos: int, details: dict[str, Any]) -> list[list[int]]:
+        """Where each record ends, from the output layer's end-of-sequence row (ours). With mean loss over the
+        ``N`` labelled positions, row ``eos`` of the output-layer gradient is ``(1/N) sum_r (sum_{t<c_r}
+        p_t[eos] h_t - h_{c_r - 1})``: every position's predicted end probability times its final state, less the
+        state of each record's last token (the one labelled with the end token), ``N = sum_r c_r`` for records of
+        ``c_r`` tokens before it. By the causal mask a record's states do not depend on what follows, so one
+        forward of each decoded record (run past its end, ``_extend``) gives the term of every cut ``c``; from the
+        decode's own ends (``start``), the single change of one record's cut that explains the observed row best
+        is taken while one helps. The true cuts leave 1e-7 of the row (GPT-2-small, 16 held-out sentences,
+        random and pre-trained); the decode's end test is its weakest step (a record's last step before the end
+        token looks like an ended one: pre-trained 100 steps, 10 of 16 records ended early), and a descent from
+        ends 3-8 tokens late gets stuck with 0-15 of 16 right. ``details["record_ends"]``: the row's share left
+        unexplained before and after, and how many records changed."""
+        model = arch.model
+        device = observed.device
+        terms = []  # per record: (c, d) the term of each cut c = 1..len
+        for s in sequences:
+            out = model(input_ids=torch.tensor([s], device=device), output_hidden_states=True)
+            h = out.hidden_states[-1][0].double()
+            p = torch.softmax(out.logits[0].double(), dim=-1)[:, eos]
+            terms.append(torch.cumsum(p[:, None] * h, dim=0) - h)  # row c-1: the cut after c tokens
+        cuts = list(start)
+        chosen = torch.stack([t[c - 1] for t, c in zip(terms, cuts)])  # (records, d)
+
+        def left(total: torch.Tensor, n: int) -> float:
+            return float((observed - total / n).norm() / observed.norm())
+
+        before = best = left(chosen.sum(0), sum(cuts))
+        for _ in range(4 * sum(len(s) for s in sequences)):  # at most that many single changes
+            base, n = chosen.sum(0), sum(cuts)
+            move = None
+            for r, t in enumerate(terms):  # every cut of record r at once: (len_r, d)
+                totals = base - chosen[r] + t
+                sizes = n - cuts[r] + torch.arange(1, len(t) + 1, device=t.device)
+                shares = ((observed - totals / sizes[:, None]).norm(dim=1) / observed.norm())
+                c = int(shares.argmin())
+                if float(shares[c]) < best * (1 - 1e-9) and c + 1 != cuts[r]:
+                    best, move = float(shares[c]), (r, c + 1)
+            if move is None:
+                break
+            r, c = move
+            cuts[r], chosen[r] = c, terms[r][c - 1]
+        details["record_ends"] = {"row_left_before": before, "row_left_after": best,
+                                  "changed": sum(1 for a, b in zip(start, cuts) if a != b)}
+        return [s[:c] for s, c in zip(sequences, cuts)]
 
     @staticmethod
     def _narrow(prefixes: list[list[int]], worst: dict[tuple[int, ...], float],
