@@ -311,11 +311,13 @@ class DAGER(Attack):
     sit 6e-7..5e-4 from the layer-2 span (its spectrum falls smoothly, no gap at the float32 floor), wrong ones
     from 4e-4, so distances of different prefixes do not compare (ranking prefixes by them: ROUGE-1 0.24, exact
     0.12; issue 23 had it stop at 1.8 million prefixes). Within one prefix they do: the true next token is the
-    nearest of the bag at 99 % of the 466 positions. So each prefix keeps its nearest continuation by
-    ``log10(d / median d)`` over the position's tokens (``_ranked``), a second when both stand out (two records
-    share the prefix), none when no token stands out (the record ended; ``_chosen``), and the beam ranks
-    prefixes by the sum of those steps: ROUGE-1 0.873, 14 of 16 records exact, 37 s (random model: exact,
-    46 s). A record counts as certified only when the threshold alone made each of its choices."""
+    nearest of the bag at 99 % of the 466 positions (98 % pre-trained 100 steps). So each prefix keeps its
+    nearest continuation by ``log10(d / median d)`` over the position's tokens (``_ranked``), every other that
+    stands out as far (records that share the prefix), none when no token stands out (the record ended;
+    ``_chosen``), and the beam ranks prefixes by the sum of those steps. That end test is the weakest step, so
+    after a ranked decode each record is run on to the last position and cut where the output layer's
+    end-of-sequence row is explained best (``_record_ends``). A record counts as certified only when the
+    threshold alone made each of its choices. Figures: README, "Held-out public text"."""
 
     name: ClassVar[str] = "dager"
     input_kinds: ClassVar[frozenset[str]] = frozenset({"tokens"})
