@@ -35,15 +35,14 @@ Measured (issue 23; 2 cores shared with four other jobs, load 6-7):
   ROUGE-1 0.862, ROUGE-2 0.838, exact 0.00, secrets 0.80 (304 s; bag guess 0.155 / 0.000; dropout 0: 1.000, all
   exact, 62 s); bert-base batch 1: 1.000, exact (14 s).
 
-Measured ``--only realistic --cells ...`` (issue 23; GPT-2-small, held-out license sentences; 2 cores shared with
-five other jobs, load 12-28, so times are loaded times): batch 1, random: 1.000 / 1.000, exact, last token (the
-end-of-sequence token) recovered from the output layer, 46 s; trained 30 steps: the same, 26 s; random, dropout
-0.1: exact, 126 s. Batch 16 (498 tokens): random 1.000 / 1.000, exact 1.00, 124 s; trained 30 steps: ROUGE-1
-0.240, ROUGE-2 0.125, exact 0.12, 239 s (the layer-1 rank is the bag plus the positions, 237, every bag token
-passes; layer 2 lets 2,000-5,500 pairs a position through and the beam's nearest prefixes are not all true; issue
-23 had it stop at 1.8 million prefixes). Dropout 0.1, batch 8 (262 tokens): ROUGE-1 0.860, ROUGE-2 0.750, exact
-0.12, 268 s (bag guess 0.034 / 0.000). The other cells were not run (time); BERT's pre-training
-(``pretrain_public``, masked LM) is in place but not measured here.
+Measured ``--only realistic --threads 1 --time-limit 300 --cells ...`` (issue 23; the whole table is in the README,
+"Held-out public text"; one core a job, two or three jobs on 2 cores): GPT-2-small random, batch 8 / 16 (262 / 498
+tokens): ROUGE-1/2 1.000, all exact, 23 s / 27 s; pre-trained 30 steps: 1.000 all exact (34 s) / 0.995, exact
+0.94 (38 s; 0.240 and 0.12 before the within-prefix ranking); 100 steps: 1.000 (17 s) / 0.950, exact 0.62 (35 s).
+Dropout 0.1: batch 8 0.860 random, 0.313 trained; batch 16 0.052 / 0.035 (no leak). Past the width (batch 32 /
+64 of 10-40 tokens, 949 / 1911 tokens): ``pursuit`` 0.142 / 0.145 random against the bag's 0.095 / 0.084, 0.033 /
+0.021 trained (no leak). BERT-base: batch 1 exact (random, trained, dropout or not); batch 8 and above 0-0.19
+(no leak), the assembly stopped at the time limit.
 
     python benchmarks/bench_text.py                      # every group (about 30 minutes on 2 shared cores)
     python benchmarks/bench_text.py --only defense       # one group: batch, trained, lora, defense, dropout, noise
