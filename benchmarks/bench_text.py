@@ -171,7 +171,7 @@ WIDTH = 768
 
 
 def run_realistic(cells: set[tuple[str, int, float, int]] | None, time_limit: float,
-                  lengths: tuple[int, int] = (10, 40)) -> None:
+                  lengths: tuple[int, int] = (10, 40), seed: int = 0) -> None:
     """One row per cell of ``REALISTIC``; a cell not in ``cells`` prints "not run" (``None``: all)."""
     print(f"\nRealistic (issue 23): held-out public sentences (license texts not pre-trained on), "
           f"{lengths[0]}-{lengths[1]} tokens, a "
@@ -191,7 +191,7 @@ def run_realistic(cells: set[tuple[str, int, float, int]] | None, time_limit: fl
                         print(f"{head} not run |" + " |" * 9, flush=True)
                         continue
                     t0 = time.perf_counter()
-                    case = realistic_case(model, batch, steps=steps, dropout=rate, lengths=lengths)
+                    case = realistic_case(model, batch, steps=steps, dropout=rate, lengths=lengths, seed=seed)
                     setup = time.perf_counter() - t0
                     tokens = int((case.truth.inputs != case.tokenizer.pad_id).sum())
                     # DAGER's span test needs fewer batch tokens than the width; past it a decoder's records
@@ -278,6 +278,8 @@ def main() -> None:
     parser.add_argument("--cells", nargs="*", default=None,
                         help="realistic group: the cells to run, MODEL:STEPS:DROPOUT:BATCH (default: all)")
     parser.add_argument("--time-limit", type=float, default=600.0, help="realistic group: DAGER's time_limit_s")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="realistic group: draws the sentences, the pre-training and the dropout masks")
     parser.add_argument("--lengths", type=int, nargs=2, default=(10, 40), metavar=("MIN", "MAX"),
                         help="realistic group: the sentences' lengths in tokens (default 10 40)")
     parser.add_argument("--batches", type=int, nargs="*", default=None, help="dropout group: the batch sizes")
@@ -329,7 +331,7 @@ def main() -> None:
     if args.only in (None, "realistic"):
         cells = None if args.cells is None else {(m, int(st), float(r), int(b)) for m, st, r, b in
                                                  (c.split(":") for c in args.cells)}
-        run_realistic(cells, args.time_limit, tuple(args.lengths))
+        run_realistic(cells, args.time_limit, tuple(args.lengths), args.seed)
     if args.only in (None, "defense"):
         print("\nDefense table: GPT-2-small shape, batch 8, the same update for both attacks; perplexity: gpt2-tiny "
               "fine-tuned 30 steps with the defense (lower is better); epsilon: DP-SGD's (RDP, delta 1e-5) for "
