@@ -145,6 +145,8 @@ def realistic_case(model: str, batch: int, *, steps: int, dropout: float, seed: 
     pre-training text (``pretrain_public``, cached; 0: random), every dropout rate at ``dropout``."""
     tok = load_tokenizer("bpe", 2048)
     pool = [s for s in public_sentences("heldout") if lengths[0] <= len(tok.encode(s)) <= lengths[1]]
+    if len(pool) < batch:
+        raise SystemExit(f"--lengths {lengths[0]} {lengths[1]}: only {len(pool)} held-out sentences, batch {batch}")
     g = torch.Generator().manual_seed(seed)
     picks = torch.randperm(len(pool), generator=g)[:batch].tolist()
     records = [Record(pool[i], (), k % 4) for k, i in enumerate(picks)]
