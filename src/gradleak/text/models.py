@@ -65,11 +65,24 @@ def text_model_spec(name: str, vocab_size: int, pad_id: int, *, eos_id: int | No
 
 def pretrain(spec: ModelSpec, batches: Callable[[int], torch.Tensor], *, steps: int = 200, lr: float = 1e-3,
              seed: int = 0, key: str = "", progress: bool = False) -> dict[str, torch.Tensor]:
-    """Weights of ``spec`` after ``steps`` AdamW steps of causal-LM training on ``batches(step)`` (token ids,
-    padding ignored), cached under ``$GRADLEAK_CACHE/text-models``; ``key`` names the data for the cache."""
-    recipe = {"spec": spec.to_json(), "steps": steps, "lr": lr, "seed": seed, "key": key, "v": 1}
-    return cached_weights("text-models", recipe, lambda: _train_causal_lm(spec, batches, steps, lr, seed, progress,
-                                                                          Task.causal_lm()))
+    """Weights of ``spec`` after ``steps`` AdamW steps on ``batches(step)`` (token ids, padding ignored), cached
+    under ``$GRADLEAK_CACHE/text-models``; ``key`` names the data for the cache. Decoders: causal LM. Encoders
+    (BERT): masked LM on the same encoder (15 % of the tokens replaced by a random token and predicted, BERT's
+    corruption without a mask token, which the tokenizer lacks); the encoder's weights are returned under the
+    classifier's names, its head stays as built."""
+    pad = spec.kwargs["config"].get("pad_token_id")
+    if spec.name != "bert":
+        recipe = {"spec": spec.to_json(), "steps": steps, "lr": lr, "seed": seed, "key": key, "v": 1}
+        return cached_weights("text-models", recipe,
+                              lambda: _train_causal_lm(spec, batches, steps, lr, seed, progress, Task.causal_lm()))
+    mlm = ModelSpec(spec.name, {**spec.kwargs, "head": "masked_lm"}, source=spec.source)
+    recipe = {"spec": mlm.to_json(), "steps": steps, "lr": lr, "seed": seed, "key": key, "v": 1}
+    weights = cached_weights("text-models", recipe, lambda: _train_masked_lm(mlm, batches, steps, lr, seed, progress,
+                                                                             pad))
+    torch.manual_seed(seed)
+    own = spec.build().state_dict()
+    own.update({k: v for k, v in weights.items() if k in own and own[k].shape == v.shape})
+    return own
 
 
 def _train_causal_lm(spec: ModelSpec, batches: Callable[[int], torch.Tensor], steps: int, lr: float, seed: int,
@@ -97,11 +110,9 @@ PRETRAIN_LEN = 48
 
 def pretrain_public(spec: ModelSpec, tokenizer: Any, *, steps: int, batch: int = 4, lr: float = 1e-3, seed: int = 0,
                     progress: bool = False) -> dict[str, torch.Tensor]:
-    """Weights of ``spec`` after ``steps`` AdamW steps on ``batch`` public sentences a step
-    (``public_sentences("pretrain")``, each followed by the end-of-sequence token), cached. Decoders: causal LM.
-    Encoders (BERT): masked LM on the same encoder (15 % of the tokens replaced by a random token and predicted,
-    BERT's corruption without a mask token, which the tokenizer lacks); the encoder's weights are returned under
-    the classifier's names, its head stays as built. 0 steps: the model as built from its seed."""
+    """Weights of ``spec`` after ``steps`` AdamW steps (``pretrain``: causal LM for decoders, masked LM for BERT) on
+    ``batch`` public sentences a step (``public_sentences("pretrain")``, each followed by the end-of-sequence
+    token), cached. 0 steps: the model as built from its seed."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ConfigError(f"pretrain steps must be an integer >= 0, got {steps!r}")
     torch.manual_seed(seed)
@@ -116,15 +127,7 @@ def pretrain_public(spec: ModelSpec, tokenizer: Any, *, steps: int, batch: int =
         return ids[torch.randint(0, len(ids), (batch,), generator=g)]
 
     key = f"public-{len(sentences)}-{tokenizer.name}-batch{batch}"
-    if spec.name != "bert":
-        return pretrain(spec, draw, steps=steps, lr=lr, seed=seed, key=key, progress=progress)
-    mlm = ModelSpec(spec.name, {**spec.kwargs, "head": "masked_lm"}, source=spec.source)
-    recipe = {"spec": mlm.to_json(), "steps": steps, "lr": lr, "seed": seed, "key": key, "v": 1}
-    weights = cached_weights("text-models", recipe, lambda: _train_masked_lm(mlm, draw, steps, lr, seed, progress,
-                                                                             tokenizer.pad_id))
-    own = spec.build().state_dict()
-    own.update({k: v for k, v in weights.items() if k in own and own[k].shape == v.shape})
-    return own
+    return pretrain(spec, draw, steps=steps, lr=lr, seed=seed, key=key, progress=progress)
 
 
 def _train_masked_lm(spec: ModelSpec, batches: Callable[[int], torch.Tensor], steps: int, lr: float, seed: int,

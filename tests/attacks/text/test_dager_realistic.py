@@ -58,3 +58,19 @@ def test_dager_decodes_a_batch_of_8_from_an_fp16_update_past_an_unclear_layer2_g
     assert scores.means()["rouge1"] >= 0.95, scores.means()
     assert recon.details["rank_decision"]["layer2"]["ambiguous"]
     assert_text_leaks(scores, case.observation, case.truth.inputs, tok)
+
+
+def test_dager_recovers_a_record_from_a_pretrained_bert(assert_text_leaks) -> None:
+    """An encoder pre-trained by ``text_victim`` (masked LM, as ``pretrain_public`` does; it was trained as a causal
+    LM before and ``gradleak demo --text --text-model bert-tiny --pretrain-steps 2`` ended in a traceback): its
+    batch-1 record comes back exactly, and its weights are not the random model's."""
+    trained = text_victim("bert-tiny", 1, seed=0, pretrain_steps=20)
+    random_ = text_victim("bert-tiny", 1, seed=0)
+    name = "bert.embeddings.word_embeddings.weight"
+    assert not torch.equal(trained.observation.weights[name], random_.observation.weights[name])
+    recon = ATTACKS.build("dager").reconstruct(trained.observation)
+    tok = trained.tokenizer
+    scores = score_text(recon.inputs, trained.truth.inputs, tok.decode, pad_id=tok.pad_id, ignore_ids=(tok.eos_id,),
+                        records=trained.records)
+    assert scores.means()["exact"] == 1.0, scores.means()
+    assert_text_leaks(scores, trained.observation, trained.truth.inputs, tok)
