@@ -665,15 +665,15 @@ class DAGER(Attack):
         state of each record's last token (the one labelled with the end token), ``N = sum_r c_r`` for records of
         ``c_r`` tokens before it. By the causal mask a record's states do not depend on what follows, so one
         forward of each decoded record (run past its end, ``_extend``) gives the term of every cut ``c``; from the
-        decode's own ends (``start``), the single change of one record's cut that explains the observed row best
-        is taken while one helps, then of two records' cuts within ``PAIR_REACH`` tokens (one record a token late
-        and another a token early leave the total, and so each single change, worse). The true cuts leave 1e-7 of
-        the row (GPT-2-small, 16 held-out sentences, random and pre-trained); the decode's end test is its weakest step (a record's last step before the end
-        token looks like an ended one: pre-trained 100 steps, 10 of 16 records ended early), and a descent from
-        ends 3-8 tokens late gets stuck with 0-15 of 16 right. ``details["record_ends"]``: the row's share left
-        unexplained before and after, and how many records changed. Tried and not used: re-checking the decode's
-        narrow token choices against the same row (768 numbers: greedy token changes fit it wrongly; pre-trained
-        100 steps, batch 16: ROUGE-1 0.95 -> 0.38)."""
+        decode's own ends (``start``), the single change of one record's cut that explains the observed row best is
+        taken while one helps, then of two records' cuts within ``PAIR_REACH`` tokens (one record a token late and
+        another a token early leave the total, and so each single change, worse). The true cuts leave 1e-7 of the
+        row (GPT-2-small, 16 held-out sentences, random and pre-trained); the decode's end test is its weakest step
+        (a record's last step before the end token looks like an ended one: pre-trained 100 steps, 10 of 16 records
+        ended early), and a descent from ends 3-8 tokens late gets stuck with 0-15 of 16 right.
+        ``details["record_ends"]``: the row's share left unexplained before and after, and how many records changed.
+        Tried and not used: re-checking the decode's narrow token choices against the same row (768 numbers: greedy
+        token changes fit it wrongly; pre-trained 100 steps, batch 16: ROUGE-1 0.95 -> 0.38)."""
         model = arch.model
         device = observed.device
         terms = []  # per record: (c, d) the term of each cut c = 1..len
