@@ -93,6 +93,10 @@ def attack_row(case, attack: str) -> tuple[str, str, float]:
             note = f"layer-1 rank {recon.details.get('layer1_rank')}; stopped: {recon.details['stopped']}"
         if recon.details.get("layer1_test", "weight gradient") != "weight gradient":
             note = (note + "; " if note else "") + recon.details["layer1_test"]
+        layer2 = recon.details.get("rank_decision", {}).get("layer2")
+        if layer2 is not None:  # where DAGER cut layer 2's spectrum, and how clear that drop was
+            note = (note + "; " if note else "") + (f"layer-2 rank {layer2['rank']} (drop {layer2['gap']:.3g}"
+                                                     f"{', ambiguous' if layer2['ambiguous'] else ''})")
         row = f"{s['rouge1']:.3f} | {s['rouge2']:.3f} | {s['exact']:.2f} | {s['secrets_recovered']:.2f}"
     except Exception as exc:  # a failing case is a row of the table (nothing recovered), not the end of the run
         row, note = "0 | 0 | 0 | 0", f"{type(exc).__name__}: {str(exc)[:70]}"
@@ -175,7 +179,7 @@ WIDTH = 768
 
 
 def run_realistic(cells: set[tuple[str, int, float, int]] | None, time_limit: float,
-                  lengths: tuple[int, int] = (10, 40), seed: int = 0) -> None:
+                  lengths: tuple[int, int] = (10, 40), seed: int = 0, diagnosis: bool = False) -> None:
     """One row per cell of ``REALISTIC``; a cell not in ``cells`` prints "not run" (``None``: all)."""
     print(f"\nRealistic (issue 23): held-out public sentences (license texts not pre-trained on), "
           f"{lengths[0]}-{lengths[1]} tokens, a "
@@ -212,6 +216,8 @@ def run_realistic(cells: set[tuple[str, int, float, int]] | None, time_limit: fl
                             f"stopped: {d['stopped']}" if d.get("stopped") else "",
                             f"certified {d.get('records_certified')}",
                             f"beam cut at {len(d['beam_cut_at'])} positions" if d.get("beam_cut_at") else "",
+                            (f"end fit: row left {d['record_ends']['row_left_after']:.2g}, "
+                             f"{d['record_ends']['changed']} ends moved") if d.get("record_ends") else "",
                             f"last token: {d['last_token']}" if d.get("last_token") else "") if x)
                     except Exception as exc:  # a failing cell is a row (nothing recovered), not the end of the run
                         row, note = "0 | 0 | 0 | -", f"{type(exc).__name__}: {str(exc)[:70]}"
@@ -223,6 +229,45 @@ def run_realistic(cells: set[tuple[str, int, float, int]] | None, time_limit: fl
                     print(f"{head} {attack} | {tokens} / {WIDTH} | {row} | {bag} | {wall:.1f} | {setup:.1f} | "
                           f"{note[:160]} |",
                           flush=True)
+                    if diagnosis and attack == "dager" and not model.startswith("bert"):
+                        print(f"  {model} {steps} {rate:g} {batch}: {diagnose(case)}", flush=True)
+
+
+def diagnose(case) -> str:
+    """How DAGER's within-prefix layer-2 ranking (``dager._ranked``) sees the true records, the numbers its
+    constants rest on: the share of positions where the true next token is the nearest of the batch's tokens
+    given its true prefix (and among the nearest 3), and, for each record's whole prefix (nothing true follows),
+    the range of its best ranked distance and of the gap to the second (``END_Z``, ``END_GAP``)."""
+    from gradleak.attacks.text.dager import _ranked, architecture
+
+    obs, tok = case.observation, case.tokenizer
+    arch = architecture(obs.build_model("cpu").eval(), obs.gradient_estimate())
+    span2 = arch.span(1)
+    rows = [[int(v) for v in r if int(v) != tok.pad_id] for r in case.truth.inputs]
+    bag = sorted({v for r in rows for v in r if v != tok.eos_id})
+    first = top3 = n = 0
+    ended: list[tuple[float, float]] = []
+    true_d: list[float] = []
+    wrong_d: list[float] = []
+    for r in rows:
+        body = r[:-1] if r and r[-1] == tok.eos_id else r
+        for p in range(1, len(body) + 1):
+            d = span2.distance(arch.second_inputs_extending([body[:p]], bag)).cpu()[0]
+            z = _ranked(d[None])[0]
+            order = torch.argsort(z).tolist()
+            if p < len(body):
+                k = order.index(bag.index(body[p]))
+                n, first, top3 = n + 1, first + (k == 0), top3 + (k < 3)
+                true_d.append(float(d[bag.index(body[p])]))
+                wrong_d.append(float(torch.cat([d[:bag.index(body[p])], d[bag.index(body[p]) + 1:]]).min()))
+            else:
+                ended.append((float(z[order[0]]), float(z[order[1]] - z[order[0]])))
+    best = [e[0] for e in ended]
+    gap = [e[1] for e in ended]
+    return (f"layer-2 distance of true steps {min(true_d):.1e}..{max(true_d):.1e}, of the nearest wrong token "
+            f"{min(wrong_d):.1e}..{max(wrong_d):.1e}; within-prefix ranking: true next token nearest at "
+            f"{first / max(n, 1):.1%} of {n} positions (nearest 3: {top3 / max(n, 1):.1%}); whole records: best "
+            f"{min(best):.2f}..{max(best):.2f}, gap {min(gap):.2f}..{max(gap):.2f}")
 
 
 def bag_row(case) -> str:
@@ -282,6 +327,8 @@ def main() -> None:
     parser.add_argument("--cells", nargs="*", default=None,
                         help="realistic group: the cells to run, MODEL:STEPS:DROPOUT:BATCH (default: all)")
     parser.add_argument("--time-limit", type=float, default=600.0, help="realistic group: DAGER's time_limit_s")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="realistic group: also print how DAGER's within-prefix ranking sees the true records")
     parser.add_argument("--seed", type=int, default=0,
                         help="realistic group: draws the sentences, the pre-training and the dropout masks")
     parser.add_argument("--lengths", type=int, nargs=2, default=(10, 40), metavar=("MIN", "MAX"),
@@ -335,7 +382,7 @@ def main() -> None:
     if args.only in (None, "realistic"):
         cells = None if args.cells is None else {(m, int(st), float(r), int(b)) for m, st, r, b in
                                                  (c.split(":") for c in args.cells)}
-        run_realistic(cells, args.time_limit, tuple(args.lengths), args.seed)
+        run_realistic(cells, args.time_limit, tuple(args.lengths), args.seed, args.diagnose)
     if args.only in (None, "defense"):
         print("\nDefense table: GPT-2-small shape, batch 8, the same update for both attacks; perplexity: gpt2-tiny "
               "fine-tuned 30 steps with the defense (lower is better); epsilon: DP-SGD's (RDP, delta 1e-5) for "

@@ -308,10 +308,11 @@ class DAGER(Attack):
     sentences (498 tokens, ``bench_text.py --only realistic``): rank 237 = 198 bag tokens + 39 positions, every
     bag token passes at every position. On the random model layer 2 still separates the prefixes. On the model
     pre-trained 30 steps its threshold does not: 2,000-5,500 pairs a position pass ``threshold2``; true steps
-    sit 6e-7..5e-4 from the layer-2 span (its spectrum falls smoothly, no gap at the float32 floor), wrong ones
-    from 4e-4, so distances of different prefixes do not compare (ranking prefixes by them: ROUGE-1 0.24, exact
+    sit 6.4e-7..5.4e-4 from the layer-2 span (its spectrum falls smoothly, no gap at the float32 floor), each
+    prefix's nearest wrong token 4.9e-6..1.1e-3 (``bench_text.py --only realistic --diagnose``), so distances of different prefixes do not compare (ranking prefixes by them: ROUGE-1 0.24, exact
     0.12; issue 23 had it stop at 1.8 million prefixes). Within one prefix they do: the true next token is the
-    nearest of the bag at 99 % of the 466 positions (98 % pre-trained 100 steps). So each prefix keeps its
+    nearest of the bag at 99 % of the 466 positions (98 % pre-trained 100 steps; 91 % at batch 32 of shorter
+    sentences; ``bench_text.py --only realistic --diagnose``). So each prefix keeps its
     nearest continuation by ``log10(d / median d)`` over the position's tokens (``_ranked``), every other that
     stands out as far (records that share the prefix), none when no token stands out (the record ended;
     ``_chosen``), and the beam ranks prefixes by the sum of those steps. That end test is the weakest step, so
@@ -420,9 +421,9 @@ class DAGER(Attack):
         ``least`` (layer 2 of a decoder: the layer-1 rank, since every token that passes layer 1 and feeds the loss
         has its own layer-2 input): the cut is searched from there, and a drop under ``MIN_GAP`` but of at least
         ``NOISY_GAP`` is taken too, flagged ambiguous (the ranked decode then chooses, not the threshold).
-        Measured, GPT-2-small, batch 8 (330 tokens): the dominant first direction is the largest drop overall
-        (3.5); from the layer-1 rank 268 on, the largest is at 317, 2.8 under noise 1e-6 and 9.0 under fp16
-        (clean: 3.9e4 there); under noise 1e-5 and int8 no drop above 1.4 remains."""
+        Measured, GPT-2-small, batch 8 (330 tokens; ``bench_text.py --only defense``, the note column): from the
+        layer-1 rank 268 on, the largest drop is at 317, 2.82 under noise 1e-6, 27.2 under 1e-7 and 1.17e4 clean;
+        from the first direction on, the dominant first direction's own drop would win."""
         if (self.rtol is not None or span.vectors is None or isinstance(span, AdapterSpan)
                 or not span.full):
             return span, threshold
@@ -673,7 +674,7 @@ class DAGER(Attack):
         ended early), and a descent from ends 3-8 tokens late gets stuck with 0-15 of 16 right.
         ``details["record_ends"]``: the row's share left unexplained before and after, and how many records changed.
         Tried and not used: re-checking the decode's narrow token choices against the same row (768 numbers: greedy
-        token changes fit it wrongly; pre-trained 100 steps, batch 16: ROUGE-1 0.95 -> 0.38)."""
+        token changes fitted it with wrong tokens, and the records got worse)."""
         model = arch.model
         device = observed.device
         terms = []  # per record: (c, d) the term of each cut c = 1..len
@@ -727,7 +728,8 @@ class DAGER(Attack):
         lets wrong prefixes through, instead of growing by a factor of the passing tokens at each position (ours;
         DAGER's reference code caps its prefixes too). Ranked by ``score``, the sum of each step's distance ranked
         within its own prefix (``_ranked``), then by the largest distance so far: on a trained model the distances
-        of different prefixes do not compare (true steps 6e-7..5e-4 from the span, wrong ones from 4e-4), while
+        of different prefixes do not compare (true steps 6.4e-7..5.4e-4 from the span, each prefix's nearest
+        wrong token 4.9e-6..1.1e-3), while
         within one prefix the true next token is the nearest of the bag at 99 % of the positions (GPT-2-small
         pre-trained 30 steps, 16 held-out sentences, 466 positions; the true one in the nearest 3 at 99.8 %)."""
         if len(prefixes) <= beam:
