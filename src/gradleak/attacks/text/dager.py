@@ -307,18 +307,18 @@ class DAGER(Attack):
     tokens): 42 bag tokens pass at a third of the positions, random or trained; GPT-2-small, 16 held-out license
     sentences (498 tokens, ``bench_text.py --only realistic``): rank 237 = 198 bag tokens + 39 positions, every
     bag token passes at every position. On the random model layer 2 still separates the prefixes. On the model
-    pre-trained 30 steps its threshold does not: 2,000-5,500 pairs a position pass ``threshold2``; true steps
-    sit 6.4e-7..5.4e-4 from the layer-2 span (its spectrum falls smoothly, no gap at the float32 floor), each
-    prefix's nearest wrong token 4.9e-6..1.1e-3 (``bench_text.py --only realistic --diagnose``), so distances of different prefixes do not compare (ranking prefixes by them: ROUGE-1 0.24, exact
-    0.12; issue 23 had it stop at 1.8 million prefixes). Within one prefix they do: the true next token is the
-    nearest of the bag at 99 % of the 466 positions (98 % pre-trained 100 steps; 91 % at batch 32 of shorter
-    sentences; ``bench_text.py --only realistic --diagnose``). So each prefix keeps its
-    nearest continuation by ``log10(d / median d)`` over the position's tokens (``_ranked``), every other that
-    stands out as far (records that share the prefix), none when no token stands out (the record ended;
-    ``_chosen``), and the beam ranks prefixes by the sum of those steps. That end test is the weakest step, so
-    after a ranked decode each record is run on to the last position and cut where the output layer's
-    end-of-sequence row is explained best (``_record_ends``). A record counts as certified only when the
-    threshold alone made each of its choices. Figures: README, "Held-out public text"."""
+    pre-trained 30 steps its threshold does not: 2,000-5,500 pairs a position pass ``threshold2``; true steps sit
+    6.4e-7..5.4e-4 from the layer-2 span (its spectrum falls smoothly, no gap at the float32 floor), each prefix's
+    nearest wrong token 4.9e-6..1.1e-3 (``bench_text.py --only realistic --diagnose``), so distances of different
+    prefixes do not compare (ranking prefixes by them: ROUGE-1 0.24, exact 0.12; issue 23 had it stop at 1.8 million
+    prefixes). Within one prefix they do: the true next token is the nearest of the bag at 99 % of the 466 positions
+    (98 % pre-trained 100 steps; 91 % at batch 32 of shorter sentences; ``bench_text.py --only realistic
+    --diagnose``). So each prefix keeps its nearest continuation by ``log10(d / median d)`` over the position's
+    tokens (``_ranked``), every other that stands out as far (records that share the prefix), none when no token
+    stands out (the record ended; ``_chosen``), and the beam ranks prefixes by the sum of those steps. That end test
+    is the weakest step, so after a ranked decode each record is run on to the last position and cut where the
+    output layer's end-of-sequence row is explained best (``_record_ends``). A record counts as certified only when
+    the threshold alone made each of its choices. Figures: README, "Held-out public text"."""
 
     name: ClassVar[str] = "dager"
     input_kinds: ClassVar[frozenset[str]] = frozenset({"tokens"})
