@@ -27,12 +27,12 @@ from torch import nn
 from gradleak.capture import rebuild_problem
 from gradleak.client_step import make_observation, make_truth, privacy_metadata, shares_buffers
 from gradleak.defenses.base import Privacy
-from gradleak.errors import CaptureError, ConfigError
+from gradleak.errors import ConfigError
 from gradleak.inputs import FeatureInput, ImageInput, InputSpec, TokenInput
 from gradleak.model_spec import ModelSpec, huggingface_head, spec_of
 from gradleak.observation import GroundTruth, LocalTraining, Observation, shared_buffer_names
 from gradleak.text.tokenizer import user_tokenizer, vocabulary_digest
-from gradleak.training_task import Task, forward, is_huggingface
+from gradleak.training_task import Task, forward
 
 WRAPPER_PREFIXES = ("_module.", "module.")
 

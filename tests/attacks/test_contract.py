@@ -132,7 +132,8 @@ def _judged_by_the_shared_assertion(name: str) -> bool:
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | \
         {a.arg for n in ast.walk(tree) if isinstance(n, ast.arguments) for a in n.args}
     strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
-    needed = NO_LEAK_IN_BUDGET.get(name) or ("assert_text_leaks" if name in ("dager", "subspace", "pursuit") else "assert_leaks")
+    text = name in ("dager", "subspace", "pursuit")
+    needed = NO_LEAK_IN_BUDGET.get(name) or ("assert_text_leaks" if text else "assert_leaks")
     return name in strings and needed in names
 
 

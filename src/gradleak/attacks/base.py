@@ -143,7 +143,8 @@ SETTING_RANGES: dict[str, tuple[float, float, bool, bool, bool]] = {
     "dropout_threshold": (0, 1, True, False, False), "time_limit_s": (0, INF, True, True, False),
     "max_candidates": (1, INF, False, True, True), "assemble_sweeps": (0, INF, False, True, True),
     "assemble_options": (0, INF, False, True, True), "repair_positions": (0, INF, False, True, True),
-    "extra": (0, INF, False, True, True), "branch_ratio": (0, INF, True, True, False), "beam": (0, INF, False, True, True),
+    "extra": (0, INF, False, True, True), "branch_ratio": (0, INF, True, True, False),
+    "beam": (0, INF, False, True, True),
     "gap": (0, INF, False, True, False), "stop_ratio": (0, INF, False, True, False),
     "rtol": (0, 1, True, True, False), "rank_tol": (0, 1, True, True, False),
     # Cocktail Party (ICA) and SPEAR

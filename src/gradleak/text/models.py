@@ -70,15 +70,15 @@ def pretrain(spec: ModelSpec, batches: Callable[[int], torch.Tensor], *, steps: 
     (BERT): masked LM on the same encoder (15 % of the tokens replaced by a random token and predicted, BERT's
     corruption without a mask token, which the tokenizer lacks); the encoder's weights are returned under the
     classifier's names, its head stays as built."""
-    pad = spec.kwargs["config"].get("pad_token_id")
-    if spec.name != "bert":
-        recipe = {"spec": spec.to_json(), "steps": steps, "lr": lr, "seed": seed, "key": key, "v": 1}
+    encoder = spec.name == "bert"
+    trained = ModelSpec(spec.name, {**spec.kwargs, "head": "masked_lm"}, source=spec.source) if encoder else spec
+    recipe = {"spec": trained.to_json(), "steps": steps, "lr": lr, "seed": seed, "key": key, "v": 1}
+    if not encoder:
         return cached_weights("text-models", recipe,
                               lambda: _train_causal_lm(spec, batches, steps, lr, seed, progress, Task.causal_lm()))
-    mlm = ModelSpec(spec.name, {**spec.kwargs, "head": "masked_lm"}, source=spec.source)
-    recipe = {"spec": mlm.to_json(), "steps": steps, "lr": lr, "seed": seed, "key": key, "v": 1}
-    weights = cached_weights("text-models", recipe, lambda: _train_masked_lm(mlm, batches, steps, lr, seed, progress,
-                                                                             pad))
+    pad = spec.kwargs["config"].get("pad_token_id")
+    weights = cached_weights("text-models", recipe,
+                             lambda: _train_masked_lm(trained, batches, steps, lr, seed, progress, pad))
     torch.manual_seed(seed)
     own = spec.build().state_dict()
     own.update({k: v for k, v in weights.items() if k in own and own[k].shape == v.shape})
