@@ -45,6 +45,7 @@ from gradleak.attacks.base import ATTACKS, Attack, Callback, Reconstruction
 from gradleak.attacks.rank import MIN_GAP, check_rtol, largest_gap, record, surface
 from gradleak.attacks.layer_io import module_io
 from gradleak.attacks.text.dropout import free_distance, masked_distance, widened_projector
+from gradleak.attacks.text.pursuit import output_layer
 from gradleak.attacks.text.spans import Span
 from gradleak.errors import ConfigError
 from gradleak.inputs import TokenInput
@@ -652,8 +653,11 @@ class DAGER(Attack):
         it: a causal LM's clean gradient whose output layer (or tied embedding) is in the update."""
         if eos is None or obs.task.kind != "causal_lm" or obs.update_kind != "gradient":
             return None
-        name = next((n for n in arch.update if n.endswith(("lm_head.weight", "wte.weight"))), None)
-        if name is None or arch.update[name].shape[0] <= eos:
+        try:  # the logits' own weight: lm_head when untied (wte is then the input embedding), else the tied wte
+            _, name = output_layer(arch.model, arch.update)
+        except ConfigError:
+            return None
+        if arch.update[name].shape[0] <= eos:
             return None
         row = arch.update[name][eos].detach().double()
         return row if bool(torch.isfinite(row).all()) and float(row.norm()) > 0 else None
