@@ -178,6 +178,22 @@ REALISTIC = (("gpt2-small", "bert-base"), (0, 30), (0.0, 0.1), (1, 8, 16, 32, 64
 WIDTH = 768
 
 
+def realistic_cell(text: str) -> tuple[str, int, float, int]:
+    """One ``--cells`` entry, MODEL:STEPS:DROPOUT:BATCH, checked against the grid (a cell outside it would never
+    run)."""
+    models, _, rates, batches = REALISTIC
+    parts = text.split(":")
+    try:
+        model, steps, rate, batch = parts[0], int(parts[1]), float(parts[2]), int(parts[3])
+    except (IndexError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected MODEL:STEPS:DROPOUT:BATCH, e.g. gpt2-small:30:0.1:8")
+    if len(parts) != 4 or model not in models or steps < 0 or rate not in rates or batch not in batches:
+        raise argparse.ArgumentTypeError(f"{text!r}: MODEL one of {', '.join(models)}, STEPS >= 0, DROPOUT one of "
+                                         f"{', '.join(f'{r:g}' for r in rates)}, BATCH one of "
+                                         f"{', '.join(map(str, batches))}")
+    return model, steps, rate, batch
+
+
 def run_realistic(cells: set[tuple[str, int, float, int]] | None, time_limit: float,
                   lengths: tuple[int, int] = (10, 40), seed: int = 0, diagnosis: bool = False) -> None:
     """One row per cell of ``REALISTIC``; a cell not in ``cells`` prints "not run" (``None``: all)."""
@@ -324,7 +340,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=("batch", "trained", "lora", "defense", "dropout", "noise", "realistic"),
                         default=None)
-    parser.add_argument("--cells", nargs="*", default=None,
+    parser.add_argument("--cells", nargs="*", default=None, type=realistic_cell,
                         help="realistic group: the cells to run, MODEL:STEPS:DROPOUT:BATCH (default: all)")
     parser.add_argument("--time-limit", type=float, default=600.0, help="realistic group: DAGER's time_limit_s")
     parser.add_argument("--diagnose", action="store_true",
@@ -380,8 +396,7 @@ def main() -> None:
                                                                                  {"kind": "fp16"})):
                 run(f"{label} {kwargs}", "noise", batch, defense=build_defense(name, **kwargs))
     if args.only in (None, "realistic"):
-        cells = None if args.cells is None else {(m, int(st), float(r), int(b)) for m, st, r, b in
-                                                 (c.split(":") for c in args.cells)}
+        cells = None if args.cells is None else set(args.cells)
         run_realistic(cells, args.time_limit, tuple(args.lengths), args.seed, args.diagnose)
     if args.only in (None, "defense"):
         print("\nDefense table: GPT-2-small shape, batch 8, the same update for both attacks; perplexity: gpt2-tiny "
